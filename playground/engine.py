@@ -1,0 +1,264 @@
+"""Chat and completion generation with streaming, cancel and per-reply stats.
+
+A small ``@torch.inference_mode()`` loop (prefill, then one token at a time with the KV cache) rather than
+``generate`` in a thread: the loop runs in the caller's thread, so a consumer that stops iterating (Gradio's stop
+button, Ctrl+C in the CLI) stops generation at the next token, every token's latency is measured exactly, and
+non-finite logits are caught at the step that produced them.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+from .errors import GenerationError, InvalidParameterError, PromptTooLongError
+from .manager import LoadedModel, release_memory
+from .memory import PeakMemory
+
+MAX_NEW_TOKENS_LIMIT = 8192
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    greedy: bool = False
+    min_new_tokens: int = 0          # the benchmark sets min == max to time a fixed length
+
+    def __post_init__(self):
+        def bad(msg):
+            raise InvalidParameterError(msg)
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            bad(f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens!r}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            bad(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], got {self.min_new_tokens}")
+        if not (0.0 <= self.temperature <= 5.0):
+            bad(f"temperature must be in [0, 5], got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            bad(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            bad(f"top_k must be a non-negative integer (0 = off), got {self.top_k!r}")
+        if not (0.5 <= self.repetition_penalty <= 3.0):
+            bad(f"repetition_penalty must be in [0.5, 3], got {self.repetition_penalty}")
+        if self.seed is not None and not (0 <= int(self.seed) < 2 ** 63):
+            bad(f"seed must be a non-negative integer, got {self.seed}")
+
+    @property
+    def sampling(self) -> bool:
+        return not self.greedy and self.temperature > 0
+
+
+@dataclass
+class ReplyStats:
+    model: str
+    variant: str
+    device: str
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float = 0.0           # prompt in → first new token out (prefill + first sample)
+    decode_tok_s: float = 0.0     # tokens after the first / time after the first
+    total_s: float = 0.0
+    itl_s: list[float] = field(default_factory=list, repr=False)  # inter-token latencies
+    peak_mem_gb: float = 0.0
+    mem_kind: str = ""            # "cuda allocator" or "process RSS"
+    mode: str = "chat"            # "chat" (template) or "completion" (no template)
+    finish_reason: str = ""       # "eos", "length", "stopped"
+    notes: list[str] = field(default_factory=list)
+
+    def badge(self) -> str:
+        return (f"TTFT {self.ttft_s * 1000:.0f} ms · {self.decode_tok_s:.1f} tok/s · {self.new_tokens} tokens · "
+                f"peak {self.peak_mem_gb:.2f} GB ({self.mem_kind}) · {self.variant}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("itl_s")
+        return d
+
+
+@dataclass
+class StreamEvent:
+    text: str                      # the whole reply so far
+    delta: str                     # what this event added
+    done: bool = False
+    stats: ReplyStats | None = None  # set on the final event
+
+
+def build_prompt(lm: LoadedModel, messages: list[dict], system: str | None) -> tuple[list[int], str]:
+    """Token ids of the conversation and the mode used. ``messages`` are {"role", "content"} dicts."""
+    tok = lm.tokenizer
+    if not messages or messages[-1].get("role") != "user":
+        raise InvalidParameterError("the conversation must end with a user message")
+    if not str(messages[-1].get("content", "")).strip():
+        raise InvalidParameterError("the message is empty: type something to send")
+    if lm.has_chat_template:
+        conv = ([{"role": "system", "content": system}] if system and system.strip() else []) + messages
+        ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=False)
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        if ids and isinstance(ids[0], list):
+            ids = ids[0]
+        return list(ids), "chat"
+    # Completion mode: a base model continues plain text; earlier turns become plain text too.
+    parts = [system.strip()] if system and system.strip() else []
+    parts += [str(m["content"]) for m in messages]
+    ids = tok("\n\n".join(parts), add_special_tokens=True)["input_ids"]
+    return list(ids), "completion"
+
+
+def _stop_ids(lm: LoadedModel) -> set[int]:
+    ids = set()
+    for src in (lm.model.generation_config.eos_token_id, lm.tokenizer.eos_token_id):
+        if isinstance(src, int):
+            ids.add(src)
+        elif src:
+            ids.update(int(i) for i in src)
+    for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
+        tid = lm.tokenizer.convert_tokens_to_ids(special) if special in lm.tokenizer.get_vocab() else None
+        if isinstance(tid, int):
+            ids.add(tid)
+    return ids
+
+
+def _logits_processors(params: GenerationParams):
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopKLogitsWarper, TopPLogitsWarper)
+    procs = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.sampling:
+        procs.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k > 0:
+            procs.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            procs.append(TopPLogitsWarper(params.top_p))
+    return procs
+
+
+def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = None,
+                 params: GenerationParams | None = None, cancel: threading.Event | None = None,
+                 prompt_ids: list[int] | None = None) -> Iterator[StreamEvent]:
+    """Yield the reply as it grows; the last event has ``done=True`` and the stats.
+
+    Stopping: set ``cancel`` or simply stop iterating (``close()`` the generator); the model stays usable.
+    """
+    import torch
+
+    params = params or GenerationParams()
+    if lm.model is None:
+        raise GenerationError(f"{lm.label} was unloaded; load it again")
+    if prompt_ids is None:
+        prompt_ids, mode = build_prompt(lm, messages, system)
+    else:
+        mode = "raw"
+    ctx = lm.context_length
+    n_prompt = len(prompt_ids)
+    if n_prompt >= ctx:
+        raise PromptTooLongError(
+            f"the prompt is {n_prompt} tokens but {lm.name} has a context of {ctx} tokens: shorten it "
+            f"or clear the conversation")
+    stats = ReplyStats(model=lm.name, variant=lm.variant, device=lm.device, prompt_tokens=n_prompt, mode=mode)
+    max_new = params.max_new_tokens
+    if n_prompt + max_new > ctx:
+        max_new = ctx - n_prompt
+        stats.notes.append(f"max_new_tokens cut to {max_new} to fit the {ctx}-token context")
+    if mode == "completion":
+        stats.notes.append("no chat template: completion mode (the model continues the text)")
+
+    stop_ids = _stop_ids(lm)
+    procs = _logits_processors(params)
+    gen = None
+    if params.sampling:
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(params.seed) if params.seed is not None else int(time.time_ns() % 2 ** 63))
+    model = lm.model
+    input_device = _input_device(model)
+    text, new_ids = "", []
+    decoded_upto = 0
+    t_start = time.perf_counter()
+    t_last = t_start
+    peak = PeakMemory(lm.device)
+    stats.finish_reason = "length"
+    with peak, torch.inference_mode():
+        ids = torch.tensor([prompt_ids], device=input_device)
+        all_ids = ids
+        past = None
+        try:
+            for step in range(max_new):
+                if cancel is not None and cancel.is_set():
+                    stats.finish_reason = "stopped"
+                    break
+                with lm.lock:
+                    if lm.model is None:
+                        raise GenerationError(f"{lm.label} was unloaded during the reply")
+                    out = model(input_ids=ids, past_key_values=past, use_cache=True)
+                logits = out.logits[:, -1, :].float()
+                past = out.past_key_values
+                if not torch.isfinite(logits).all():
+                    raise GenerationError(
+                        f"{lm.name} in {lm.variant} produced NaN/inf logits at new token {step + 1}: this "
+                        f"variant overflows for this model (try bf16 or fp32)")
+                if step < params.min_new_tokens:
+                    for sid in stop_ids:
+                        logits[:, sid] = -float("inf")
+                logits = procs(all_ids, logits) if len(procs) else logits
+                if params.sampling:
+                    probs = torch.softmax(logits, dim=-1).cpu()
+                    next_id = int(torch.multinomial(probs, 1, generator=gen)[0, 0])
+                else:
+                    next_id = int(torch.argmax(logits, dim=-1)[0])
+                now = time.perf_counter()
+                if step == 0:
+                    stats.ttft_s = now - t_start
+                else:
+                    stats.itl_s.append(now - t_last)
+                t_last = now
+                if next_id in stop_ids and step >= params.min_new_tokens:
+                    stats.finish_reason = "eos"
+                    break
+                new_ids.append(next_id)
+                ids = torch.tensor([[next_id]], device=input_device)
+                all_ids = torch.cat([all_ids, ids], dim=1) if params.repetition_penalty != 1.0 else all_ids
+                full = lm.tokenizer.decode(new_ids[decoded_upto:], skip_special_tokens=True)
+                # hold back an incomplete multi-byte character (shows as U+FFFD) until the next token
+                if full.endswith("\ufffd"):
+                    continue
+                text += full
+                decoded_upto = len(new_ids)
+                yield StreamEvent(text=text, delta=full)
+        except torch.OutOfMemoryError as exc:
+            del past
+            release_memory()
+            raise GenerationError(
+                f"out of memory while generating with {lm.label} ({n_prompt} prompt tokens, {len(new_ids)} new): "
+                f"use fewer tokens, a smaller variant, or unload other models") from exc
+        except GeneratorExit:
+            stats.finish_reason = "stopped"
+            raise
+    stats.new_tokens = len(new_ids)
+    stats.total_s = time.perf_counter() - t_start
+    decode_time = sum(stats.itl_s)
+    stats.decode_tok_s = (len(stats.itl_s) / decode_time) if decode_time > 0 else 0.0
+    stats.peak_mem_gb, stats.mem_kind = peak.peak_gb, peak.kind
+    yield StreamEvent(text=text, delta="", done=True, stats=stats)
+
+
+def _input_device(model):
+    try:
+        return model.get_input_embeddings().weight.device
+    except Exception:  # pragma: no cover - exotic models
+        return next(model.parameters()).device
+
+
+def chat(lm: LoadedModel, messages: list[dict], system: str | None = None,
+         params: GenerationParams | None = None) -> tuple[str, ReplyStats]:
+    """Non-streaming convenience: the whole reply and its stats."""
+    last = None
+    for last in stream_reply(lm, messages, system, params):
+        pass
+    assert last is not None and last.done
+    return last.text, last.stats

@@ -1,0 +1,29 @@
+"""Errors with messages meant for people: the UI and CLI show ``str(exc)`` as is, without a traceback."""
+
+
+class PlaygroundError(Exception):
+    """Base class: a clear, specific problem the user can act on."""
+
+
+class ModelNotFoundError(PlaygroundError):
+    """Unknown model name, missing folder, or a hub id that is neither cached nor reachable."""
+
+
+class VariantUnsupportedError(PlaygroundError):
+    """The variant cannot run here (missing library, wrong hardware, dtype the model cannot take)."""
+
+
+class GenerationError(PlaygroundError):
+    """Generation failed in a way the user should know about (NaN logits, out of memory, ...)."""
+
+
+class PromptTooLongError(PlaygroundError):
+    """The prompt does not fit the model's context."""
+
+
+class InvalidParameterError(PlaygroundError, ValueError):
+    """A generation or load parameter is out of range."""
+
+
+class MemoryBudgetError(PlaygroundError):
+    """The model cannot fit the configured memory budget even after unloading others."""

