@@ -62,8 +62,11 @@ def _load(args):
     from .manager import ModelManager
     from .progress import console_progress
     manager = ModelManager(device=args.device)
-    return manager.get(args.model, args.variant, trust_remote_code=args.trust_remote_code,
-                       progress=console_progress())
+    bar = console_progress()
+    try:
+        return manager.get(args.model, args.variant, trust_remote_code=args.trust_remote_code, progress=bar)
+    finally:
+        bar.close()
 
 
 def one_shot(args) -> int:

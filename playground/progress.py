@@ -23,9 +23,15 @@ def console_progress(total: int = 100, stream=None) -> Progress:
         bar.n = max(0, min(total, round(fraction * total)))
         bar.refresh()
         if fraction >= 1.0:
+            close()
+
+    def close() -> None:
+        nonlocal bar
+        if bar is not None:
             bar.close()
             bar = None
 
+    update.close = close  # type: ignore[attr-defined]  # call on failure so an error starts on its own line
     return update
 
 

@@ -1,0 +1,88 @@
+"""The terminal chat, one-shot and interactive (driven through a pseudo-terminal)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pexpect
+import pytest
+
+from conftest import ROOT
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+CLI = [sys.executable, "-m", "playground.cli"]
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run(CLI + list(args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_one_shot_prints_the_reply_and_exits_0():
+    r = run_cli("--model", "smollm2-135m-instruct", "--variant", "nf4", "--prompt", "What is the capital of France?",
+                "--greedy", "--max-new-tokens", "16", "--stats")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Paris" in r.stdout
+    assert "tok/s" in r.stderr and "nf4" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_one_shot_system_prompt_and_temperature():
+    r = run_cli("--prompt", "Name one fruit.", "--system", "You answer in one word.", "--temperature", "0.5",
+                "--seed", "7", "--max-new-tokens", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip()
+
+
+@pytest.mark.parametrize("args,reason", [
+    (["--variant", "int3", "--prompt", "hi"], "invalid choice: 'int3'"),
+    (["--temperature", "-1", "--prompt", "hi"], "temperature must be in [0, 5]"),
+    (["--max-new-tokens", "0", "--prompt", "hi"], "max_new_tokens must be"),
+    (["--prompt", "   "], "--prompt is empty"),
+    (["--model", "no-org/no-such-model", "--prompt", "hi"], "not in the local Hugging Face cache"),
+    (["--max-new-tokens", "many"], "invalid int value"),
+])
+def test_bad_arguments_exit_nonzero_with_one_line(args, reason):
+    r = run_cli(*args)
+    assert r.returncode != 0
+    assert reason in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    error_lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, r.stderr
+
+
+def test_interactive_session_in_a_terminal():
+    child = pexpect.spawn(CLI[0], CLI[1:] + ["--greedy", "--max-new-tokens", "40"], cwd=str(ROOT), env=ENV,
+                          encoding="utf-8", timeout=240, dimensions=(40, 200))
+    try:
+        child.expect("commands: clear")
+        child.expect("User:")
+        child.sendline("What is the capital of France?")
+        child.expect("Assistant:")
+        child.expect("Paris")
+        child.expect(r"tok/s")
+        child.expect("User:")
+        child.sendline("stream")
+        child.expect("streaming off")
+        child.expect("User:")
+        child.sendline("stream")
+        child.expect("streaming on")
+        child.expect("User:")
+        child.sendline("clear")
+        child.expect("new conversation")
+        child.expect("User:")
+        # Ctrl+C stops a long reply, not the program
+        child.sendline("Write a very long story about a dragon who learns to cook.")
+        child.expect("Assistant:")
+        child.expect(r"\w+ \w+")        # some streamed words arrive
+        child.sendintr()
+        child.expect(r"\[stopped\]")
+        child.expect("User:")
+        child.sendline("What is the capital of France?")
+        child.expect("Paris")
+        child.expect("User:")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0, child.before

@@ -1,0 +1,70 @@
+"""Every variant is real: its Linear layers are the quantized kind, weight memory shrinks, and it still answers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DEFAULT_MODEL, FRANCE
+from playground.engine import GenerationParams, chat
+from playground.manager import quantized_layer_kinds
+from playground.variants import VARIANTS
+
+# Fraction of bf16 weight bytes each variant may use at most. Embeddings (tied with lm_head, 57 MB of the
+# 269 MB) stay in 16 bits in every variant, which is why 4-bit lands near 0.4 and not 0.25.
+MAX_FRACTION_OF_BF16 = {"fp32": 2.01, "bf16": 1.0, "fp16": 1.0, "int8": 0.65, "nf4": 0.45, "fp4": 0.45,
+                        "gptq": 0.5, "awq": 0.5}
+EXPECTED_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# transformer block projections of SmolLM2-135M: 30 layers × (q, k, v, o, gate, up, down)
+BLOCK_LINEARS = 30 * 7
+
+
+def test_registry_has_all_eight_variants():
+    assert list(VARIANTS) == ["fp32", "bf16", "fp16", "int8", "nf4", "fp4", "gptq", "awq"]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variant_is_really_that_variant(manager, smollm_bf16, variant):
+    lm = manager.get(DEFAULT_MODEL, variant)
+    kinds = quantized_layer_kinds(lm.model)
+    bf16_bytes = smollm_bf16.stats.weights_bytes
+    assert lm.stats.weights_bytes <= MAX_FRACTION_OF_BF16[variant] * bf16_bytes, (variant, lm.stats, kinds)
+    if variant in EXPECTED_DTYPE:
+        dtypes = {p.dtype for p in lm.model.parameters()}
+        assert dtypes == {EXPECTED_DTYPE[variant]}, dtypes
+        assert kinds.get("Linear", 0) >= BLOCK_LINEARS
+    else:
+        wanted = VARIANTS[variant].quantized_layer_classes
+        quantized = sum(n for cls, n in kinds.items() if any(cls.endswith(w) for w in wanted))
+        assert quantized >= BLOCK_LINEARS, f"{variant}: only {quantized} quantized linears: {kinds}"
+        assert lm.kernel, "the quantized kernel in use must be recorded"
+        # the shrink must come from the block weights, not from dropping layers
+        assert lm.stats.weights_bytes < 0.7 * bf16_bytes
+    # and it still produces an answer
+    text, stats = chat(lm, FRANCE, params=GenerationParams(greedy=True, max_new_tokens=12))
+    assert text.strip(), f"{variant} produced an empty reply"
+    assert stats.new_tokens > 0 and stats.ttft_s > 0 and stats.peak_mem_gb > 0
+    if variant in ("fp32", "bf16", "fp16", "int8"):
+        assert "Paris" in text, (variant, text)
+
+
+def test_quantized_cache_is_reused(manager):
+    """gptq/awq checkpoints are made once; loading again reads the cache (quantize_s == 0)."""
+    from playground.catalog import resolve
+    from playground.variants import VariantOptions, get_variant
+    source = resolve(DEFAULT_MODEL)
+    assert source.convert_s == 0.0, "the converted folder must come from the cache"
+    for name in ("gptq", "awq"):
+        plan = get_variant(name).plan(source, VariantOptions(), "cpu", lambda f, m: None)
+        assert plan.quantize_s == 0.0 and plan.quantized_cache
+        meta = (__import__("pathlib").Path(plan.quantized_cache) / "playground_quantization.json")
+        assert meta.exists(), "quantization settings and calibration time are recorded next to the checkpoint"
+
+
+def test_quantized_cache_key_depends_on_settings():
+    from playground.catalog import resolve
+    from playground.variants import VariantOptions, quantized_cache_dir
+    source = resolve(DEFAULT_MODEL)
+    a = quantized_cache_dir(source, "gptq", VariantOptions())
+    b = quantized_cache_dir(source, "gptq", VariantOptions(group_size=64))
+    c = quantized_cache_dir(source, "awq", VariantOptions())
+    assert len({a, b, c}) == 3
