@@ -111,16 +111,21 @@ def build_prompt(lm: LoadedModel, messages: list[dict], system: str | None) -> t
 
 
 def _stop_ids(lm: LoadedModel) -> set[int]:
+    """End-of-turn token ids, computed once per loaded model (``get_vocab`` is slow on big vocabularies)."""
+    cached = getattr(lm, "_stop_ids", None)
+    if cached is not None:
+        return cached
     ids = set()
     for src in (lm.model.generation_config.eos_token_id, lm.tokenizer.eos_token_id):
         if isinstance(src, int):
             ids.add(src)
         elif src:
             ids.update(int(i) for i in src)
+    vocab = lm.tokenizer.get_vocab()
     for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
-        tid = lm.tokenizer.convert_tokens_to_ids(special) if special in lm.tokenizer.get_vocab() else None
-        if isinstance(tid, int):
-            ids.add(tid)
+        if special in vocab:
+            ids.add(int(vocab[special]))
+    lm._stop_ids = ids
     return ids
 
 
@@ -148,8 +153,10 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
     """
     import torch
 
+    t_start = time.perf_counter()     # TTFT counts everything from the request on, templating included
     params = params or GenerationParams()
-    if lm.model is None:
+    model, tokenizer = lm.model, lm.tokenizer   # keep our own references: an unload mid-reply can't pull them
+    if model is None or tokenizer is None:
         raise GenerationError(f"{lm.label} was unloaded; load it again")
     if prompt_ids is None:
         prompt_ids, mode = build_prompt(lm, messages, system)
@@ -175,11 +182,9 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
     if params.sampling:
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(params.seed) if params.seed is not None else int(time.time_ns() % 2 ** 63))
-    model = lm.model
     input_device = _input_device(model)
     text, new_ids = "", []
     decoded_upto = 0
-    t_start = time.perf_counter()
     t_last = t_start
     peak = PeakMemory(lm.device)
     stats.finish_reason = "length"
@@ -223,7 +228,7 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                 new_ids.append(next_id)
                 ids = torch.tensor([[next_id]], device=input_device)
                 all_ids = torch.cat([all_ids, ids], dim=1) if params.repetition_penalty != 1.0 else all_ids
-                full = lm.tokenizer.decode(new_ids[decoded_upto:], skip_special_tokens=True)
+                full = tokenizer.decode(new_ids[decoded_upto:], skip_special_tokens=True)
                 # hold back an incomplete multi-byte character (shows as U+FFFD) until the next token
                 if full.endswith("\ufffd"):
                     continue

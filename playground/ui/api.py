@@ -1,0 +1,79 @@
+"""The ``/chat`` API endpoint for gradio_client (and curl): one reply, streamed, with its stats at the end.
+
+    from gradio_client import Client
+    job = Client("http://127.0.0.1:7860/").submit(model="smollm2-135m-instruct", variant="bf16",
+                                                  message="What is the capital of France?", greedy=True,
+                                                  api_name="/chat")
+    for reply_so_far, stats in job: ...      # stats is {} until the reply is done
+    reply, stats = job.result()              # stats: ReplyStats.to_dict() (ttft_s, decode_tok_s, ...)
+"""
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+
+from ..engine import stream_reply
+from ..errors import InvalidParameterError, PlaygroundError
+from .common import UIContext, make_params, session_id, user_error
+
+log = logging.getLogger(__name__)
+
+
+def _text(content) -> str:
+    """Message content as plain text; accepts Gradio's normalized form ([{"type": "text", "text": ...}])."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    if isinstance(content, list):
+        return "".join(_text(c) for c in content)
+    return "" if content is None else str(content)
+
+
+def normalize_history(history) -> list[dict]:
+    if history in (None, "", []):
+        return []
+    if not isinstance(history, list):
+        raise InvalidParameterError("history must be a list of {'role': 'user'|'assistant', 'content': str}")
+    msgs = []
+    for i, m in enumerate(history):
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant", "system"):
+            raise InvalidParameterError(
+                f"history[{i}] must be a dict with role 'user' or 'assistant' and a content string, got {m!r}")
+        if m["role"] != "system":
+            msgs.append({"role": m["role"], "content": _text(m.get("content"))})
+    return msgs
+
+
+def register(ctx: UIContext) -> None:
+    """Add the ``/chat`` endpoint to the Blocks being built (call inside ``with gr.Blocks()``)."""
+
+    # A generator: gradio streams each yield; the hint describes one yielded value (reply so far, stats).
+    def chat(model: str, variant: str, message: str, history: list[dict] | None = None,
+             system_prompt: str = "", max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.9,
+             top_k: int = 50, repetition_penalty: float = 1.0, seed: int | None = None, greedy: bool = False,
+             request: gr.Request = None) -> tuple[str, dict]:
+        """Reply to `message` after `history` with model × variant. Streams (reply_so_far, {}) then
+        (reply, stats) where stats has ttft_s, decode_tok_s, new_tokens, peak_mem_gb, finish_reason, badge."""
+        try:
+            params = make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy)
+            if not isinstance(message, str) or not message.strip():
+                raise InvalidParameterError("the message is empty: type something to send")
+            msgs = normalize_history(history) + [{"role": "user", "content": message}]
+            lm = ctx.find(model, variant) or ctx.load(model, variant)
+            cancel = ctx.cancels.start(session_id(request), "api")
+            for event in stream_reply(lm, msgs, system_prompt or None, params, cancel):
+                if event.done:
+                    stats = event.stats.to_dict()
+                    stats["badge"] = event.stats.badge()
+                    yield event.text, stats
+                else:
+                    yield event.text, {}
+        except PlaygroundError as exc:
+            raise user_error(str(exc)) from None
+        except Exception as exc:
+            log.exception("/chat failed")
+            raise user_error(f"unexpected error ({type(exc).__name__}): {exc}") from None
+
+    gr.api(chat, api_name="chat")

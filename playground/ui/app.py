@@ -1,0 +1,77 @@
+"""Compose the web UI from its tabs.
+
+Every tab lives in its own module with ``build_tab(ctx: UIContext) -> None``, which creates its own ``gr.Tab``
+inside the ``gr.Tabs`` opened here. To add a tab, add a module and a line to ``TAB_MODULES``;
+``OPTIONAL_TAB_MODULES`` are included only when the module exists (so work in progress never shows an empty tab).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Iterable
+
+import gradio as gr
+
+from ..catalog import DEFAULT_MODEL
+from ..manager import ModelManager
+from . import api
+from .common import UIContext
+
+TAB_MODULES = ("chat_tab", "compare_tab", "models_tab")
+# Hook for the benchmark tab: playground/ui/benchmark_tab.py with ``build_tab(ctx: UIContext)``.
+OPTIONAL_TAB_MODULES = ("benchmark_tab",)
+
+APP_CSS = """
+.reply-badge { display: inline-block; margin-top: 2px; font-size: 0.78em; opacity: 0.75;
+               font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
+.status-line { font-size: 0.9em; min-height: 1.5em; }
+.compare-slot { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
+.compare-reply { min-height: 120px; }
+#compare-badge-0, #compare-badge-1, #compare-badge-2, #compare-badge-3 { font-size: 0.78em; opacity: 0.8; }
+footer { display: none !important; }
+"""
+# System fonts only: the default Google fonts cannot load on offline machines and delay the first paint.
+THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                       font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
+
+
+def tab_modules(names: Iterable[str] = TAB_MODULES, optional: Iterable[str] = OPTIONAL_TAB_MODULES) -> list:
+    mods = [importlib.import_module(f"{__package__}.{n}") for n in names]
+    for name in optional:
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            mods.append(importlib.import_module(f"{__package__}.{name}"))
+    return mods
+
+
+def build_app(manager: ModelManager, default_model: str = DEFAULT_MODEL, default_variant: str = "bf16",
+              device: str | None = None, trusted_models: Iterable[str] = (),
+              title: str = "LLM quantization playground") -> gr.Blocks:
+    """The whole UI as a ``gr.Blocks`` (not launched). Launch it with ``launch_app`` (adds CSS and queue)."""
+    ctx = UIContext(manager=manager, default_model=default_model, default_variant=default_variant,
+                    device=device, trusted_models=frozenset(trusted_models))
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(f"## {title}\nChat with small LLMs in different precisions and quantizations, compare "
+                    f"them side by side, and see what each costs in speed and memory.", elem_id="app-header")
+        with gr.Tabs(elem_id="tabs"):
+            for mod in tab_modules():
+                mod.build_tab(ctx)
+        api.register(ctx)
+
+        def forget_session(request: gr.Request):
+            ctx.cancels.drop_session(getattr(request, "session_hash", None))
+
+        app.unload(forget_session)
+    app.playground_ctx = ctx  # for tests and for tabs added later
+    return app
+
+
+def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 7860,
+               auth: list[tuple[str, str]] | None = None, concurrency_limit: int = 2, max_queue: int | None = 64,
+               prevent_thread_lock: bool = False, quiet: bool = False):
+    """Queue + launch with the app's CSS; local only (share links are made by launch.py, with a time limit)."""
+    app.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
+    return app.launch(server_name=host, server_port=port, auth=auth or None, share=False,
+                      prevent_thread_lock=prevent_thread_lock, quiet=quiet, css=APP_CSS,
+                      theme=THEME, show_error=True, ssr_mode=False,
+                      auth_message="LLM quantization playground: sign in with the user name and password "
+                                   "the operator gave you.")

@@ -1,0 +1,229 @@
+"""Benchmark tab: pick models, variants and sizes; the sweep runs in the background (one worker process per
+(model, variant), see ``benchmarks.runner``) while a live table and plots fill in; the results download as a zip.
+
+``build_benchmark_tab(manager)`` builds the tab's content (call it inside ``with gr.Tab("Benchmark"):``);
+``build_tab(ctx)`` is the hook ``app.py`` looks for and wraps it in its own tab.
+The sweep runs in other processes, so chat keeps working in this one; while it runs, a banner says that the
+device is shared (replies slow down and the benchmark's timings are disturbed).
+"""
+from __future__ import annotations
+
+import html
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from ..catalog import CATALOG, DEFAULT_MODEL
+from ..manager import ModelManager
+from ..variants import VARIANTS
+
+PRIVATE = "private"
+TABLE_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status", "decode_tok_s", "ttft_ms",
+              "itl_p50_ms", "e2e_long_s", "peak_rss_gb", "peak_gpu_mem_gb", "weights_gb", "load_read_s", "error"]
+RESULTS_ROOT = Path(__file__).resolve().parents[2] / "results"
+
+
+@dataclass
+class Job:
+    out: str
+    device: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    rows: list = field(default_factory=list)
+    fraction: float = 0.0
+    message: str = "starting"
+    error: str | None = None
+    done: bool = False
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    version: int = 0
+
+
+_LOCK = threading.Lock()
+_JOB: Job | None = None          # one sweep at a time per process: they would share (and disturb) the device
+
+
+def current_job() -> Job | None:
+    return _JOB
+
+
+def _ints(name: str, text: str) -> list[str]:
+    items = [t.strip() for t in str(text or "").replace(";", ",").split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"{name}: give at least one number (comma separated)")
+    return items
+
+
+def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_tokens, new_tokens, repeats, warmup,
+              device, memory_cap_gb, unload_first) -> Job:
+    """Validate, then run the sweep in a background thread. Raises ValueError with a readable message."""
+    global _JOB
+    from benchmarks.config import ConfigError, RunConfig
+    from benchmarks.runner import run_sweep
+    with _LOCK:
+        if _JOB is not None and not _JOB.done:
+            raise ValueError("a benchmark is already running: wait for it or press Stop")
+        out = RESULTS_ROOT / f"ui-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            cfg = RunConfig(models=list(models or []), variants=list(variants or []),
+                            batch_sizes=_ints("batch sizes", batch_sizes),
+                            prompt_tokens=_ints("prompt tokens", prompt_tokens),
+                            new_tokens=_ints("new tokens", new_tokens), repeats=int(repeats or 1),
+                            warmup=int(warmup or 0), device=device or "auto", out=str(out), name=out.name,
+                            memory_cap_gb=float(memory_cap_gb) if memory_cap_gb else None)
+        except (ConfigError, TypeError) as exc:
+            raise ValueError(str(exc)) from None
+        job = Job(out=str(out), device=cfg.device)
+        _JOB = job
+    if unload_first:
+        manager.unload_all()
+
+    def on_row(row):
+        job.rows.append(row)
+        job.version += 1
+
+    def progress(fraction, message):
+        job.fraction, job.message = fraction, message
+
+    def work():
+        try:
+            run_sweep(cfg, on_row=on_row, progress=progress, cancel=job.cancel,
+                      argv=["playground UI", "Benchmark tab"])
+        except Exception as exc:  # noqa: BLE001 - shown in the tab
+            job.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            job.ended = time.monotonic()
+            job.done = True
+            job.version += 1
+
+    threading.Thread(target=work, name="benchmark-sweep", daemon=True).start()
+    return job
+
+
+def busy_banner(job: Job | None) -> str:
+    if job is None or job.done:
+        return ""
+    return (f'<div class="warn" style="background:#fff4ce;border:1px solid #e0c36a;padding:8px 12px">⏳ A benchmark '
+            f"is running on <b>{html.escape(job.device)}</b>. Chat still works, but it shares the device: replies "
+            f"are slower and chatting disturbs the benchmark's timings.</div>")
+
+
+def status_text(job: Job | None) -> str:
+    if job is None:
+        return "No benchmark run yet in this session."
+    elapsed = (job.ended or time.monotonic()) - job.started
+    ok = sum(r["status"] == "ok" for r in job.rows)
+    head = (f"**{'Done' if job.done else 'Running'}** · {len(job.rows)} row(s), {ok} ok · "
+            f"{100 * job.fraction:.0f}% · {elapsed:.0f} s · {html.escape(job.message)}")
+    if job.cancel.is_set():
+        head += " · stopped"
+    if job.error:
+        head += f"  \n❌ {html.escape(job.error)}"
+    return head + f"  \nResults folder: `{job.out}`"
+
+
+def table_rows(job: Job | None) -> list[list]:
+    if job is None:
+        return []
+
+    def cell(r, c):
+        v = r.get(c)
+        if c == "model" and r.get("random_weights"):
+            return f"{v} [random weights]"
+        return round(v, 3) if isinstance(v, float) else ("" if v is None else v)
+    return [[cell(r, c) for c in TABLE_COLS] for r in job.rows]
+
+
+def figures(rows: list[dict]):
+    from benchmarks import plots
+    sweep = next((f for f in (plots.sweep_figure(rows, a) for a in ("batch_size", "prompt_tokens", "new_tokens"))
+                  if f is not None), None)
+    return plots.bars_figure(rows), plots.scatter_figure(rows), sweep
+
+
+def build_benchmark_tab(manager: ModelManager, device: str | None = None, default_model: str = DEFAULT_MODEL) -> None:
+    from benchmarks.random_weights import list_architectures
+    model_choices = list(CATALOG) + [f"random:{a}" for a in list_architectures()]
+    gr.Markdown("Measure load time, time to first token, decode speed and memory of each variant. Every "
+                "(model, variant) runs in its own process so memory starts clean; an out-of-memory or a crash "
+                "becomes a row. `random:<architecture>` models have random weights (real speed, noise answers).")
+    banner = gr.HTML(busy_banner(_JOB), elem_id="bench-banner")
+    with gr.Row():
+        models = gr.Dropdown(model_choices, value=[default_model], multiselect=True, allow_custom_value=True,
+                             label="Models", elem_id="bench-models", scale=2)
+        variants = gr.CheckboxGroup(list(VARIANTS), value=["bf16", "int8", "nf4"], label="Variants",
+                                    elem_id="bench-variants", scale=3)
+    with gr.Row():
+        batch_sizes = gr.Textbox("1", label="Batch sizes", info="comma separated", elem_id="bench-bs")
+        prompt_tokens = gr.Textbox("128", label="Prompt tokens", info="comma separated", elem_id="bench-prompt")
+        new_tokens = gr.Textbox("64", label="New tokens", info="comma separated", elem_id="bench-new")
+        repeats = gr.Number(3, precision=0, minimum=1, label="Repeats", elem_id="bench-repeats")
+        warmup = gr.Number(1, precision=0, minimum=0, label="Warm-up runs", elem_id="bench-warmup")
+    with gr.Row():
+        dev = gr.Dropdown(["auto", "cpu", "cuda"], value=device or "auto", label="Device", elem_id="bench-device")
+        cap = gr.Number(0, minimum=0, label="Memory cap, GB (0 = none)",
+                        info="going over it is a real out-of-memory → an oom row", elem_id="bench-cap")
+        unload = gr.Checkbox(False, label="Unload the chat's models first",
+                             info="frees the memory they hold (cleaner numbers; chat reloads on next use)",
+                             elem_id="bench-unload")
+    with gr.Row():
+        run_btn = gr.Button("▶ Run benchmark", variant="primary", elem_id="bench-run")
+        stop_btn = gr.Button("■ Stop", variant="stop", interactive=False, elem_id="bench-stop")
+    status = gr.Markdown(status_text(_JOB), elem_id="bench-status")
+    table = gr.Dataframe(value=table_rows(_JOB), headers=TABLE_COLS, interactive=False, wrap=True,
+                         label="Results (live)", elem_id="bench-table")
+    compact = gr.HTML("", elem_id="bench-compact")
+    with gr.Row():
+        bars = gr.Plot(label="Per variant", elem_id="bench-bars")
+    with gr.Row():
+        scatter = gr.Plot(label="Memory vs throughput", elem_id="bench-scatter")
+        sweep = gr.Plot(label="Sweep", elem_id="bench-sweep")
+    download = gr.File(label="Download results (csv + json + html report)", interactive=False,
+                       elem_id="bench-download")
+    timer = gr.Timer(1.0)   # always on: cheap when nothing changed, and a reloaded page finds a running sweep
+    seen = gr.State(-1)
+
+    def start(*args):
+        try:
+            start_job(manager, *args)
+        except ValueError as exc:
+            gr.Warning(str(exc))
+            return status_text(_JOB), gr.skip(), gr.skip(), gr.skip(), -1
+        return status_text(_JOB), busy_banner(_JOB), gr.Button(interactive=False), gr.Button(interactive=True), -1
+
+    def stop():
+        if _JOB is not None and not _JOB.done:
+            _JOB.cancel.set()
+        return status_text(_JOB)
+
+    def tick(last_version):
+        job = _JOB
+        if job is None or (job.done and job.version == last_version):
+            return (gr.skip(),) * 10 + (last_version,)
+        finished = job.done
+        common = [status_text(job), busy_banner(job), gr.Button(interactive=finished),
+                  gr.Button(interactive=not finished)]
+        if job.version == last_version:
+            return (*common, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last_version)
+        from benchmarks.report import compact_table
+        rows = list(job.rows)
+        figs = figures(rows) if rows else (None, None, None)
+        zip_path = None
+        if finished and (Path(job.out) / "results.json").exists():
+            from benchmarks.bundle import make_zip
+            zip_path = make_zip(job.out)
+        return (*common, table_rows(job), compact_table(rows) if rows else "", *figs, zip_path, job.version)
+
+    outs = [status, banner, run_btn, stop_btn, table, compact, bars, scatter, sweep, download, seen]
+    run_btn.click(start, [models, variants, batch_sizes, prompt_tokens, new_tokens, repeats, warmup, dev, cap,
+                          unload], [status, banner, run_btn, stop_btn, seen], api_visibility=PRIVATE)
+    stop_btn.click(stop, None, [status], api_visibility=PRIVATE, queue=False)
+    timer.tick(tick, [seen], outs, api_visibility=PRIVATE, queue=False)
+
+
+def build_tab(ctx) -> None:
+    """The hook ``playground.ui.app`` calls: the benchmark tab in its own ``gr.Tab``."""
+    with gr.Tab("Benchmark", id="benchmark", elem_id="tab-benchmark"):
+        build_benchmark_tab(ctx.manager, ctx.device, ctx.default_model)

@@ -1,0 +1,182 @@
+"""Chat tab: pick a model × variant, load it, chat with a streaming reply and a stats badge under each answer.
+
+The conversation lives in a per-session ``gr.State`` as ``{"role", "content", "badge"}`` dicts; the Chatbot only
+shows it (the badge is appended to the displayed reply, never sent back to the model).
+"""
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+
+from ..engine import stream_reply
+from ..errors import PlaygroundError
+from ..manager import check_variant_available
+from .common import (PRIVATE, UIContext, badge_html, badge_text, describe_loaded, make_params, model_dropdown,
+                     params_accordion, session_id, user_error, variant_dropdown)
+
+log = logging.getLogger(__name__)
+
+PRESETS: dict[str, str] = {
+    "Default assistant": "You are a helpful assistant.",
+    "Concise": "You are a helpful assistant. Answer in one or two short sentences, without preamble.",
+    "厨师 · Chef (中文)": "你是一位经验丰富的厨师，回答时先列出所需食材，再分步骤说明做法。",
+    "Coding helper": ("You are an expert programmer. Answer with correct, minimal code in fenced code blocks, "
+                      "then explain it briefly."),
+    "None (model default)": "",
+}
+DEFAULT_PRESET = "Default assistant"
+
+
+def to_display(history: list[dict], pending: str | None = None) -> list[dict]:
+    """State → Chatbot messages; assistant replies get their badge; ``pending`` is a reply still streaming."""
+    out = []
+    for m in history:
+        content = m["content"]
+        if m["role"] == "assistant" and m.get("badge"):
+            content = f"{content}\n\n{badge_html(text=m['badge'])}"
+        out.append({"role": m["role"], "content": content})
+    if pending is not None:
+        out.append({"role": "assistant", "content": pending or "…"})
+    return out
+
+
+def selection_status(ctx: UIContext, model: str, variant: str) -> str:
+    lm = ctx.find(model, variant)
+    if lm is not None:
+        return describe_loaded(lm)
+    reason = check_variant_available(variant, ctx.device or ctx.manager.device) if variant else None
+    if reason:
+        return f"⛔ {reason}"
+    return f"⚪ {model or '(no model)'} [{variant}] is not loaded: press **Load**, or just send a message."
+
+
+def build_tab(ctx: UIContext) -> None:
+    with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+        history = gr.State([])
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300, elem_id="chat-sidebar"):
+                model = model_dropdown(ctx, elem_id="chat-model")
+                variant = variant_dropdown(ctx.default_variant, elem_id="chat-variant")
+                with gr.Row():
+                    load_btn = gr.Button("Load", variant="primary", size="sm", min_width=80, elem_id="chat-load")
+                    unload_btn = gr.Button("Unload", size="sm", min_width=80, elem_id="chat-unload")
+                status = gr.Markdown(selection_status(ctx, ctx.default_model, ctx.default_variant),
+                                     elem_id="chat-status", elem_classes=["status-line"])
+                preset = gr.Dropdown(choices=list(PRESETS), value=DEFAULT_PRESET, label="System prompt preset",
+                                     elem_id="chat-preset")
+                system = gr.Textbox(value=PRESETS[DEFAULT_PRESET], label="System prompt", lines=3,
+                                    elem_id="chat-system")
+                params = params_accordion("chat")
+            with gr.Column(scale=3, min_width=400):
+                chatbot = gr.Chatbot(label="Conversation", height=500, elem_id="chat-chatbot",
+                                     buttons=["copy", "copy_all"], feedback_options=None,
+                                     placeholder="Ask something. Replies stream in; the line under each reply "
+                                                 "shows time to first token, speed, tokens and peak memory.")
+                with gr.Row(equal_height=True):
+                    message = gr.Textbox(show_label=False, lines=2, max_lines=8, scale=6, elem_id="chat-input",
+                                         placeholder="Type a message (Enter sends, Shift+Enter adds a line)")
+                    send_btn = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="chat-send")
+                with gr.Row():
+                    stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="chat-stop")
+                    regen_btn = gr.Button("Regenerate", size="sm", elem_id="chat-regenerate")
+                    undo_btn = gr.Button("Undo", size="sm", elem_id="chat-undo")
+                    clear_btn = gr.Button("Clear", size="sm", elem_id="chat-clear")
+
+        pvals = params.as_list()
+        out = [chatbot, history, message, status]
+
+        def run(model_name, variant_name, hist, system_prompt, pv, request, progress, rollback, box):
+            """Stream a reply to ``hist`` (ending with the user turn). On errors restore ``rollback``."""
+            cancel = ctx.cancels.start(session_id(request), "chat")
+            try:
+                gen_params = make_params(*pv)
+                lm = ctx.find(model_name, variant_name)
+                if lm is None:
+                    yield to_display(hist, pending=""), gr.skip(), box, f"⏳ loading {model_name} [{variant_name}] …"
+                    lm = ctx.load(model_name, variant_name, progress)
+                yield to_display(hist, pending=""), gr.skip(), box, describe_loaded(lm)
+                msgs = [{"role": m["role"], "content": m["content"]} for m in hist]
+                event = None
+                for event in stream_reply(lm, msgs, system_prompt, gen_params, cancel):
+                    if event.done:
+                        break
+                    yield to_display(hist, pending=event.text), gr.skip(), gr.skip(), gr.skip()
+                stats = event.stats
+                final = hist + [{"role": "assistant", "content": event.text, "badge": badge_text(stats)}]
+                last = (f"  \nlast reply: {stats.prompt_tokens} prompt tokens → {stats.new_tokens} new "
+                        f"({stats.finish_reason}, {stats.mode} mode)")
+                notes = "".join(f"  \nℹ️ {n}" for n in stats.notes)
+                yield to_display(final), final, gr.skip(), describe_loaded(lm) + last + notes
+            except PlaygroundError as exc:
+                yield to_display(rollback[0]), rollback[0], rollback[1], f"⚠️ {exc}"
+                raise user_error(str(exc)) from None
+            except gr.Error:
+                raise
+            except Exception as exc:  # unexpected: log the traceback, show one line
+                log.exception("chat reply failed")
+                yield to_display(rollback[0]), rollback[0], rollback[1], f"⚠️ {type(exc).__name__}: {exc}"
+                raise user_error(f"unexpected error ({type(exc).__name__}): {exc}") from None
+
+        # gradio injects gr.Request / gr.Progress only into positional parameters: no *args here.
+        def send(model_name, variant_name, text, hist, system_prompt, max_new_tokens, temperature, top_p, top_k,
+                 repetition_penalty, seed, greedy, request: gr.Request, progress=gr.Progress()):
+            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy)
+            hist = list(hist or [])
+            if not (text or "").strip():
+                gr.Warning("The message is empty: type something to send.")
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                return
+            new = hist + [{"role": "user", "content": text}]
+            yield from run(model_name, variant_name, new, system_prompt, pv, request, progress, (hist, text), "")
+
+        def regenerate(model_name, variant_name, hist, system_prompt, max_new_tokens, temperature, top_p, top_k,
+                       repetition_penalty, seed, greedy, request: gr.Request, progress=gr.Progress()):
+            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy)
+            hist = list(hist or [])
+            base = hist[:-1] if hist and hist[-1]["role"] == "assistant" else hist
+            if not base or base[-1]["role"] != "user":
+                gr.Warning("Nothing to regenerate yet: send a message first.")
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                return
+            yield from run(model_name, variant_name, base, system_prompt, pv, request, progress,
+                           (hist, gr.skip()), gr.skip())
+
+        def undo(hist):
+            hist = list(hist or [])
+            if hist and hist[-1]["role"] == "assistant":
+                hist.pop()
+            text = hist.pop()["content"] if hist and hist[-1]["role"] == "user" else gr.skip()
+            return to_display(hist), hist, text
+
+        def stop(request: gr.Request):
+            ctx.cancels.stop(session_id(request), "chat")
+
+        def load(model_name, variant_name, progress=gr.Progress()):
+            try:
+                return describe_loaded(ctx.load(model_name, variant_name, progress))
+            except PlaygroundError as exc:
+                raise user_error(str(exc)) from None
+
+        def unload(model_name, variant_name):
+            if ctx.manager.unload((model_name or "").strip(), variant_name, ctx.device):
+                return f"⏏️ unloaded {model_name} [{variant_name}]: memory returned"
+            return f"⚪ {model_name} [{variant_name}] was not loaded"
+
+        send_args = dict(fn=send, inputs=[model, variant, message, history, system, *pvals], outputs=out,
+                         api_visibility=PRIVATE, show_progress="minimal", show_progress_on=[status])
+        send_btn.click(**send_args)
+        message.submit(**send_args)
+        regen_btn.click(regenerate, [model, variant, history, system, *pvals], out, api_visibility=PRIVATE,
+                        show_progress="minimal", show_progress_on=[status])
+        stop_btn.click(stop, None, None, queue=False, api_visibility=PRIVATE)
+        undo_btn.click(undo, [history], [chatbot, history, message], queue=False, api_visibility=PRIVATE)
+        clear_btn.click(lambda: ([], []), None, [chatbot, history], queue=False, api_visibility=PRIVATE)
+        chatbot.clear(lambda: [], None, [history], queue=False, api_visibility=PRIVATE)  # the 🗑 icon
+        load_btn.click(load, [model, variant], [status], api_visibility=PRIVATE)
+        unload_btn.click(unload, [model, variant], [status], api_visibility=PRIVATE)
+        preset.change(lambda p: PRESETS.get(p, gr.skip()), [preset], [system], queue=False,
+                      api_visibility=PRIVATE)
+        for dd in (model, variant):
+            dd.change(lambda m, v: selection_status(ctx, m, v), [model, variant], [status], queue=False,
+                      api_visibility=PRIVATE)

@@ -1,0 +1,194 @@
+"""Pieces shared by the tabs: the UI context, stop signals per session, parameter widgets, badges, loading."""
+from __future__ import annotations
+
+import html
+import threading
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from ..catalog import CATALOG
+from ..engine import GenerationParams, ReplyStats
+from ..errors import InvalidParameterError
+from ..manager import GB, LoadedModel, ModelManager
+from ..variants import VARIANTS
+
+PRIVATE = "private"  # api_visibility of UI-only events: hidden from the API page and from gradio_client
+
+
+class CancelRegistry:
+    """One stop signal per (browser session, scope): Stop sets the signal of the reply running in that session.
+
+    The engine checks the event before every token, so a stopped reply ends cleanly with its stats
+    (finish_reason "stopped") and the model stays usable.
+    """
+
+    def __init__(self):
+        self._events: dict[tuple[str, str], threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str | None, scope: str) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            self._events[(session or "", scope)] = event
+        return event
+
+    def stop(self, session: str | None, scope: str) -> bool:
+        with self._lock:
+            event = self._events.get((session or "", scope))
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def drop_session(self, session: str | None) -> None:
+        with self._lock:
+            for key in [k for k in self._events if k[0] == (session or "")]:
+                del self._events[key]
+
+
+@dataclass
+class UIContext:
+    """What every tab builder receives (``build_tab(ctx)``)."""
+    manager: ModelManager
+    default_model: str
+    default_variant: str = "bf16"
+    device: str | None = None                 # None: the manager's device
+    trusted_models: frozenset[str] = frozenset()  # models allowed to run their own code (--trust-remote-code)
+    cancels: CancelRegistry = field(default_factory=CancelRegistry)
+
+    def load(self, name: str, variant: str, progress=None) -> LoadedModel:
+        """Load (or fetch from the manager's cache) with a gr.Progress bar fed by the manager's callback."""
+        name = (name or "").strip()
+        def cb(fraction: float, message: str) -> None:
+            if progress is not None:
+                progress(max(0.0, min(1.0, fraction)), desc=message)
+        return self.manager.get(name, variant, device=self.device,
+                                trust_remote_code=name in self.trusted_models, progress=cb)
+
+    def find(self, name: str, variant: str) -> LoadedModel | None:
+        return self.manager.find((name or "").strip(), variant, self.device)
+
+
+def user_error(message: str) -> gr.Error:
+    """An error toast for the user. No traceback on the console: the message says it all (unexpected errors
+    are logged with their traceback by the caller)."""
+    return gr.Error(message, print_exception=False)
+
+
+def session_id(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or ""
+
+
+# ---- widgets ---------------------------------------------------------------------------------------------------
+def model_dropdown(ctx: UIContext, value: str | None = None, label: str = "Model", **kw) -> gr.Dropdown:
+    choices = list(CATALOG)
+    value = value or ctx.default_model
+    if value not in choices:
+        choices.append(value)
+    return gr.Dropdown(choices=choices, value=value, label=label, allow_custom_value=True,
+                       info=kw.pop("info", "catalog key, Hugging Face id or local folder"), **kw)
+
+
+def variant_dropdown(value: str = "bf16", label: str = "Variant", **kw) -> gr.Dropdown:
+    return gr.Dropdown(choices=list(VARIANTS), value=value, label=label, **kw)
+
+
+@dataclass
+class ParamWidgets:
+    max_new_tokens: gr.Slider
+    temperature: gr.Slider
+    top_p: gr.Slider
+    top_k: gr.Slider
+    repetition_penalty: gr.Slider
+    seed: gr.Number
+    greedy: gr.Checkbox
+
+    def as_list(self) -> list:
+        return [self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.repetition_penalty,
+                self.seed, self.greedy]
+
+
+def params_accordion(prefix: str, max_new_tokens: int = 256, open: bool = False) -> ParamWidgets:
+    """The generation-parameter widgets, in an accordion; ``prefix`` makes their elem_ids unique per tab."""
+    with gr.Accordion("Generation parameters", open=open, elem_id=f"{prefix}-params"):
+        w = ParamWidgets(
+            max_new_tokens=gr.Slider(1, 2048, value=max_new_tokens, step=1, label="Max new tokens",
+                                     elem_id=f"{prefix}-max-new-tokens"),
+            temperature=gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature",
+                                  elem_id=f"{prefix}-temperature"),
+            top_p=gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", elem_id=f"{prefix}-top-p"),
+            top_k=gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)", elem_id=f"{prefix}-top-k"),
+            repetition_penalty=gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="Repetition penalty",
+                                         elem_id=f"{prefix}-repetition-penalty"),
+            seed=gr.Number(value=-1, precision=0, minimum=-1, label="Seed (-1 = random)",
+                           elem_id=f"{prefix}-seed"),
+            greedy=gr.Checkbox(value=False, label="Greedy (deterministic, ignores sampling settings)",
+                               elem_id=f"{prefix}-greedy"),
+        )
+    return w
+
+
+def _as_int(name: str, value) -> int:
+    if isinstance(value, bool):
+        raise InvalidParameterError(f"{name} must be an integer, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"{name} must be an integer, got {value!r}") from None
+    if number != int(number):
+        raise InvalidParameterError(f"{name} must be an integer, got {value!r}")
+    return int(number)
+
+
+def _as_float(name: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"{name} must be a number, got {value!r}") from None
+
+
+def make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy) -> GenerationParams:
+    """Widget or API values → validated GenerationParams (raises InvalidParameterError with a clear message)."""
+    seed = None if seed is None or str(seed).strip() == "" else _as_int("seed", seed)
+    if seed is not None and seed < 0:
+        seed = None  # -1 (the widget's default): a fresh random seed per reply
+    return GenerationParams(max_new_tokens=_as_int("max_new_tokens", max_new_tokens),
+                            temperature=_as_float("temperature", temperature),
+                            top_p=_as_float("top_p", top_p), top_k=_as_int("top_k", top_k),
+                            repetition_penalty=_as_float("repetition_penalty", repetition_penalty),
+                            seed=seed, greedy=bool(greedy))
+
+
+# ---- text -------------------------------------------------------------------------------------------------------
+def badge_text(stats: ReplyStats) -> str:
+    text = stats.badge()
+    if stats.finish_reason == "stopped":
+        text += " · stopped"
+    return text
+
+
+def badge_html(stats: ReplyStats | None = None, text: str | None = None) -> str:
+    """The stats line under a reply; the ``reply-badge`` class is what the CSS styles and the tests look for."""
+    text = text if text is not None else badge_text(stats) if stats else ""
+    return f'<span class="reply-badge">📊 {html.escape(text)}</span>' if text else ""
+
+
+def gb(n: int | float) -> str:
+    return f"{n / GB:.2f} GB"
+
+
+def describe_loaded(lm: LoadedModel) -> str:
+    s = lm.stats
+    parts = [f"**{html.escape(lm.label)}** on {lm.device}", f"weights {gb(s.weights_bytes)}",
+             f"load {s.load_s:.1f} s"]
+    if s.quantize_s:
+        parts.append(f"quantize {s.quantize_s:.1f} s")
+    if lm.kernel:
+        parts.append(f"kernel {lm.kernel}")
+    if not lm.has_chat_template:
+        parts.append("no chat template: completion mode")
+    line = "✅ " + " · ".join(parts)
+    if s.notes:
+        line += "  \n" + "  \n".join(f"ℹ️ {html.escape(n)}" for n in s.notes)
+    return line

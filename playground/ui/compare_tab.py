@@ -1,0 +1,171 @@
+"""Compare tab: one prompt, 2–4 model × variant slots, each streaming its own reply and stats badge.
+
+Slots run one after another: on a CPU two models decoding at once only slow each other down, and in sequence
+each slot's TTFT and tok/s are measured without interference. Before anything runs, the slots' estimated
+memory is checked against the manager's budget, so a comparison that cannot fit is refused up front instead of
+loading and evicting models in turn.
+"""
+from __future__ import annotations
+
+import html
+import logging
+
+import gradio as gr
+
+from ..catalog import resolve
+from ..engine import stream_reply
+from ..errors import PlaygroundError
+from ..manager import check_variant_available
+from ..variants import get_variant
+from .common import (PRIVATE, UIContext, badge_html, gb, make_params, model_dropdown, params_accordion,
+                     session_id, user_error, variant_dropdown)
+
+log = logging.getLogger(__name__)
+
+MAX_SLOTS = 4
+DEFAULT_VARIANTS = ("bf16", "int8", "fp32", "nf4")
+
+
+def memory_plan(ctx: UIContext, slots: list[tuple[str, str]]) -> tuple[list[str], str | None]:
+    """Check the slots against the budget. Returns (per-slot lines, refusal message or None).
+
+    Identical model × variant slots share one copy; a slot already loaded counts its measured size.
+    """
+    lines, problems, sizes, unknown = [], [], {}, []
+    for i, (name, variant) in enumerate(slots, 1):
+        key = ((name or "").strip(), variant)
+        if key in sizes:
+            lines.append(f"slot {i}: same model as an earlier slot (shared)")
+            continue
+        try:
+            get_variant(variant)
+            reason = check_variant_available(variant, ctx.device or ctx.manager.device)
+            if reason:
+                raise PlaygroundError(reason)
+            lm = ctx.find(*key)
+            if lm is not None:
+                size, how = lm.stats.weights_bytes, "loaded"
+            else:
+                size, how = ctx.manager.estimate_bytes(resolve(key[0]), variant), "estimated"
+        except PlaygroundError as exc:
+            problems.append(f"slot {i} ({key[0]} [{variant}]): {exc}")
+            continue
+        sizes[key] = size
+        if size:
+            lines.append(f"slot {i}: {key[0]} [{variant}] ≈ {gb(size)} ({how})")
+        else:
+            unknown.append(i)
+            lines.append(f"slot {i}: {key[0]} [{variant}]: size unknown until loaded")
+    if problems:
+        return lines, "Cannot run this comparison:\n" + "\n".join(f"- {p}" for p in problems)
+    total, budget = sum(sizes.values()), ctx.manager.budget_bytes
+    if total > budget:
+        biggest = sorted(((s, k) for k, s in sizes.items()), reverse=True)
+        detail = ", ".join(f"{k[0]} [{k[1]}] ≈ {gb(s)}" for s, k in biggest)
+        return lines, (f"These slots need about {gb(total)} together but the memory budget is {gb(budget)} "
+                       f"({detail}). Running them would load and unload models in turn; use fewer slots or "
+                       f"smaller variants, or start with a larger --memory-budget-gb.")
+    return lines, None
+
+
+def build_tab(ctx: UIContext) -> None:
+    with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=400):
+                prompt = gr.Textbox(label="Prompt (sent to every slot)", lines=2, elem_id="compare-prompt",
+                                    placeholder="e.g. What is the capital of France?")
+                system = gr.Textbox(value="You are a helpful assistant.", label="System prompt", lines=1,
+                                    elem_id="compare-system")
+            with gr.Column(scale=2, min_width=280):
+                count = gr.Radio([2, 3, 4], value=2, label="Slots", elem_id="compare-count")
+                with gr.Row(equal_height=False):
+                    run_btn = gr.Button("Run all", variant="primary", scale=2, min_width=90, elem_id="compare-run")
+                    stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="compare-stop")
+                params = params_accordion("compare", max_new_tokens=64)
+        status = gr.Markdown("", elem_id="compare-status", elem_classes=["status-line"])
+        columns, models, variants, replies, badges = [], [], [], [], []
+        with gr.Row(equal_height=False):
+            for i in range(MAX_SLOTS):
+                with gr.Column(visible=i < 2, min_width=240, elem_id=f"compare-slot-{i}",
+                               elem_classes=["compare-slot"]) as col:
+                    gr.Markdown(f"**Slot {i + 1}**")
+                    models.append(model_dropdown(ctx, label="Model", info=None, elem_id=f"compare-model-{i}"))
+                    variants.append(variant_dropdown(DEFAULT_VARIANTS[i], elem_id=f"compare-variant-{i}"))
+                    replies.append(gr.Markdown("", elem_id=f"compare-reply-{i}", elem_classes=["compare-reply"],
+                                               min_height=120))
+                    badges.append(gr.Markdown("", elem_id=f"compare-badge-{i}"))
+                columns.append(col)
+
+        # gradio injects gr.Request / gr.Progress only into positional parameters: no *args here.
+        def run(text, n, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
+                greedy, model0, model1, model2, model3, variant0, variant1, variant2, variant3,
+                request: gr.Request, progress=gr.Progress()):
+            n = int(n)
+            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy)
+            slots = list(zip((model0, model1, model2, model3), (variant0, variant1, variant2, variant3)))[:n]
+            out_replies, out_badges = [gr.skip()] * MAX_SLOTS, [gr.skip()] * MAX_SLOTS
+
+            def frame(msg):
+                return [*out_replies, *out_badges, msg]
+
+            if not (text or "").strip():
+                gr.Warning("The prompt is empty: type something to compare.")
+                yield frame(gr.skip())
+                return
+            try:
+                gen_params = make_params(*pv)
+            except PlaygroundError as exc:
+                raise user_error(str(exc)) from None
+            lines, refusal = memory_plan(ctx, slots)
+            if refusal:
+                gr.Warning(refusal.splitlines()[0])
+                yield frame("⛔ " + html.escape(refusal).replace("\n", "  \n"))
+                return
+            plan = "  \n".join(lines)
+            for i in range(MAX_SLOTS):
+                out_replies[i], out_badges[i] = ("*waiting…*" if i < n else "", "")
+            yield frame(plan)
+            cancel = ctx.cancels.start(session_id(request), "compare")
+            msgs = [{"role": "user", "content": text}]
+            failed = []
+            for i, (name, variant) in enumerate(slots):
+                if cancel.is_set():
+                    out_replies[i] = "*skipped (stopped)*"
+                    continue
+                try:
+                    lm = ctx.find(name, variant)
+                    if lm is None:
+                        out_replies[i] = f"*loading {html.escape(name)} [{variant}] …*"
+                        yield frame(plan + f"  \n⏳ slot {i + 1}: loading")
+                        lm = ctx.load(name, variant, progress)
+                    yield frame(plan + f"  \n▶️ slot {i + 1}: generating")
+                    for event in stream_reply(lm, msgs, system_prompt, gen_params, cancel):
+                        out_replies[i] = event.text or "…"
+                        if event.done:
+                            out_badges[i] = badge_html(event.stats)
+                        yield frame(gr.skip())
+                    if out_replies[i] == "…":
+                        out_replies[i] = "*(empty reply)*"
+                except PlaygroundError as exc:
+                    out_replies[i], out_badges[i] = f"⚠️ {html.escape(str(exc))}", ""
+                    failed.append(i + 1)
+                except Exception as exc:  # unexpected: one line in the slot, traceback in the log
+                    log.exception("compare slot %d failed", i + 1)
+                    out_replies[i] = f"⚠️ unexpected error ({type(exc).__name__}): {html.escape(str(exc))}"
+                    failed.append(i + 1)
+            end = "⏹ stopped" if cancel.is_set() else "✅ done"
+            if failed:
+                end += f" (slot {', '.join(map(str, failed))} failed: see the message in the slot)"
+            yield frame(plan + "  \n" + end)
+
+        def stop(request: gr.Request):
+            ctx.cancels.stop(session_id(request), "compare")
+
+        count.change(lambda n: [gr.Column(visible=i < int(n)) for i in range(MAX_SLOTS)], [count], columns,
+                     queue=False, api_visibility=PRIVATE)
+        inputs = [prompt, count, system, *params.as_list(), *models, *variants]
+        run_args = dict(fn=run, inputs=inputs, outputs=[*replies, *badges, status], api_visibility=PRIVATE,
+                        show_progress="minimal", show_progress_on=[status])
+        run_btn.click(**run_args)
+        prompt.submit(**run_args)
+        stop_btn.click(stop, None, None, queue=False, api_visibility=PRIVATE)

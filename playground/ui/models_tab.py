@@ -1,0 +1,72 @@
+"""Models tab: what is loaded, how big, how long it took; unload to give memory back."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..manager import GB
+from .common import PRIVATE, UIContext, gb
+
+COLUMNS = ["model", "variant", "device", "weights GB", "load s", "quantize s", "convert s", "kernel", "notes"]
+WIDTHS = ["20%", "7%", "6%", "9%", "7%", "9%", "9%", "11%", "22%"]
+
+
+def table(ctx: UIContext) -> list[list]:
+    rows = []
+    for lm in ctx.manager.loaded():
+        s = lm.stats
+        rows.append([lm.name, lm.variant, lm.device, round(s.weights_bytes / GB, 3), round(s.load_s, 2),
+                     round(s.quantize_s, 2), round(s.convert_s, 2), lm.kernel or "—", "; ".join(s.notes)])
+    return rows
+
+
+def memory_line(ctx: UIContext) -> str:
+    m = ctx.manager
+    used, budget = m.used_bytes(), m.budget_bytes
+    pct = 100 * used / budget if budget else 0
+    return (f"**Memory budget** {gb(budget)} · **used by loaded weights** {gb(used)} ({pct:.0f} %) · "
+            f"**device** {ctx.device or m.device} · {len(m.loaded())} model(s) loaded. Loading beyond the "
+            f"budget unloads the least recently used model first.")
+
+
+def labels(ctx: UIContext) -> list[str]:
+    return [f"{lm.name} [{lm.variant}]" for lm in ctx.manager.loaded()]
+
+
+def build_tab(ctx: UIContext) -> None:
+    with gr.Tab("Models", id="models", elem_id="tab-models") as tab:
+        memory = gr.Markdown(memory_line(ctx), elem_id="models-memory")
+        loaded = gr.Dataframe(value=table(ctx), headers=COLUMNS, interactive=False, wrap=True,
+                              column_widths=WIDTHS,
+                              elem_id="models-table", label="Loaded models")
+        with gr.Row(equal_height=False):
+            choice = gr.Dropdown(choices=labels(ctx), value=None, label="Model to unload", scale=3,
+                                 elem_id="models-choice")
+            unload_btn = gr.Button("Unload", variant="stop", scale=1, min_width=100, elem_id="models-unload")
+            unload_all_btn = gr.Button("Unload all", scale=1, min_width=100, elem_id="models-unload-all")
+            refresh_btn = gr.Button("Refresh", scale=1, min_width=100, elem_id="models-refresh")
+        message = gr.Markdown("", elem_id="models-message")
+
+        def refresh(note: str = ""):
+            names = labels(ctx)
+            return (memory_line(ctx), table(ctx), gr.Dropdown(choices=names, value=names[0] if names else None),
+                    note)
+
+        def unload(label):
+            for lm in ctx.manager.loaded():
+                if f"{lm.name} [{lm.variant}]" == label:
+                    ctx.manager.unload(lm.name, lm.variant, lm.device)
+                    return refresh(f"⏏️ unloaded {label}")
+            if not label:
+                gr.Warning("Choose a loaded model to unload.")
+            return refresh(f"{label} is not loaded" if label else "")
+
+        def unload_all():
+            n = len(ctx.manager.loaded())
+            ctx.manager.unload_all()
+            return refresh(f"⏏️ unloaded {n} model(s)")
+
+        outs = [memory, loaded, choice, message]
+        refresh_btn.click(refresh, None, outs, api_visibility=PRIVATE, queue=False)
+        tab.select(refresh, None, outs, api_visibility=PRIVATE, queue=False)
+        unload_btn.click(unload, [choice], outs, api_visibility=PRIVATE)
+        unload_all_btn.click(unload_all, None, outs, api_visibility=PRIVATE)

@@ -1,0 +1,317 @@
+"""The web UI in a real browser (Playwright + headless Chromium) against the real app and model.
+
+One server per module (smollm2-135m-instruct bf16 preloaded), greedy decoding and short replies. Every wait is
+on a condition in the page (Playwright's ``expect`` retries until its timeout), not a fixed sleep. Screenshots of
+each tab go to $PLAYGROUND_SCREENS (default /tmp/screens).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from ui_support import DEFAULT_MODEL, browser, running_app
+
+from playwright.sync_api import Page, expect  # noqa: E402  (requirements-dev.txt)
+
+FRANCE = "What is the capital of France?"
+CHEF = "你是一位经验丰富的厨师，回答时先列出所需食材，再分步骤说明做法。"
+SCREENS = Path(os.environ.get("PLAYGROUND_SCREENS", "/tmp/screens"))
+REPLY_TIMEOUT = 120_000  # ms; generous: 2 shared CPU cores
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_app() as (url, app, manager):
+        yield url, app, manager
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with browser() as b:
+        yield b
+
+
+@pytest.fixture
+def page(chromium, server):
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    open_app(pg, server[0])
+    yield pg
+    context.close()
+
+
+def open_app(pg: Page, url: str) -> Page:
+    pg.goto(url)
+    expect(pg.locator("#chat-input textarea")).to_be_visible(timeout=60_000)
+    return pg
+
+
+def screenshot(pg: Page, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+
+
+def set_params(pg: Page, prefix: str, max_new_tokens: int, greedy: bool = True) -> None:
+    number = pg.locator(f"#{prefix}-max-new-tokens input[type=number]")
+    if not number.is_visible():  # open the accordion (a second click would close it)
+        pg.locator(f"#{prefix}-params").get_by_text("Generation parameters").click()
+    slider = pg.locator(f"#{prefix}-max-new-tokens input[type=range]")
+    for attempt in range(5):  # a freshly shown tab may still be rendering and drop the first edit
+        number.fill(str(max_new_tokens))
+        number.press("Enter")
+        try:
+            expect(slider).to_have_value(str(max_new_tokens), timeout=3_000)
+            break
+        except AssertionError:
+            if attempt == 4:
+                raise
+    box = pg.locator(f"#{prefix}-greedy input")
+    box.set_checked(greedy)
+    expect(box).to_be_checked(checked=greedy)
+
+
+def send(pg: Page, text: str) -> None:
+    pg.locator("#chat-input textarea").fill(text)
+    pg.locator("#chat-send").click()
+
+
+def bot(pg: Page):
+    return pg.locator('#chat-chatbot [data-testid="bot"]')
+
+
+def user(pg: Page):
+    return pg.locator('#chat-chatbot [data-testid="user"]')
+
+
+def badges(pg: Page):
+    return pg.locator("#chat-chatbot .reply-badge")
+
+
+def wait_for_new_badge(pg: Page, old: str) -> None:
+    """Wait until the last reply carries a badge other than ``old`` (a new reply finished)."""
+    pg.wait_for_function("""(old) => {
+        const b = document.querySelectorAll('#chat-chatbot .reply-badge');
+        return b.length > 0 && b[b.length - 1].innerText !== old; }""", arg=old, timeout=REPLY_TIMEOUT)
+
+
+def no_error_toast(pg: Page) -> None:
+    expect(pg.locator('[data-testid="toast-body"].error')).to_have_count(0)
+
+
+BADGE = re.compile(r"TTFT \d+ ms · [\d.]+ tok/s · \d+ tokens · peak [\d.]+ GB \(process RSS\) · bf16")
+
+
+def test_chat_streams_the_answer_with_a_badge(page):
+    set_params(page, "chat", 24)
+    send(page, FRANCE)
+    expect(user(page)).to_have_text(FRANCE)
+    expect(input_box := page.locator("#chat-input textarea")).to_have_value("")
+    expect(badges(page)).to_have_count(1, timeout=REPLY_TIMEOUT)
+    expect(bot(page).last).to_contain_text("Paris")
+    expect(badges(page).first).to_have_text(BADGE)
+    status = page.locator("#chat-status")
+    expect(status).to_contain_text("smollm2-135m-instruct [bf16]")
+    fresh = re.search(r"last reply: (\d+) prompt tokens", status.inner_text()).group(0)
+    no_error_toast(page)
+    screenshot(page, "chat")
+    # Undo puts the question back in the box; Regenerate answers the same question again
+    page.locator("#chat-undo").click()
+    expect(bot(page)).to_have_count(0)
+    expect(input_box).to_have_value(FRANCE)
+    send(page, FRANCE)
+    expect(badges(page)).to_have_count(1, timeout=REPLY_TIMEOUT)
+    old_badge = badges(page).first.inner_text()
+    page.locator("#chat-regenerate").click()
+    wait_for_new_badge(page, old_badge)
+    expect(bot(page)).to_have_count(1)
+    expect(bot(page).last).to_contain_text("Paris")
+    # the Chatbot's own 🗑 icon clears the conversation the model sees too, not just the display
+    page.locator('#chat-chatbot button[aria-label="Clear"]').click()
+    expect(user(page)).to_have_count(0)
+    send(page, FRANCE)
+    expect(badges(page)).to_have_count(1, timeout=REPLY_TIMEOUT)
+    expect(user(page)).to_have_count(1)
+    expect(status).to_contain_text(fresh)          # same prompt length as a fresh conversation
+    page.locator("#chat-clear").click()
+    expect(user(page)).to_have_count(0)
+
+
+def test_stop_ends_a_long_reply_and_the_model_answers_again(page):
+    set_params(page, "chat", 400)
+    send(page, "Write a long story about a dragon who learns to fly.")
+    page.wait_for_function("""() => {
+        const b = document.querySelectorAll('#chat-chatbot [data-testid="bot"]');
+        return b.length && b[b.length - 1].innerText.length > 40; }""", timeout=REPLY_TIMEOUT)
+    page.locator("#chat-stop").click()
+    expect(badges(page)).to_have_count(1, timeout=30_000)
+    expect(badges(page).first).to_contain_text("stopped")
+    tokens = int(re.search(r"(\d+) tokens", badges(page).first.inner_text()).group(1))
+    assert 0 < tokens < 400
+    stopped_text = bot(page).last.inner_text()
+    time.sleep(1.5)  # the reply is final: it must not grow any more
+    assert bot(page).last.inner_text() == stopped_text
+    set_params(page, "chat", 24)
+    send(page, FRANCE)
+    expect(badges(page)).to_have_count(2, timeout=REPLY_TIMEOUT)
+    expect(bot(page).last).to_contain_text("Paris")
+    no_error_toast(page)
+
+
+def test_empty_message_warns_without_an_error(page):
+    page.locator("#chat-send").click()
+    toast = page.locator('[data-testid="toast-body"].warning')
+    expect(toast).to_contain_text("The message is empty")
+    no_error_toast(page)
+    expect(user(page)).to_have_count(0)
+    page.locator("#chat-input textarea").fill("   ")
+    page.locator("#chat-input textarea").press("Enter")
+    expect(toast.first).to_be_visible()
+    expect(page.locator("#chat-input textarea")).to_be_visible()
+    no_error_toast(page)
+    expect(user(page)).to_have_count(0)
+
+
+def test_unknown_model_shows_an_error_and_the_app_keeps_serving(page):
+    model = page.locator("#chat-model input")
+    model.fill("./no/such/model")
+    model.press("Enter")
+    expect(page.locator("#chat-status")).to_contain_text("is not loaded")
+    send(page, "hello")
+    expect(page.locator('[data-testid="toast-body"].error')).to_contain_text("no such folder",
+                                                                             timeout=30_000)
+    expect(page.locator("#chat-input textarea")).to_have_value("hello")  # the message is given back
+    expect(user(page)).to_have_count(0)
+    model.fill(DEFAULT_MODEL)
+    model.press("Enter")
+    expect(page.locator("#chat-status")).to_contain_text("✅")
+    set_params(page, "chat", 16)
+    send(page, FRANCE)
+    expect(badges(page)).to_have_count(1, timeout=REPLY_TIMEOUT)
+
+
+def test_chinese_preset_and_prompt_round_trip(page):
+    page.locator("#chat-preset input").click()
+    page.locator('#chat-preset li[aria-label="厨师 · Chef (中文)"]').click()
+    expect(page.locator("#chat-system textarea")).to_have_value(CHEF)
+    set_params(page, "chat", 24)
+    question = "请问番茄炒蛋怎么做？需要哪些食材？"
+    send(page, question)
+    expect(user(page)).to_have_text(question)
+    expect(badges(page)).to_have_count(1, timeout=REPLY_TIMEOUT)
+    assert bot(page).last.inner_text().strip()
+    expect(page.locator("#chat-system textarea")).to_have_value(CHEF)
+    no_error_toast(page)
+    screenshot(page, "chat_chinese")
+
+
+def test_two_sessions_chat_at_once_without_sharing_history(chromium, server):
+    pages = []
+    for _ in range(2):
+        ctx = chromium.new_context(viewport={"width": 1200, "height": 900})
+        pages.append(open_app(ctx.new_page(), server[0]))
+    a, b = pages
+    questions = {id(a): FRANCE, id(b): "What is the capital of Japan?"}
+    for pg in pages:
+        set_params(pg, "chat", 24)
+    for pg in pages:  # both in flight together (concurrency limit 2)
+        send(pg, questions[id(pg)])
+    for pg in pages:
+        expect(badges(pg)).to_have_count(1, timeout=REPLY_TIMEOUT)
+    expect(bot(a).last).to_contain_text("Paris")
+    expect(bot(b).last).to_contain_text("Tokyo")
+    for pg, other in ((a, b), (b, a)):
+        expect(user(pg)).to_have_count(1)
+        expect(user(pg)).to_have_text(questions[id(pg)])
+        assert questions[id(other)] not in pg.locator("#chat-chatbot").inner_text()
+    # a reload starts a fresh session: empty conversation
+    a.reload()
+    expect(a.locator("#chat-input textarea")).to_be_visible(timeout=60_000)
+    expect(user(a)).to_have_count(0)
+    for pg in pages:
+        pg.context.close()
+
+
+def test_compare_two_slots_each_with_its_badge(page, server):
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-prompt textarea").fill(FRANCE)
+    set_params(page, "compare", 24)
+    expect(page.locator("#compare-slot-2")).to_be_hidden()
+    page.locator("#compare-run").click()
+    for i, variant in enumerate(("bf16", "int8")):
+        badge = page.locator(f"#compare-badge-{i} .reply-badge")
+        expect(badge).to_contain_text(variant, timeout=REPLY_TIMEOUT)
+        expect(badge).to_contain_text("tok/s")
+        expect(page.locator(f"#compare-reply-{i}")).to_contain_text("Paris")
+    expect(page.locator("#compare-status")).to_contain_text("done")
+    expect(page.locator("#compare-status")).to_contain_text("[int8] ≈")
+    screenshot(page, "compare")
+    page.locator("#compare-count").get_by_text("3").click()
+    expect(page.locator("#compare-slot-2")).to_be_visible()
+    expect(page.locator("#compare-slot-3")).to_be_hidden()
+    screenshot(page, "compare_3_slots")
+
+
+def test_models_tab_lists_and_unloads(page, server):
+    manager = server[2]
+    manager.get(DEFAULT_MODEL, "int8")  # make sure there is something to unload besides bf16
+    page.get_by_role("tab", name="Models").click()
+    table = page.locator("#models-table")
+    expect(table).to_contain_text("int8", timeout=30_000)
+    expect(table).to_contain_text("bf16")
+    expect(page.locator("#models-memory")).to_contain_text("Memory budget")
+    screenshot(page, "models")
+    page.locator("#models-choice input").click()
+    page.locator(f'#models-choice li[aria-label="{DEFAULT_MODEL} [int8]"]').click()
+    page.locator("#models-unload").click()
+    expect(page.locator("#models-message")).to_contain_text(f"unloaded {DEFAULT_MODEL} [int8]")
+    expect(table).not_to_contain_text("int8")
+    assert manager.find(DEFAULT_MODEL, "int8") is None and manager.find(DEFAULT_MODEL, "bf16") is not None
+
+
+def test_time_to_first_token_browser_vs_engine(page, server):
+    """TTFT seen in the page (click → first reply text rendered) vs the engine's own TTFT, same prompt."""
+    from playground.engine import GenerationParams, stream_reply
+
+    lm = server[2].get(DEFAULT_MODEL, "bf16")
+    system = "You are a helpful assistant."
+    msgs = [{"role": "user", "content": FRANCE}]
+    engine = []
+    for _ in range(3):
+        for event in stream_reply(lm, msgs, system, GenerationParams(max_new_tokens=16, greedy=True)):
+            pass
+        engine.append(event.stats.ttft_s * 1000)
+    set_params(page, "chat", 16)
+    browser_ms, badge_ms = [], []
+    for i in range(3):
+        page.locator("#chat-clear").click()
+        expect(user(page)).to_have_count(0)
+        page.locator("#chat-input textarea").fill(FRANCE)
+        page.evaluate("""() => {
+            window.__ttft = null;
+            const root = document.querySelector('#chat-chatbot');
+            const obs = new MutationObserver(() => {
+                const b = root.querySelectorAll('[data-testid="bot"]');
+                const text = b.length ? b[b.length - 1].innerText.trim() : '';
+                if (text && text !== '…') { window.__ttft = performance.now() - window.__t0; obs.disconnect(); }
+            });
+            obs.observe(root, {childList: true, subtree: true, characterData: true});
+            window.__t0 = performance.now();
+            document.querySelector('#chat-send').click();
+        }""")
+        expect(badges(page)).to_have_count(1, timeout=REPLY_TIMEOUT)
+        browser_ms.append(page.evaluate("window.__ttft"))
+        badge_ms.append(int(re.search(r"TTFT (\d+) ms", badges(page).first.inner_text()).group(1)))
+    result = {"engine_ttft_ms": engine, "browser_ttft_ms": browser_ms, "badge_ttft_ms": badge_ms}
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    (SCREENS / "ttft.json").write_text(json.dumps(result, indent=2))
+    print("\nTTFT", json.dumps(result))
+    assert all(b and b > 0 for b in browser_ms)
+    # the page cannot show a token before the engine made it (the engine's interval lies inside the page's)
+    assert all(b >= e for b, e in zip(browser_ms, badge_ms))
+    overhead = sorted(b - e for b, e in zip(browser_ms, badge_ms))[1]   # median UI + network overhead
+    assert overhead < 5000

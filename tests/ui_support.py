@@ -1,0 +1,114 @@
+"""Helpers for the UI tests: start the real app on a free local port, and a headless Chromium for Playwright.
+
+Browser: Debian's chromium (apt-get install -y chromium) driven by the Playwright pip package (its own driver;
+no `playwright install` needed). Override the binary with PLAYGROUND_CHROMIUM.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = "smollm2-135m-instruct"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_app(preload=((DEFAULT_MODEL, "bf16"),), **build_kwargs):
+    """build_app + launch on 127.0.0.1:<free port> in this process; yields (url, app, manager)."""
+    from playground.manager import ModelManager
+    from playground.ui import build_app, launch_app
+
+    manager = ModelManager(device="cpu")
+    for name, variant in preload:
+        manager.get(name, variant)
+    app = build_app(manager, **build_kwargs)
+    launch_app(app, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True,
+               concurrency_limit=2)
+    try:
+        yield app.local_url, app, manager
+    finally:
+        app.close()
+        manager.unload_all()
+
+
+def chromium_path() -> str | None:
+    path = os.environ.get("PLAYGROUND_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    return path if Path(path).exists() else None
+
+
+@contextmanager
+def browser():
+    """A headless Chromium. A missing browser fails the tests (run `bash setup.sh --dev`): never skipped green."""
+    from playwright import sync_api
+    exe = chromium_path()
+    if exe is None:
+        pytest.fail("no chromium binary: `bash setup.sh --dev` installs it (or set PLAYGROUND_CHROMIUM)")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class CliProcess:
+    """``python launch.py ARGS`` as a subprocess; a thread collects its merged stdout/stderr."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        full_env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT, env=full_env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._chunks: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._chunks.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._chunks)
+
+    def wait_for(self, needles: list[str], timeout: float) -> str:
+        """Wait until every needle is in the output; fail with the output when it exits or times out."""
+        deadline = time.monotonic() + timeout
+        while not all(n in self.output for n in needles):
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                if all(n in self.output for n in needles):
+                    break
+                raise AssertionError(f"launch.py exited with {self.proc.returncode} before {needles}:\n"
+                                     f"{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {needles}:\n{self.output}")
+            time.sleep(0.2)
+        return self.output
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(5)
+        return self.proc.returncode
