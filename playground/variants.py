@@ -64,7 +64,7 @@ class Variant:
     name: str
     description: str
     weight_bits: int                          # nominal bits per quantized weight
-    quantized_layer_classes: tuple[str, ...]  # class names a quantized Linear must have (checked by tests)
+    quantized_layer_classes: tuple[str, ...]  # class (or base class) names of its quantized Linears (tests check)
     requires: tuple[str, ...]                 # importable modules needed
     plan: Callable[[ModelSource, VariantOptions, str, Progress], LoadPlan]
     cpu_ok: bool = True
@@ -198,6 +198,6 @@ def _gptqmodel_plan(method: str):
 
 
 register_variant("gptq", description="GPTQ 4-bit (gptqmodel), group size 128, calibrated on repo text",
-                 weight_bits=4, layer_classes=("QuantLinear",), requires=("gptqmodel", "optimum"))(_gptqmodel_plan("gptq"))
+                 weight_bits=4, layer_classes=("BaseQuantLinear",), requires=("gptqmodel", "optimum"))(_gptqmodel_plan("gptq"))
 register_variant("awq", description="AWQ 4-bit (gptqmodel), group size 128, calibrated on repo text",
-                 weight_bits=4, layer_classes=("QuantLinear",), requires=("gptqmodel",))(_gptqmodel_plan("awq"))
+                 weight_bits=4, layer_classes=("BaseQuantLinear",), requires=("gptqmodel",))(_gptqmodel_plan("awq"))

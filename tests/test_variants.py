@@ -33,8 +33,15 @@ def test_variant_is_really_that_variant(manager, smollm_bf16, variant):
         assert dtypes == {EXPECTED_DTYPE[variant]}, dtypes
         assert kinds.get("Linear", 0) >= BLOCK_LINEARS
     else:
-        wanted = VARIANTS[variant].quantized_layer_classes
-        quantized = sum(n for cls, n in kinds.items() if any(cls.endswith(w) for w in wanted))
+        if variant in ("gptq", "awq"):
+            from playground.gptq_awq import quantized_linears  # gptqmodel kernels share BaseQuantLinear
+            qlayers = quantized_linears(lm.model)
+            quantized = len(qlayers)
+            assert all(hasattr(m, "qweight") and hasattr(m, "scales") for _, m in qlayers)
+            assert {m.bits for _, m in qlayers} == {4}
+        else:
+            wanted = VARIANTS[variant].quantized_layer_classes
+            quantized = sum(n for cls, n in kinds.items() if any(cls.endswith(w) for w in wanted))
         assert quantized >= BLOCK_LINEARS, f"{variant}: only {quantized} quantized linears: {kinds}"
         assert lm.kernel, "the quantized kernel in use must be recorded"
         # the shrink must come from the block weights, not from dropping layers

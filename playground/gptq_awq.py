@@ -1,0 +1,485 @@
+"""Real 4-bit GPTQ and AWQ checkpoints made with gptqmodel on CPU, loaded back with transformers.
+
+What this module does (checked with gptqmodel 7.6.0, transformers 5.17, optimum 2.3, torch 2.13 CPU):
+
+* ``quantize_gptq`` / ``quantize_awq`` use gptqmodel's own API
+  (``GPTQModel.load(src, GPTQConfig|AWQConfig)`` -> ``.quantize(calibration)`` -> ``.save(tmp)``), then move the
+  temporary folder into place with ``os.replace``. transformers' ``GPTQConfig(dataset=...)`` path goes through
+  optimum into the same gptqmodel GPTQ code, so it is not faster; gptqmodel's API also gives per-layer progress
+  and is the only way to make AWQ (transformers can only *load* AWQ).
+* Both checkpoints load with plain ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` on CPU (transformers
+  hands the layers to gptqmodel kernels; AWQ needs no ``GPTQModel.load``). ``load_quantized`` picks a CPU kernel
+  that works for the checkpoint's shapes (see ``_pick_backend``) and reports which QuantLinear class ran.
+
+Caveats found while writing it (details in the docstrings below):
+
+* gptqmodel's CPU int4 kernels (``TorchAtenLinear``/``TorchFusedLinear`` and their AWQ twins, which call
+  ``aten::_weight_int4pack_mm_for_cpu``) need every ``in_features`` to be a multiple of ``group_size``, although
+  they declare ``SUPPORTS_AUTO_PADDING = True`` (gptqmodel/nn_modules/qlinear/torch_aten_kernel.py, class
+  attributes; the error comes from ``_fused_op_forward``): SmolLM2-135M has hidden size 576 = 4.5 x 128, so a
+  group_size=128 checkpoint fails at the first forward with "expect K to be divisible by qGroupSize". The plain
+  ``TorchLinear`` (``gptq_torch``) kernel runs such ragged groups but takes minutes per token on CPU. We
+  therefore lower ``group_size`` to the largest power of two that divides every quantized layer's input size
+  (128 -> 64 for SmolLM2) and say so (warning + progress message + ``playground_quant.json``).
+* The first quantization compiles gptqmodel's ``pack_block_cpu`` C++ extension (~30-45 s on 2 cores, needs g++)
+  into ``$GPTQMODEL_EXT_BUILD`` or ``$GPTQMODEL_TORCH_EXTENSIONS_DIR/pack_block_cpu`` or
+  ``~/.cache/gptqmodel/torch_extensions/pack_block_cpu/<hash>`` (gptqmodel/utils/cpp.py,
+  ``default_torch_ops_build_root`` / ``_pack_block_extension``). ``GPTQMODEL_CACHE_DIR`` is only for downloaded
+  sources (CUTLASS for Machete). ``GPTQMODEL_DISABLE_PACK_EXT=1`` skips the build and packs in Python
+  (gptqmodel/nn_modules/qlinear/__init__.py, ``pack_block``).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ProgressFn = Callable[[float, str], None]
+
+#: Calibration samples are cut to this many tokens. GPTQ's cost on CPU is dominated by the per-column
+#: update loop (independent of the number of tokens); the forward passes grow with tokens x samples.
+CALIB_MAX_TOKENS = 256
+#: gptqmodel drops calibration rows shorter than this (its own default is 10).
+CALIB_MIN_TOKENS = 10
+#: Name of the sidecar file written next to the checkpoint (what was asked, what was done, how long it took).
+SIDECAR = "playground_quant.json"
+
+_DATA_FILE = Path(__file__).resolve().parent / "data" / "calibration.txt"
+_QUIET_DONE = False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# calibration text
+# --------------------------------------------------------------------------------------------------------------
+def calibration_texts(n: int = 128) -> list[str]:
+    """Up to ``n`` paragraphs of ``playground/data/calibration.txt`` (blank-line separated, '#' lines skipped).
+
+    The file is grouped by topic (science, cooking, history, programming, travel, chat Q&A, Chinese, ...), so
+    when ``n`` is smaller than the number of paragraphs (150) we take every k-th one (deterministic, evenly
+    spread) to keep all topics in a small sample. Returns all paragraphs when ``n`` >= 150.
+    Whitespace inside a paragraph is kept (code samples).
+    """
+    if n <= 0:
+        return []
+    text = _DATA_FILE.read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    paragraphs = [p.strip("\n") for p in re.split(r"\n[ \t]*\n", "\n".join(lines))]
+    paragraphs = [p for p in paragraphs if p.strip()]
+    if n >= len(paragraphs):
+        return paragraphs
+    step = len(paragraphs) / n
+    return [paragraphs[int(i * step)] for i in range(n)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# environment / logging
+# --------------------------------------------------------------------------------------------------------------
+def _prepare_env(device: str) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if str(device).startswith("cpu"):
+        # gptqmodel's default is (cores + 1) // 2 workers (gptqmodel/__init__.py, _default_cpu_workers);
+        # on a 2-core box that is 1. Read once, when gptqmodel builds its thread pool.
+        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, os.cpu_count() or 1)))
+    _quiet_gptqmodel()
+
+
+def _quiet_gptqmodel() -> None:
+    """Keep gptqmodel's warnings and errors, drop its INFO flood and live progress bars.
+
+    gptqmodel logs through the shared ``logbar`` logger, which ``LogBar.shared()`` resets to INFO when it first
+    creates it (logbar/logbar.py, ``LogBar.shared``), so we create it first and lower it afterwards. Its progress
+    bars (one redraw per module per batch: thousands of lines in CI logs) are replaced by gptqmodel's own no-op
+    ``_SilentProgress`` through the switch it uses under pytest (gptqmodel/utils/logger.py,
+    ``_suppress_live_renderables``). Set ``PLAYGROUND_GPTQMODEL_VERBOSE=1`` to see everything.
+    """
+    global _QUIET_DONE
+    if _QUIET_DONE or os.environ.get("PLAYGROUND_GPTQMODEL_VERBOSE") == "1":
+        return
+    _QUIET_DONE = True
+    try:
+        from logbar import LogBar
+
+        LogBar.shared().setLevel(logging.WARNING)
+    except Exception:  # pragma: no cover - logbar layout changed: stay noisy rather than fail
+        pass
+    for name in ("tokenicer", "tokenicer.tokenicer", "defuser"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import gptqmodel.utils.logger as gm_logger
+
+        gm_logger._suppress_live_renderables = lambda: True  # noqa: SLF001 - documented above
+    except Exception:  # pragma: no cover
+        pass
+
+
+def _import_gptqmodel():
+    try:
+        import gptqmodel  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - dependency missing
+        from .errors import VariantUnsupportedError
+
+        raise VariantUnsupportedError(
+            "GPTQ/AWQ needs gptqmodel (pip install 'gptqmodel>=7.0,<7.7' optimum): " + str(exc)
+        ) from exc
+    _quiet_gptqmodel()  # gptqmodel is imported now: patch its logger module too
+    return gptqmodel
+
+
+# --------------------------------------------------------------------------------------------------------------
+# quantization
+# --------------------------------------------------------------------------------------------------------------
+def quantize_gptq(
+    src_dir: str,
+    out_dir: str,
+    *,
+    bits: int = 4,
+    group_size: int = 128,
+    calibration: list[str],
+    progress: Optional[ProgressFn] = None,
+    device: str = "cpu",
+) -> None:
+    """GPTQ-quantize the HF model folder ``src_dir`` into ``out_dir`` (written atomically).
+
+    Format: gptq v1 (``quant_method: gptq``, sym, desc_act False), loadable with
+    ``AutoModelForCausalLM.from_pretrained(out_dir)`` (needs gptqmodel + optimum installed).
+    ``group_size`` may be lowered (see module docstring); ``playground_quant.json`` in ``out_dir`` records it.
+    """
+    _quantize("gptq", src_dir, out_dir, bits=bits, group_size=group_size, calibration=calibration,
+              progress=progress, device=device)
+
+
+def quantize_awq(
+    src_dir: str,
+    out_dir: str,
+    *,
+    bits: int = 4,
+    group_size: int = 128,
+    calibration: list[str],
+    progress: Optional[ProgressFn] = None,
+    device: str = "cpu",
+) -> None:
+    """AWQ-quantize ``src_dir`` into ``out_dir`` (written atomically) with gptqmodel's AWQ (format ``gemm``).
+
+    Asymmetric (zero point) 4-bit, the layout transformers' ``AwqConfig`` expects. The result loads with plain
+    ``AutoModelForCausalLM.from_pretrained(out_dir)`` on CPU (transformers' AWQ integration hands the layers to
+    gptqmodel kernels); ``GPTQModel.load`` is not needed.
+    """
+    _quantize("awq", src_dir, out_dir, bits=bits, group_size=group_size, calibration=calibration,
+              progress=progress, device=device)
+
+
+def _quantize(
+    method: str,
+    src_dir: str,
+    out_dir: str,
+    *,
+    bits: int,
+    group_size: int,
+    calibration: list[str],
+    progress: Optional[ProgressFn],
+    device: str,
+    max_tokens: int = CALIB_MAX_TOKENS,
+) -> dict:
+    from .errors import InvalidParameterError, ModelNotFoundError
+
+    report = progress or (lambda fraction, message: None)
+    src = Path(src_dir)
+    if not (src / "config.json").is_file():
+        raise ModelNotFoundError(f"{src_dir}: not a model folder (no config.json)")
+    if isinstance(calibration, str) or not calibration or not all(isinstance(t, str) for t in calibration):
+        raise InvalidParameterError("calibration must be a non-empty list of strings")
+    if bits not in (2, 3, 4, 8):
+        raise InvalidParameterError(f"bits must be 2, 3, 4 or 8 for {method.upper()}, got {bits}")
+    if method == "awq" and bits != 4:
+        raise InvalidParameterError("AWQ export (gemm format) supports bits=4 only")
+    if group_size != -1 and (group_size < 16 or group_size & (group_size - 1)):
+        raise InvalidParameterError(f"group_size must be -1 or a power of two >= 16, got {group_size}")
+
+    t_start = time.perf_counter()
+    cpu_start = time.process_time()
+    report(0.0, f"{method.upper()}: loading {src.name}")
+    _prepare_env(device)
+    _import_gptqmodel()
+    import torch
+    from gptqmodel import AWQConfig, BACKEND, GPTQConfig, GPTQModel
+    from gptqmodel.version import __version__ as gm_version
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    rows = _tokenize(tokenizer, calibration, max_tokens)
+    if not rows:
+        raise InvalidParameterError(f"no calibration text has at least {CALIB_MIN_TOKENS} tokens")
+
+    # Decide the group size before loading: the CPU int4 kernels need in_features % group_size == 0.
+    in_features = _linear_in_features(src)
+    effective_gs = _compatible_group_size(group_size, in_features)
+    if effective_gs != group_size:
+        msg = (f"{method.upper()}: group_size {group_size} does not divide the input size of every layer "
+               f"({sorted(in_features)}); using {effective_gs} so the CPU int4 kernels can run it")
+        warnings.warn(msg, stacklevel=3)
+        report(0.01, msg)
+
+    common = dict(bits=bits, group_size=effective_gs, device=device,
+                  # small models: keep modules in RAM instead of gptqmodel's default /tmp/gptqmodel_* offload
+                  offload_to_disk=False)
+    if method == "gptq":
+        qcfg = GPTQConfig(desc_act=False, sym=True, **common)
+        quant_backend = BACKEND.AUTO
+    else:
+        # AWQ gemm with zero points; pack on CPU with the portable torch kernel (the AUTO choice for gemm is
+        # AWQ_GEMM, CUDA-only: gptqmodel/models/base.py, quantize(), "preferred_backend" block)
+        qcfg = AWQConfig(sym=False, **common)
+        quant_backend = BACKEND.AWQ_TORCH if str(device).startswith("cpu") else BACKEND.AUTO
+
+    t_load = time.perf_counter()
+    # the device goes in the config only: passing device= too is refused (gptqmodel/models/loader.py, from_pretrained)
+    model = GPTQModel.load(str(src), qcfg)
+    n_layers = _num_layers(model)
+    t_loaded = time.perf_counter()
+    report(0.05, f"{method.upper()}: quantizing {n_layers} layers with {len(rows)} samples "
+                 f"(<= {max_tokens} tokens each)")
+
+    def on_layer(layer_idx: int, submodule_finalized: bool, **_: Any) -> None:
+        # gptqmodel's ModuleLooper calls this after each decoder layer (looper/module_looper.py, callbackup)
+        if submodule_finalized and n_layers:
+            report(0.05 + 0.85 * min(1.0, (layer_idx + 1) / n_layers),
+                   f"{method.upper()}: layer {layer_idx + 1}/{n_layers} done")
+
+    model.layer_callback = on_layer
+
+    parent = Path(out_dir).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(out_dir).name}.tmp-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the final folder should look like any other
+    try:
+        model.quantize(rows, batch_size=1, backend=quant_backend, calibration_data_min_length=CALIB_MIN_TOKENS)
+        t_quantized = time.perf_counter()
+        report(0.92, f"{method.upper()}: saving")
+        _repair_rope_parameters(getattr(model, "model", None))
+        # gptqmodel's writer print()s the file list and both config files on every save
+        # (gptqmodel/models/writer.py, debug_saved_config); errors still raise.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.save(str(tmp))
+        del model
+        sidecar = {
+            "method": method,
+            "bits": bits,
+            "group_size_requested": group_size,
+            "group_size": effective_gs,
+            "calibration_samples": len(rows),
+            "calibration_tokens": int(sum(len(r["input_ids"]) for r in rows)),
+            "calibration_max_tokens": max_tokens,
+            "source": str(src),
+            "device": device,
+            "torch_threads": torch.get_num_threads(),
+            "gptqmodel_cpu_workers": os.environ.get("GPTQMODEL_CPU_WORKERS"),
+            "gptqmodel": gm_version,
+            "seconds": {
+                "load": round(t_loaded - t_load, 2),
+                "quantize": round(t_quantized - t_loaded, 2),
+                "save": round(time.perf_counter() - t_quantized, 2),
+                "total": round(time.perf_counter() - t_start, 2),
+                # CPU time of this process (all threads): less sensitive to other load on a shared machine
+                "cpu_total": round(time.process_time() - cpu_start, 2),
+            },
+        }
+        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp, Path(out_dir))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report(1.0, f"{method.upper()}: done in {sidecar['seconds']['total']:.0f} s -> {out_dir}")
+    return sidecar
+
+
+def _repair_rope_parameters(hf_model) -> None:
+    """Undo a config corruption seen with Gemma 3 (per-layer-type RoPE) before saving.
+
+    After ``GPTQModel.load`` the text config's ``rope_parameters`` ({"full_attention": {...},
+    "sliding_attention": {...}}) has gained top-level ``"rope_type": "default"`` and ``"rope_theta":
+    {"global": ..., "local": ...}`` (``Gemma3TextConfig.default_theta``); a plain ``AutoModelForCausalLM`` load does
+    not do this. ``save_pretrained`` then validates the config and fails with "'str' object has no attribute
+    'get'" (transformers/modeling_rope_utils.py, ``validate_rope``). Keep only the per-layer-type entries.
+    """
+    config = getattr(hf_model, "config", None)
+    for cfg in (config, getattr(config, "text_config", None)):
+        rope = getattr(cfg, "rope_parameters", None)
+        layer_types = set(getattr(cfg, "layer_types", None) or ())
+        if isinstance(rope, dict) and layer_types and layer_types & set(rope):
+            for key in [k for k in rope if k not in layer_types]:
+                rope.pop(key)
+
+
+def _tokenize(tokenizer, texts: list[str], max_tokens: int) -> list[dict]:
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
+        if len(ids) >= CALIB_MIN_TOKENS:
+            rows.append({"input_ids": list(ids), "attention_mask": [1] * len(ids)})
+    return rows
+
+
+def _linear_in_features(src: Path, method: str | None = None, bits: int = 4) -> set[int]:
+    """Input sizes of the Linear layers inside the decoder layers (the ones GPTQ/AWQ quantize).
+
+    Reads only safetensors headers. Unquantized folder: 2-D ``*.weight`` -> shape[1]. Quantized folder:
+    GPTQ ``qweight`` is ``[in * bits / 32, out]`` (int32 packing), AWQ gemm ``qweight`` is ``[in, out * bits / 32]``.
+    """
+    from safetensors import safe_open
+
+    sizes: set[int] = set()
+    for f in sorted(src.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as sf:
+            for key in sf.keys():
+                if ".layers." not in key or "norm" in key or "embed" in key:
+                    continue
+                if key.endswith(".qweight"):
+                    shape = sf.get_slice(key).get_shape()
+                    sizes.add(int(shape[0]) * 32 // bits if method == "gptq" else int(shape[0]))
+                elif key.endswith(".weight") and method is None:
+                    shape = sf.get_slice(key).get_shape()
+                    if len(shape) == 2:
+                        sizes.add(int(shape[1]))
+    return sizes
+
+
+def _compatible_group_size(group_size: int, in_features: set[int]) -> int:
+    if group_size == -1 or not in_features:
+        return group_size
+    g = group_size
+    while g >= 16:
+        if all(k % g == 0 for k in in_features):
+            return g
+        g //= 2
+    return -1  # per-channel: always valid
+
+
+def _num_layers(model) -> int:
+    cfg = getattr(getattr(model, "model", None), "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return int(getattr(cfg, "num_hidden_layers", 0) or 0)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` onto ``out``: one rename when ``out`` is absent, else swap through a backup name."""
+    out = out.resolve()
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rmdir(backup)
+    os.replace(out, backup)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(backup, out)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------------------------
+def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: str | None = None):
+    """Load a GPTQ or AWQ checkpoint with ``transformers.AutoModelForCausalLM``; returns ``(model, info)``.
+
+    ``backend`` is a gptqmodel backend name (``gptq_torch_aten``, ``gptq_torch_fused``, ``gptq_torch_int8``,
+    ``gptq_torch``, ``awq_torch_aten``, ``torch_fused_awq``, ``torch_awq``, ...); ``None`` picks a working CPU
+    kernel (``_pick_backend``). ``dtype`` defaults to bfloat16 (the CPU int4 kernels take bf16/fp16 only; fp16
+    overflows on Gemma 3). ``info["kernel"]`` is the QuantLinear class that actually ran.
+    """
+    from .errors import ModelNotFoundError
+
+    path = Path(out_dir)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ModelNotFoundError(f"{out_dir}: not a model folder (no config.json)")
+    qcfg = json.loads(cfg_file.read_text(encoding="utf-8")).get("quantization_config") or {}
+    method = str(qcfg.get("quant_method", "")).lower()
+    if method not in ("gptq", "awq"):
+        raise ModelNotFoundError(f"{out_dir}: not a GPTQ/AWQ checkpoint (quant_method={method or None!r})")
+
+    _prepare_env(device)
+    _import_gptqmodel()
+    import torch
+    from transformers import AutoModelForCausalLM, AwqConfig, GPTQConfig
+
+    if dtype is None:
+        dtype = torch.bfloat16
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    chosen = backend or _pick_backend(method, qcfg, path, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device}
+    if chosen:
+        bits = int(qcfg.get("bits", 4))
+        # For a pre-quantized folder transformers keeps the saved config and only takes the loading attributes
+        # (backend) from this one (quantizers/auto.py, merge_quantization_configs).
+        kwargs["quantization_config"] = (GPTQConfig(bits=bits, backend=chosen) if method == "gptq"
+                                         else AwqConfig(bits=bits, backend=chosen))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # expected when we pass a backend: "You passed `quantization_config` ... already has a `quantization_config`"
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    load_s = time.perf_counter() - t0
+    model.eval()
+
+    qlayers = quantized_linears(model)
+    kernels = sorted({type(m).__name__ for _, m in qlayers})
+    sidecar = {}
+    if (path / SIDECAR).is_file():
+        sidecar = json.loads((path / SIDECAR).read_text(encoding="utf-8"))
+    info = {
+        "kernel": ",".join(kernels) if kernels else None,
+        "backend": chosen or "auto",
+        "method": method,
+        "bits": qcfg.get("bits"),
+        "group_size": qcfg.get("group_size"),
+        "format": qcfg.get("format") or qcfg.get("version") or qcfg.get("checkpoint_format"),
+        "quantized_layers": len(qlayers),
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": device,
+        "load_seconds": round(load_s, 2),
+        "size_on_disk_bytes": sum(f.stat().st_size for f in path.glob("*.safetensors")),
+        "quantization": sidecar,
+    }
+    if not qlayers:
+        raise RuntimeError(f"{out_dir}: loaded, but no layer was replaced by a quantized kernel")
+    return model, info
+
+
+def quantized_linears(model) -> list[tuple[str, Any]]:
+    """``(name, module)`` for every gptqmodel QuantLinear (GPTQ and AWQ kernels share ``BaseQuantLinear``)."""
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseQuantLinear)]
+
+
+def _pick_backend(method: str, qcfg: dict, path: Path, device: str) -> Optional[str]:
+    """A CPU kernel that runs this checkpoint; ``None`` lets gptqmodel choose (CUDA etc.).
+
+    On CPU gptqmodel's AUTO choice is the ATen int4 kernel (``TorchAtenLinear`` / ``TorchAtenAwqLinear``), the
+    fastest here, but it fails at the first forward when some ``in_features`` is not a multiple of
+    ``group_size`` (see module docstring). For such ragged checkpoints (made elsewhere: ours avoid them) take
+    the int8 kernel for GPTQ (works, ~20% slower, slow to load) and the plain torch kernel for AWQ.
+    """
+    if not str(device).startswith("cpu"):
+        return None
+    gs = int(qcfg.get("group_size", 128) or -1)
+    in_features = _linear_in_features(path, method, int(qcfg.get("bits", 4))) if gs > 0 else set()
+    ragged = any(k % gs for k in in_features) if gs > 0 else False
+    if not ragged:
+        return None
+    return "gptq_torch_int8" if method == "gptq" else "torch_awq"
