@@ -86,10 +86,20 @@ def calibration_texts(n: int = 128) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 def _prepare_env(device: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if str(device).startswith("cpu"):
-        # gptqmodel's default is (cores + 1) // 2 workers (gptqmodel/__init__.py, _default_cpu_workers);
-        # on a 2-core box that is 1. Read once, when gptqmodel builds its thread pool.
-        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, os.cpu_count() or 1)))
+    # gptqmodel needs >= 2 CPU workers: its pool reserves a 2-worker "model_loader:cpu" sub-pool
+    # (gptqmodel/__init__.py, _build_device_thread_pool) and raises "Virtual pool 'model_loader:cpu' requests 2
+    # workers but parent 'cpu' only has 1" (gptqmodel/utils/threadx.py, DeviceThreadPool.__init__) otherwise --
+    # and its default is (cores + 1) // 2 (_default_cpu_workers), i.e. 1 on a 2-core machine. Read once, when
+    # gptqmodel builds its pool (first quantize), so this must run before that.
+    try:
+        workers = int(os.environ.get("GPTQMODEL_CPU_WORKERS", "0"))
+    except ValueError:
+        workers = 0
+    if workers < 2:
+        os.environ["GPTQMODEL_CPU_WORKERS"] = str(max(2, min(os.cpu_count() or 2, 8)))
+    # Pack in Python instead of JIT-compiling gptqmodel's pack_block_cpu C++ extension on first use (~30-45 s and
+    # g++ on a fresh 2-core machine): measured no slower for these model sizes (module docstring).
+    os.environ.setdefault("GPTQMODEL_DISABLE_PACK_EXT", "1")
     _quiet_gptqmodel()
 
 

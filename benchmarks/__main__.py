@@ -1,0 +1,148 @@
+"""``python -m benchmarks run | report | compare | architectures``.
+
+    python -m benchmarks run --model smollm2-135m-instruct --variants bf16,int8,nf4 --prompt-tokens 128 \\
+        --new-tokens 64 --repeats 3 --device cpu --out results/NAME
+    python -m benchmarks run --model random:mistral-7b --variants bf16,nf4 --device cuda --out results/mistral
+    python -m benchmarks report results/NAME          # regenerate report.html from results.json
+    python -m benchmarks compare results/A results/B  # B ÷ A ratios of the rows both have
+
+Bad arguments end with exit status 2 and one line saying why.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; one line is enough here
+        self.exit(2, f"benchmarks: error: {message} (see --help)\n")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = OneLineParser(prog="python -m benchmarks", description="Benchmark the playground's variants.")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
+    r = sub.add_parser("run", help="run a sweep")
+    r.add_argument("--model", action="append", required=True,
+                   help="catalog key, local folder, hub id or random:<architecture>; repeat for several")
+    r.add_argument("--variants", type=_csv, default=["bf16"], help="comma list, e.g. bf16,int8,nf4,gptq,awq")
+    r.add_argument("--batch-sizes", type=_csv, default=["1"])
+    r.add_argument("--prompt-tokens", type=_csv, default=["512"])
+    r.add_argument("--new-tokens", type=_csv, default=["256"])
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--warmup", type=int, default=1)
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--memory-cap-gb", type=float, default=None,
+                   help="make allocations beyond this fail (a real out-of-memory, recorded as an oom row)")
+    r.add_argument("--random-weights", action="store_true", help="read every --model as an architecture name")
+    r.add_argument("--no-overhead-check", action="store_true", help="skip the bare model.generate comparison")
+    r.add_argument("--timeout-s", type=float, default=None, help="per (model, variant) worker")
+    r.add_argument("--out", default=None, help="results folder (default results/run-DATE)")
+    r.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    p = sub.add_parser("report", help="regenerate report.html from results.json")
+    p.add_argument("path")
+    c = sub.add_parser("compare", help="ratios B ÷ A of two runs")
+    c.add_argument("a")
+    c.add_argument("b")
+    sub.add_parser("architectures", help="list the random-weight architectures")
+    return ap
+
+
+def _fail(message: str) -> int:
+    print(f"benchmarks: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_run(args) -> int:
+    from .config import ConfigError, RunConfig
+    out = args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (Path(out) / "results.json").exists() and not args.overwrite:
+        return _fail(f"{out} already holds results.json: choose another --out or pass --overwrite")
+    try:
+        cfg = RunConfig(models=args.model, variants=args.variants, batch_sizes=args.batch_sizes,
+                        prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats,
+                        warmup=args.warmup, device=args.device, out=out, seed=args.seed,
+                        memory_cap_gb=args.memory_cap_gb, random_weights=args.random_weights,
+                        overhead_check=not args.no_overhead_check, timeout_s=args.timeout_s, name=Path(out).name)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    from tqdm.auto import tqdm
+
+    from .runner import resolve_device, run_sweep
+    if cfg.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            return _fail(f"--device {cfg.device} but no CUDA GPU is available here")
+    total = cfg.units()
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def progress(fraction, message):
+        bar.n = min(total, round(fraction * total))
+        bar.set_description_str(message[:60])
+        bar.refresh()
+
+    def on_row(row):
+        if row["status"] == "ok":
+            tqdm.write(f"  {row['model']} [{row['variant']}] bs={row['batch_size']} p={row['prompt_tokens']} "
+                       f"n={row['new_tokens']}: {row['decode_tok_s']:.1f} tok/s, ttft {row['ttft_ms']:.0f} ms, "
+                       f"weights {row['weights_gb']:.3f} GB", file=sys.stderr)
+        else:
+            tqdm.write(f"  {row['model']} [{row['variant']}] bs={row['batch_size']}: {row['status']}: "
+                       f"{row['error'][:200]}", file=sys.stderr)
+
+    rows = run_sweep(cfg, on_row=on_row, progress=progress, argv=["python", "-m", "benchmarks", *sys.argv[1:]])
+    bar.close()
+    ok = sum(r["status"] == "ok" for r in rows)
+    print(f"{ok}/{len(rows)} rows ok on {resolve_device(cfg.device)}; wrote {out}/results.csv, results.json, "
+          f"report.html")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    from .results import ResultsError
+    try:
+        path = write_report(args.path)
+    except ResultsError as exc:
+        return _fail(str(exc))
+    print(path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .results import ResultsError, compare, format_table, load_results
+    try:
+        a, b = load_results(args.a), load_results(args.b)
+    except ResultsError as exc:
+        return _fail(str(exc))
+    rows = compare(a, b)
+    if not rows:
+        return _fail("the two runs have no (model, variant, batch, prompt, new) in common")
+    print(f"ratios B ÷ A   A = {args.a}   B = {args.b}   (tok/s > 1: B faster; time/memory < 1: B smaller)")
+    print(format_table(rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "architectures":
+        from .random_weights import ARCH_DIR, list_architectures, load_architecture
+        for name in list_architectures():
+            a = load_architecture(name)
+            print(f"random:{name:14s} {a.get('params_note', '')}  ({ARCH_DIR / (name + '.json')})")
+        return 0
+    return {"run": cmd_run, "report": cmd_report, "compare": cmd_compare}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(_fail("interrupted"))

@@ -1,0 +1,148 @@
+"""What one benchmark run measures: ``RunConfig``, validated in ``__post_init__`` with messages meant for people.
+
+A model is a catalog key (``smollm2-135m-instruct``), a local folder, a Hugging Face id, or ``random:<arch>``:
+an architecture from ``benchmarks/architectures/<arch>.json`` built with random weights (speed and memory are
+real, answers are not). ``random_weights=True`` reads every bare model name as an architecture.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+RANDOM_PREFIX = "random:"
+MAX_NEW_TOKENS = 8192
+MAX_PROMPT_TOKENS = 131072
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ConfigError(ValueError):
+    """A setting of the run is wrong; the message says which and why."""
+
+
+def _int_list(name: str, value, lo: int, hi: int) -> list[int]:
+    if isinstance(value, (int, str)):
+        value = [value]
+    out = []
+    for v in value:
+        try:
+            iv = int(str(v).strip())
+        except ValueError:
+            raise ConfigError(f"{name}: {v!r} is not an integer") from None
+        if not lo <= iv <= hi:
+            raise ConfigError(f"{name}: {iv} is out of range [{lo}, {hi}]")
+        if iv in out:
+            raise ConfigError(f"{name}: {iv} is listed twice")
+        out.append(iv)
+    if not out:
+        raise ConfigError(f"{name}: give at least one value")
+    return out
+
+
+def _str_list(name: str, value) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    out = []
+    for v in value:
+        v = str(v).strip()
+        if not v:
+            raise ConfigError(f"{name}: an empty name was given")
+        if v in out:
+            raise ConfigError(f"{name}: {v!r} is listed twice")
+        out.append(v)
+    if not out:
+        raise ConfigError(f"{name}: give at least one")
+    return out
+
+
+@dataclass
+class RunConfig:
+    models: list[str]
+    variants: list[str] = field(default_factory=lambda: ["bf16"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    prompt_tokens: list[int] = field(default_factory=lambda: [512])
+    new_tokens: list[int] = field(default_factory=lambda: [256])
+    repeats: int = 3
+    warmup: int = 1
+    device: str = "auto"                 # auto: cuda when a GPU is present, else cpu
+    out: str | None = None               # results folder (results/NAME); None: keep rows in memory only
+    seed: int = 0
+    memory_cap_gb: float | None = None   # CPU: address-space headroom above the worker after imports;
+    #                                      CUDA: cap on the torch allocator. Going over is a real OOM → oom row.
+    random_weights: bool = False         # read bare model names as architectures (random:<arch>)
+    overhead_check: bool = True          # time a bare model.generate beside each bs=1 measurement
+    timeout_s: float | None = None       # per (model, variant) worker; None: no limit
+    variant_options: dict = field(default_factory=dict)  # playground.variants.VariantOptions fields
+    name: str | None = None
+
+    def __post_init__(self):
+        self.models = _str_list("models", self.models)
+        if self.random_weights:
+            self.models = [m if m.startswith(RANDOM_PREFIX) else RANDOM_PREFIX + m for m in self.models]
+        self.variants = _str_list("variants", self.variants)
+        self.batch_sizes = _int_list("batch_sizes", self.batch_sizes, 1, 1024)
+        self.prompt_tokens = _int_list("prompt_tokens", self.prompt_tokens, 1, MAX_PROMPT_TOKENS)
+        self.new_tokens = _int_list("new_tokens", self.new_tokens, 1, MAX_NEW_TOKENS)
+        for name, lo in (("repeats", 1), ("warmup", 0), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.repeats > 1000:
+            raise ConfigError(f"repeats must be at most 1000, got {self.repeats}")
+        self.device = str(self.device).strip().lower()
+        if not DEVICE_RE.match(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.memory_cap_gb is not None and not (isinstance(self.memory_cap_gb, (int, float))
+                                                   and self.memory_cap_gb > 0):
+            raise ConfigError(f"memory_cap_gb must be a positive number of GB, got {self.memory_cap_gb!r}")
+        if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
+            raise ConfigError(f"timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
+        self._check_variants()
+        self._check_models()
+
+    def _check_variants(self) -> None:
+        from playground.variants import VARIANTS, VariantOptions
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+        try:
+            VariantOptions(**self.variant_options)
+        except TypeError as exc:
+            raise ConfigError(f"variant_options: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"variant_options: {exc}") from None
+
+    def _check_models(self) -> None:
+        from .random_weights import list_architectures, load_architecture
+        for m in self.models:
+            if m.startswith(RANDOM_PREFIX):
+                arch = m[len(RANDOM_PREFIX):]
+                try:
+                    load_architecture(arch)
+                except (FileNotFoundError, ValueError) as exc:
+                    raise ConfigError(f"model {m}: {exc} (known architectures: "
+                                      f"{', '.join(list_architectures())})") from None
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def combos(self) -> list[tuple[int, int, int]]:
+        """Every (batch_size, prompt_tokens, new_tokens) measured for one (model, variant)."""
+        return list(itertools.product(self.batch_sizes, self.prompt_tokens, self.new_tokens))
+
+    def units(self) -> int:
+        """Progress steps of the whole sweep: one load plus one per combo, for each (model, variant)."""
+        return len(self.models) * len(self.variants) * (1 + len(self.combos()))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        extra = set(d) - known
+        if extra:
+            raise ConfigError(f"unknown setting(s) {', '.join(sorted(extra))}")
+        return cls(**d)
+
+
+def is_random(model: str) -> bool:
+    return model.startswith(RANDOM_PREFIX)

@@ -1,0 +1,105 @@
+"""Prompts of an exact length and the two generation paths the engine does not cover.
+
+* prompts come from text shipped in the repo (``playground/data/calibration.txt`` when present, else
+  ``benchmarks/data/prompt_text.txt``), repeated if needed and cut to exactly ``prompt_tokens`` tokens; each row of
+  a batch starts at a different offset so rows differ but have the same length (no padding);
+* ``batched_greedy``: prefill + one token at a time with the KV cache for batch sizes > 1 (the engine's
+  ``stream_reply`` is batch 1), timed by a ``LatencyTracker``;
+* ``bare_generate``: a plain ``model.generate`` with no trackers, the yardstick for the harness's own overhead.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT_FILES = (ROOT / "playground" / "data" / "calibration.txt", Path(__file__).parent / "data" / "prompt_text.txt")
+
+
+def load_prompt_text() -> tuple[str, str, str]:
+    """(text, path relative to the repo, sha256 prefix) of the prompt source."""
+    for path in PROMPT_FILES:
+        if path.exists() and path.stat().st_size > 1000:
+            data = path.read_bytes()
+            return data.decode("utf-8"), str(path.relative_to(ROOT)), hashlib.sha256(data).hexdigest()[:12]
+    raise FileNotFoundError(f"no prompt text found (looked for {', '.join(str(p) for p in PROMPT_FILES)})")
+
+
+def make_prompt_ids(tokenizer, prompt_tokens: int, batch_size: int = 1) -> list[list[int]]:
+    """``batch_size`` lists of exactly ``prompt_tokens`` token ids cut from the shipped text."""
+    text = load_prompt_text()[0]
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise ValueError("the tokenizer turned the prompt text into no tokens")
+    stride = max(1, len(ids) // max(batch_size, 1))
+    need = prompt_tokens + stride * (batch_size - 1)
+    ids = ids * (need // len(ids) + 1)
+    return [ids[i * stride: i * stride + prompt_tokens] for i in range(batch_size)]
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Ids that would end a reply; masked while generating so every run makes exactly ``new_tokens`` tokens."""
+    ids = set()
+    for src in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(src, int):
+            ids.add(src)
+        elif src:
+            ids.update(int(i) for i in src)
+    return sorted(ids)
+
+
+def input_device(model):
+    try:
+        return model.get_input_embeddings().weight.device
+    except Exception:  # pragma: no cover - exotic models
+        return next(model.parameters()).device
+
+
+def batched_greedy(model, prompts: list[list[int]], new_tokens: int, stop_ids: list[int], tracker) -> list[list[int]]:
+    """Greedy decode of a batch of equal-length prompts; calls ``tracker.token()`` after each step."""
+    import torch
+
+    dev = input_device(model)
+    with torch.inference_mode():
+        ids = torch.tensor(prompts, device=dev)
+        past, out_ids = None, []
+        for _ in range(new_tokens):
+            out = model(input_ids=ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[:, -1, :]
+            if stop_ids:
+                logits[:, stop_ids] = -float("inf")
+            ids = torch.argmax(logits, dim=-1, keepdim=True)
+            tracker.token()
+            out_ids.append(ids)
+        del past
+        return torch.cat(out_ids, dim=1).tolist()
+
+
+def bare_generate(model, prompt: list[int], new_tokens: int, stop_ids: list[int], pad_id) -> float:
+    """Seconds for a plain greedy ``model.generate`` of exactly ``new_tokens`` tokens (no trackers)."""
+    import time
+
+    import torch
+    from transformers import GenerationConfig
+
+    dev = input_device(model)
+    cfg = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           eos_token_id=stop_ids or None, pad_token_id=pad_id)
+    with torch.inference_mode():
+        x = torch.tensor([prompt], device=dev)
+        mask = torch.ones_like(x)
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=x, attention_mask=mask, generation_config=cfg)
+        _sync(dev)
+        elapsed = time.perf_counter() - t0
+    if out.shape[1] - len(prompt) != new_tokens:
+        raise RuntimeError(f"model.generate made {out.shape[1] - len(prompt)} tokens instead of {new_tokens}")
+    return elapsed
+
+
+def _sync(dev) -> None:
+    import torch
+    if getattr(dev, "type", str(dev)).startswith("cuda"):
+        torch.cuda.synchronize(dev)

@@ -1,0 +1,140 @@
+"""Architecture-only models: a public config with random bf16 weights, for speed/memory runs of big shapes.
+
+The model is built directly on the target device (``with torch.device(...)``: no slow CPU init for a GPU run),
+saved once with a word-level tokenizer of the right vocabulary size to ``cache_root()/random/<name>``, and from
+then on loaded like any local folder, so every variant (bitsandbytes, GPTQ, AWQ) can read it. Answers of such
+a model are noise: every row it produces says ``random_weights=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+ARCH_DIR = Path(__file__).parent / "architectures"
+MARKER = "benchmark_random_weights.json"
+
+
+def list_architectures() -> list[str]:
+    return sorted(p.stem for p in ARCH_DIR.glob("*.json"))
+
+
+def load_architecture(name: str) -> dict:
+    """The architecture file's content: ``{"name", "source", "config": {...}}``. ``name`` may be a path."""
+    path = Path(name) if name.endswith(".json") else ARCH_DIR / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no architecture file {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    cfg = data.get("config")
+    if not isinstance(cfg, dict) or "model_type" not in cfg or "vocab_size" not in cfg:
+        raise ValueError(f"{path} needs a \"config\" object with at least model_type and vocab_size")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def config_digest(arch: dict) -> str:
+    return hashlib.sha256(json.dumps(arch["config"], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def random_model_dir(name: str) -> Path:
+    from playground.catalog import cache_root
+    return cache_root() / "random" / Path(name).stem
+
+
+def make_tokenizer(cfg: dict, text: str):
+    """A word-level tokenizer with exactly ``vocab_size`` entries: the words of the prompt text get real ids
+    (so prompts are varied token sequences), special tokens sit at the config's bos/eos ids, fillers pad the rest."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    size = int(cfg["vocab_size"])
+    id_to_tok: dict[int, str] = {}
+    bos, eos = cfg.get("bos_token_id"), cfg.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) else eos
+    for tid, tok in ((bos, "<s>"), (eos, "</s>")):
+        if isinstance(tid, int) and 0 <= tid < size and tid not in id_to_tok:
+            id_to_tok[tid] = tok
+    free = (i for i in range(size) if i not in id_to_tok)
+    unk_id = next(free)
+    id_to_tok[unk_id] = "<unk>"
+    pre = pre_tokenizers.Whitespace()
+    words = list(dict.fromkeys(w for w, _ in pre.pre_tokenize_str(text)))
+    for w, tid in zip(words, free):
+        id_to_tok[tid] = w
+    for tid in range(size):
+        id_to_tok.setdefault(tid, f"<w{tid}>")
+    tok = Tokenizer(models.WordLevel({t: i for i, t in id_to_tok.items()}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre
+    special = {k: id_to_tok[t] for k, t in (("bos_token", bos), ("eos_token", eos)) if isinstance(t, int) and t < size}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", **special)
+    fast.pad_token = fast.eos_token or "<unk>"
+    return fast
+
+
+def ensure_random_model(arch_name: str, device: str = "cpu", progress=None) -> tuple[str, float]:
+    """Folder of the random-weight model (built on first use); returns (path, seconds spent building)."""
+    from filelock import FileLock
+
+    arch = load_architecture(arch_name)
+    target = random_model_dir(arch["name"])
+    digest = config_digest(arch)
+
+    def ready() -> bool:
+        marker = target / MARKER
+        return marker.exists() and json.loads(marker.read_text()).get("config_digest") == digest
+
+    if ready():
+        return str(target), 0.0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if ready():
+            return str(target), 0.0
+        t0 = time.perf_counter()
+        _build(arch, target, device, digest, progress)
+        return str(target), time.perf_counter() - t0
+
+
+def _build(arch: dict, target: Path, device: str, digest: str, progress) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .generation import load_prompt_text
+
+    progress = progress or (lambda f, m: None)
+    cfg_dict = dict(arch["config"])
+    model_type = cfg_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg_dict)
+    build_device = "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) \
+        else "cpu"
+    if device.startswith("cuda:"):
+        build_device = device
+    progress(0.1, f"building {arch['name']} with random bf16 weights on {build_device} (one time)")
+    torch.manual_seed(0)
+    with torch.device(build_device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        progress(0.5, f"saving {arch['name']} to {target}")
+        model.save_pretrained(tmp)
+        del model
+        tokenizer = make_tokenizer(arch["config"], load_prompt_text()[0])
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({"architecture": arch["name"], "source": arch.get("source"),
+                                              "config_digest": digest, "random_weights": True}, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if build_device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    progress(1.0, f"{arch['name']} ready")

@@ -1,0 +1,166 @@
+"""report.html from results.json: one self-contained file (plotly.js inline), readable offline."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from . import plots
+from .results import COLUMNS, LONG_TOKENS, SHORT_TOKENS, atomic_write, load_results, model_label
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1400px;color:#222}
+table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}.oom{background:#fde2e1}.error{background:#fbe3c6}
+.unsupported{background:#eee;color:#777}.warn{background:#fff4ce;border:1px solid #e0c36a;padding:8px 12px;margin:10px 0}
+.small{font-size:12px;color:#555}pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}"""
+
+FULL_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status", "kernel", "repeats",
+             "ttft_ms", "ttft_ms_p90", "decode_tok_s", "decode_tok_s_p90", "itl_p50_ms", "itl_p90_ms", "e2e_s",
+             "e2e_short_s", "e2e_long_s", "peak_rss_gb", "peak_gpu_mem_gb", "peak_gpu_reserved_gb",
+             "peak_gpu_nvml_gb", "weights_gb", "load_s", "load_read_s", "load_quantize_s", "convert_s",
+             "harness_overhead", "error"]
+
+
+def _fmt(v, col: str = "") -> str:
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if col == "harness_overhead":
+            return f"{v * 100:+.1f}%"
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+    return html.escape(str(v))
+
+
+def _table(header: list[str], body: list[list[str]], classes: list[str] | None = None, left=()) -> str:
+    th = "".join(f'<th class="{"l" if i in left else ""}">{html.escape(h)}</th>' for i, h in enumerate(header))
+    trs = []
+    for k, row in enumerate(body):
+        cls = f' class="{classes[k]}"' if classes and classes[k] else ""
+        tds = "".join(f'<td class="{"l" if i in left else ""}">{c}</td>' for i, c in enumerate(row))
+        trs.append(f"<tr{cls}>{tds}</tr>")
+    return f"<table><tr>{th}</tr>{''.join(trs)}</table>"
+
+
+def compact_table(rows: list[dict]) -> str:
+    """variant | RAM | VRAM | load | short answer | long answer, per model at the base setting."""
+    setting = plots.base_setting(rows)
+    if setting is None:
+        return "<p>No rows.</p>"
+    sel = [r for r in rows if (r["batch_size"], r["prompt_tokens"], r["new_tokens"]) == setting]
+    out = []
+    for model in dict.fromkeys(model_label(r) for r in sel):
+        mrows = sorted((r for r in sel if model_label(r) == model), key=lambda r: plots.variant_rank(r["variant"]))
+        body, classes = [], []
+        for r in mrows:
+            if r["status"] != "ok":
+                body.append([html.escape(r["variant"]), f"{r['status']}: {html.escape(str(r.get('error') or ''))[:160]}",
+                             "", "", "", ""])
+                classes.append(r["status"])
+                continue
+            vram = r.get("peak_gpu_nvml_gb") or r.get("peak_gpu_mem_gb")
+            load = _fmt(r.get("load_read_s")) + " s"
+            if r.get("load_quantize_s"):
+                load += f" (+{r['load_quantize_s']:.0f} s one-time quantization)"
+            body.append([html.escape(r["variant"]), _fmt(r.get("peak_rss_gb")) + " GB",
+                         (_fmt(vram) + " GB") if vram else "–", load, _fmt(r.get("e2e_short_s")) + " s",
+                         _fmt(r.get("e2e_long_s")) + " s"])
+            classes.append("")
+        out.append(f"<h3>{html.escape(model)}</h3>" + _table(
+            ["variant", "RAM (peak RSS)", "VRAM (peak)", "load", f"short answer ({SHORT_TOKENS} tok)",
+             f"long answer ({LONG_TOKENS} tok)"], body, classes, left=(0, 1)))
+    bs, p, n = setting
+    return "".join(out) + (f'<p class="small">Batch {bs}, prompt {p} tokens. Answer times = time to first token '
+                           f"+ the measured gaps to token {SHORT_TOKENS} / {LONG_TOKENS}; where the run made fewer "
+                           f"than that ({n} new tokens), the rest is extrapolated at the measured decode pace.</p>")
+
+
+def full_table(rows: list[dict]) -> str:
+    body = [[_fmt(model_label(r) if c == "model" else r.get(c), c) for c in FULL_COLS] for r in rows]
+    classes = [r["status"] if r["status"] != "ok" else "" for r in rows]
+    return _table(FULL_COLS, body, classes, left=(0, 1, 5, 6, len(FULL_COLS) - 1))
+
+
+def reference_table(rows: list[dict]) -> str:
+    ratios, note = plots.reference_ratios(rows)
+    if not ratios:
+        return "<p>No fp16/bf16 baseline in this run: nothing to put beside the published ratios.</p>"
+    body = [[html.escape(r["model"]), r["variant"], html.escape(r["reference"]), _fmt(r["ref_tok_s_ratio"]),
+             _fmt(r["run_tok_s_ratio"]), _fmt(r["ref_mem_ratio"]), _fmt(r["run_mem_ratio"])] for r in ratios]
+    extra = f'<p class="warn">{html.escape(note)}</p>' if note else ""
+    return extra + _table(["model", "variant", "published as", "tok/s ÷ fp16 (published)", "tok/s ÷ fp16 (this run)",
+                           "peak mem ÷ fp16 (published)", "peak mem ÷ fp16 (this run)"], body, left=(0, 1, 2))
+
+
+def _fig_html(fig) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}) if fig else ""
+
+
+def render(data: dict) -> str:
+    from plotly.offline import get_plotlyjs
+    rows, env, cfg = data["rows"], data.get("environment", {}), data.get("config", {})
+    name = cfg.get("name") or Path(str(cfg.get("out") or "run")).name
+    warns = []
+    if any(r.get("random_weights") for r in rows):
+        warns.append("Some models have <b>random weights</b> (marked “[random weights]”, hatched bars, hollow "
+                     "markers): their speed and memory are real, their answers are noise.")
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        counts = {s: sum(1 for r in bad if r["status"] == s) for s in ("oom", "error", "unsupported")}
+        warns.append("Rows that did not run: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v) +
+                     " (see the full table).")
+    load, cores = (env.get("load_average_at_start") or [0])[0], env.get("cpu_cores_logical") or 1
+    if env.get("device") == "cpu" and load > 0.5 * cores:
+        warns.append(f"The machine was busy when the run started (load average {load} on {cores} CPU threads, "
+                     f"{env.get('load_average_at_end', ['?'])[0]} at the end): CPU timings are disturbed by "
+                     f"other processes; compare variants within this run only, and prefer the min–max whiskers.")
+    if data.get("cancelled"):
+        warns.append("This run was stopped before the end.")
+    if not data.get("finished"):
+        warns.append("This run is still in progress (or ended abruptly): the report shows the rows so far.")
+    s = data.get("summary", {})
+    ov = s.get("harness_overhead_median")
+    gpu = ", ".join(env.get("gpu_names") or []) or "none"
+    head = (f"<p><b>{html.escape(str(env.get('date', '')))}</b> · device <b>{html.escape(str(env.get('device')))}"
+            f"</b> · GPU: {html.escape(gpu)} (driver {env.get('driver') or '–'}, CUDA {env.get('cuda') or '–'}) · "
+            f"CPU: {html.escape(str(env.get('cpu_model')))} ({env.get('cpu_cores_logical')} threads, "
+            f"{env.get('ram_gb')} GB RAM, load average at start {env.get('load_average_at_start')})<br>"
+            f"torch {env.get('versions', {}).get('torch')} · transformers {env.get('versions', {}).get('transformers')}"
+            f" · git {html.escape(str(env.get('git', {}).get('commit')))[:12]} · repeats {cfg.get('repeats')}, "
+            f"warm-up {cfg.get('warmup')}, seed {cfg.get('seed')}<br><code>{html.escape(str(env.get('command')))}</code></p>"
+            + (f"<p>Harness overhead (engine + trackers vs a bare <code>model.generate</code>, same tokens, "
+               f"interleaved): median <b>{ov * 100:+.1f}%</b>, max {s.get('harness_overhead_max', 0) * 100:+.1f}% "
+               f"(target &lt; 3%).</p>" if ov is not None else ""))
+    figs = [plots.bars_figure(rows), plots.scatter_figure(rows)] + \
+        [plots.sweep_figure(rows, a) for a in ("batch_size", "prompt_tokens", "new_tokens")]
+    body = [f"<h1>Benchmark: {html.escape(name)}</h1>", head,
+            *[f'<div class="warn">{w}</div>' for w in warns],
+            "<h2>At a glance</h2>", compact_table(rows), "<h2>Plots</h2>", *[_fig_html(f) for f in figs if f],
+            "<h2>Against published numbers</h2>",
+            '<p class="small">optimum-benchmark, Mistral-7B-v0.1 on an A100-80GB, prompt 512, 1000 new tokens, '
+            "batch 1 (<code>benchmarks/references/optimum_benchmark_mistral7b_a100.csv</code>). Only ratios are "
+            "comparable: hardware, model size, kernels and versions differ.</p>",
+            _fig_html(plots.reference_figure(rows)), reference_table(rows),
+            "<h2>All rows</h2>", full_table(rows),
+            '<p class="small">ttft = prompt in → first new token; decode tok/s = tokens after the first ÷ their '
+            "time (summed over the batch for batch &gt; 1); itl = gaps between tokens (all repeats pooled); p90 "
+            "columns are the 90th percentile over repeats; memory peaks are the maximum over repeats; RSS is the "
+            "whole worker process (weights included). Batch 1 is timed through the chat engine "
+            "(<code>stream_reply</code>), larger batches through a bare greedy loop. Each (model, variant) runs "
+            "in its own process. GB = 2<sup>30</sup> bytes. Per-repeat values are in results.json.</p>",
+            "<h2>Environment and settings</h2>",
+            f"<pre>{html.escape(json.dumps({'environment': env, 'config': cfg, 'prompt_source': data.get('prompt_source')}, indent=1, default=str))}</pre>"]
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Benchmark {html.escape(name)}</title>"
+            f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>{''.join(body)}</body></html>")
+
+
+def write_report(out_dir: str | Path) -> Path:
+    """Regenerate report.html from the folder's results.json; returns its path."""
+    data = load_results(out_dir)
+    path = Path(out_dir) / "report.html" if Path(out_dir).is_dir() else Path(out_dir).with_name("report.html")
+    atomic_write(path, render(data))
+    return path
+
+
+__all__ = ["write_report", "render", "compact_table", "COLUMNS"]

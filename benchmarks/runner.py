@@ -1,0 +1,251 @@
+"""Runs a sweep: one worker process per (model, variant); whatever a worker does, the sweep goes on.
+
+``run_sweep(config, on_row=..., progress=...)`` runs in the caller's thread (the UI puts it in a background
+thread), calls ``on_row(row)`` as each row arrives and ``progress(fraction, message)`` as work advances, and
+rewrites results.json/results.csv after every row and report.html after every worker, so a run that is stopped
+half-way still leaves usable files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from .config import RunConfig
+from .environment import ROOT, collect_environment
+from .generation import load_prompt_text
+from .results import failed_rows, write_results
+
+_ACTIVE = threading.Event()
+POLL_S = 0.2
+OOM_SIGNALS = {signal.SIGKILL}
+
+
+def is_running() -> bool:
+    """True while a sweep runs in this process (the chat tab can say the device is busy)."""
+    return _ACTIVE.is_set()
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _precheck(variant: str, device: str) -> str | None:
+    from playground.errors import VariantUnsupportedError
+    from playground.variants import get_variant
+    try:
+        get_variant(variant).check_supported(device)
+    except VariantUnsupportedError as exc:
+        return str(exc)
+    return None
+
+
+def _worker_env(config: RunConfig) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    if config.memory_cap_gb:
+        env["MALLOC_ARENA_MAX"] = "2"   # glibc arenas reserve 64 MB of address space per thread otherwise
+    return env
+
+
+def _log_tail(path: Path, chars: int = 6000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - chars))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _death_row_status(rc: int, tail: str, timed_out: bool, timeout_s) -> tuple[str, str]:
+    from .worker import OOM_PATTERNS
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    last = lines[-1][:300] if lines else "no output"
+    if timed_out:
+        return "error", f"worker timed out after {timeout_s:g} s (last output: {last})"
+    if rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        if -rc in OOM_SIGNALS:
+            return "oom", f"worker killed by {name} (most likely the kernel's out-of-memory killer); last output: {last}"
+        status = "oom" if any(p in tail.lower() for p in OOM_PATTERNS) else "error"
+        return status, f"worker died from {name}: {last}"
+    status = "oom" if any(p in tail.lower() for p in OOM_PATTERNS) else "error"
+    return status, f"worker exited with code {rc}: {last}"
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """End the worker we started, and its children (it runs in its own process group)."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _follow(proc, ev, config: RunConfig, cancel, on_event) -> tuple[set, bool, bool, bool]:
+    """Forward the worker's events until it exits (or is cancelled / times out).
+    Returns (combos reported, saw "done", timed out, cancelled)."""
+    done: set[tuple] = set()
+    finished = timed_out = False
+    t0, buf = time.monotonic(), ""
+    while True:
+        exited = proc.poll() is not None
+        if cancel is not None and cancel.is_set() and not exited:
+            _kill(proc)
+            return done, finished, timed_out, True
+        buf += ev.read()
+        *lines, buf = buf.split("\n")
+        for line in lines:
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if msg.get("event") == "row":
+                r = msg["row"]
+                done.add((r["batch_size"], r["prompt_tokens"], r["new_tokens"]))
+            finished = finished or msg.get("event") == "done"
+            on_event(msg)
+        if exited:
+            return done, finished, timed_out, False
+        if config.timeout_s and time.monotonic() - t0 > config.timeout_s:
+            timed_out = True
+            _kill(proc)
+            continue
+        time.sleep(POLL_S)
+
+
+def run_worker(config: RunConfig, model: str, variant: str, device: str, log_path: Path,
+               on_event: Callable[[dict], None], cancel: threading.Event | None = None) -> str:
+    """Run one worker, forwarding its events; adds failure rows for combos it did not report.
+    Returns "done", "cancelled" or "died"."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+        spec, events = Path(tmp) / "spec.json", Path(tmp) / "events.jsonl"
+        spec.write_text(json.dumps({"config": config.to_dict(), "model": model, "variant": variant,
+                                    "device": device}))
+        events.touch()
+        with open(log_path, "wb") as log, open(events, encoding="utf-8") as ev:
+            proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", "--spec", str(spec),
+                                     "--events", str(events)], cwd=ROOT, env=_worker_env(config),
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                done, finished, timed_out, cancelled = _follow(proc, ev, config, cancel, on_event)
+            except BaseException:  # Ctrl+C or a callback error: never leave the worker running alone
+                _kill(proc)
+                raise
+        if cancelled:
+            return "cancelled"
+        rc = proc.returncode
+        if finished and rc == 0 and len(done) == len(config.combos()):
+            return "done"
+        status, error = _death_row_status(rc, _log_tail(log_path), timed_out, config.timeout_s)
+        for row in failed_rows(config, model, variant, device, status, error, done=done):
+            row["raw"]["log"] = str(log_path)
+            on_event({"event": "row", "row": row})
+        return "died"
+
+
+def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
+              progress: Callable[[float, str], None] | None = None, cancel: threading.Event | None = None,
+              argv: list[str] | None = None) -> list[dict]:
+    """Run every (model, variant) of ``config``; returns the rows (also written to ``config.out``)."""
+    device = resolve_device(config.device)
+    out = Path(config.out) if config.out else None
+    text_info = load_prompt_text()
+    rows: list[dict] = []
+    data = {"config": config.to_dict(), "environment": collect_environment(device, argv), "rows": rows,
+            "prompt_source": {"path": text_info[1], "sha256": text_info[2]}, "finished": None, "cancelled": False}
+    total, done_units = config.units(), 0
+    per_mv = 1 + len(config.combos())
+    say = progress or (lambda f, m: None)
+
+    def save(with_report: bool) -> None:
+        if out is None:
+            return
+        write_results(out, data)
+        if with_report:
+            try:
+                from .report import write_report
+                write_report(out)
+            except Exception:  # noqa: BLE001 - a broken plot must not end the run
+                data["report_error"] = traceback.format_exc(limit=3)
+
+    def add(row: dict) -> None:
+        nonlocal done_units
+        rows.append(row)
+        done_units += 1
+        save(False)
+        if on_row is not None:
+            try:
+                on_row(row)
+            except Exception:  # noqa: BLE001 - a UI callback error must not end the run
+                traceback.print_exc()
+        say(done_units / total, f"{row['model']} [{row['variant']}] bs={row['batch_size']} "
+                                f"p={row['prompt_tokens']} n={row['new_tokens']}: {row['status']}")
+
+    _ACTIVE.set()
+    try:
+        for model in config.models:
+            for variant in config.variants:
+                if cancel is not None and cancel.is_set():
+                    data["cancelled"] = True
+                    break
+                base = done_units
+                reason = _precheck(variant, device)
+                if reason:
+                    done_units += 1
+                    for row in failed_rows(config, model, variant, device, "unsupported", reason):
+                        add(row)
+                    continue
+                say(base / total, f"starting {model} [{variant}] on {device}")
+
+                def on_event(msg, loaded=[False]):
+                    nonlocal done_units
+                    kind = msg.get("event")
+                    if not loaded[0] and (kind == "row" or (kind == "progress" and msg["fraction"] >= 1.0)):
+                        loaded[0] = True       # the load step of this (model, variant) is over
+                        done_units += 1
+                    if kind == "row":
+                        add(msg["row"])
+                    elif kind == "progress":
+                        frac = 0.0 if loaded[0] else max(0.0, msg["fraction"])
+                        say((done_units + frac) / total, msg["message"])
+
+                log = (out or Path(tempfile.gettempdir()) / "bench-logs") / "logs" / \
+                    f"{Path(model).name.replace(':', '_')}__{variant}.log"
+                outcome = run_worker(config, model, variant, device, log, on_event, cancel)
+                done_units = base + per_mv
+                if outcome == "cancelled":
+                    data["cancelled"] = True
+                    break
+                save(True)
+            if data["cancelled"]:
+                break
+    finally:
+        _ACTIVE.clear()
+        data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if hasattr(os, "getloadavg"):
+            data["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        save(True)
+    say(1.0, "cancelled" if data["cancelled"] else "done")
+    return rows

@@ -1,0 +1,287 @@
+"""One (model, variant) in its own process: ``python -m benchmarks.worker --spec S.json --events E.jsonl``.
+
+Memory starts clean, and whatever happens (out of memory, a library crash) ends this process, not the sweep.
+Every result goes to the events file as one JSON line, flushed at once, so the runner sees rows as they come and
+keeps those written before a crash: ``{"event": "progress", ...}``, ``{"event": "row", "row": {...}}``,
+``{"event": "done"}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import RANDOM_PREFIX, RunConfig, is_random
+from .results import LONG_TOKENS, SHORT_TOKENS, e2e_for, failed_rows, median, new_row, percentile
+
+GB = 1024 ** 3
+OOM_PATTERNS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "memoryerror",
+                "not enough memory", "errno 12", "failed to map segment")
+
+
+class Events:
+    def __init__(self, path: str):
+        self.f = open(path, "a", encoding="utf-8")
+        self.done: set[tuple] = set()
+
+    def emit(self, obj: dict) -> None:
+        self.f.write(json.dumps(obj, default=str) + "\n")
+        self.f.flush()
+
+    def progress(self, fraction: float, message: str) -> None:
+        self.emit({"event": "progress", "fraction": round(float(fraction), 4), "message": str(message)})
+
+    def row(self, row: dict) -> None:
+        self.done.add((row["batch_size"], row["prompt_tokens"], row["new_tokens"]))
+        self.emit({"event": "row", "row": row})
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def classify(exc: BaseException) -> str:
+    """ok/oom/error/unsupported for an exception, looking through its causes (the manager wraps OSErrors)."""
+    from playground.errors import VariantUnsupportedError
+    for e in _chain(exc):
+        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+            return "oom"
+        if isinstance(e, OSError) and e.errno == 12:
+            return "oom"
+        if any(p in str(e).lower() for p in OOM_PATTERNS):
+            return "oom"
+    if isinstance(exc, VariantUnsupportedError):
+        return "unsupported"
+    return "error"
+
+
+def describe(exc: BaseException) -> str:
+    parts = []
+    for e in _chain(exc):
+        text = str(e).strip().splitlines()
+        parts.append(f"{type(e).__name__}: {text[0] if text else ''}"[:300])
+    return " <- ".join(parts[:3])
+
+
+def preload(variant: str) -> None:
+    """Import what loading will need, so that a memory cap set afterwards limits the model, not the libraries."""
+    import importlib
+
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    from playground.variants import get_variant
+    for mod in get_variant(variant).requires:
+        importlib.import_module(mod)
+
+
+def apply_memory_cap(cap_gb: float | None, device: str) -> str | None:
+    """Make allocations past the cap fail for real. CPU: RLIMIT_AS = current address space + cap.
+    CUDA: the torch allocator's per-process fraction. Returns a note for the rows."""
+    if not cap_gb:
+        return None
+    if device.startswith("cuda"):
+        import torch
+        idx = torch.device(device).index or 0
+        total = torch.cuda.get_device_properties(idx).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gb * GB / total), idx)
+        return f"CUDA allocator capped at {cap_gb:g} GB"
+    import resource
+
+    import psutil
+    vms = psutil.Process().memory_info().vms
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = vms + int(cap_gb * GB)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    return f"address space capped at {vms / GB:.2f} GB (after imports) + {cap_gb:g} GB"
+
+
+@dataclass
+class Run:
+    ttft_s: float
+    itl_s: list[float]
+    total_s: float
+    wall_s: float
+    decode_tok_s: float
+    mem: object = None
+    extra: dict = field(default_factory=dict)
+
+
+def engine_run(lm, ids: list[int], n: int, seed: int, device: str) -> Run:
+    """Batch 1 through the engine the chat uses (``stream_reply``), inside a MemoryTracker."""
+    from playground.engine import GenerationParams, stream_reply
+
+    from .trackers import MemoryTracker
+    params = GenerationParams(max_new_tokens=n, min_new_tokens=n, greedy=True, seed=seed)
+    t0 = time.perf_counter()
+    with MemoryTracker(device) as mt:
+        for last in stream_reply(lm, [], None, params, prompt_ids=ids):
+            pass
+    wall = time.perf_counter() - t0
+    s = last.stats
+    if s.new_tokens != n:
+        raise RuntimeError(f"the engine made {s.new_tokens} tokens instead of {n} ({'; '.join(s.notes)})")
+    return Run(s.ttft_s, list(s.itl_s), s.total_s, wall, s.decode_tok_s, mt.result)
+
+
+def batched_run(lm, prompts: list[list[int]], n: int, stop: list[int], device: str) -> Run:
+    from .generation import batched_greedy
+    from .trackers import LatencyTracker, MemoryTracker
+    t0 = time.perf_counter()
+    with MemoryTracker(device) as mt:
+        with LatencyTracker(device, len(prompts)) as lat:
+            batched_greedy(lm.model, prompts, n, stop, lat)
+    wall = time.perf_counter() - t0
+    r = lat.result
+    return Run(r.ttft_s, r.itl_s, r.total_s, wall, r.decode_tok_s, mt.result)
+
+
+def measure(lm, cfg: RunConfig, row: dict, device: str) -> None:
+    import torch
+
+    from .generation import bare_generate, make_prompt_ids, stop_token_ids
+    bs, p, n = row["batch_size"], row["prompt_tokens"], row["new_tokens"]
+    ctx = lm.context_length
+    if p + n > ctx:
+        row.update(status="unsupported", repeats=0,
+                   error=f"prompt {p} + new {n} tokens exceed the model's context of {ctx} tokens")
+        return
+    prompts = make_prompt_ids(lm.tokenizer, p, bs)
+    stop = stop_token_ids(lm.model, lm.tokenizer)
+    check = cfg.overhead_check and bs == 1
+
+    def one() -> Run:
+        torch.manual_seed(cfg.seed)
+        if bs == 1:
+            return engine_run(lm, prompts[0], n, cfg.seed, device)
+        return batched_run(lm, prompts, n, stop, device)
+
+    def bare() -> float:
+        return bare_generate(lm.model, prompts[0], n, stop, lm.tokenizer.pad_token_id)
+
+    for _ in range(cfg.warmup):
+        one()
+        if check:
+            bare()
+    runs, gen = [], []
+    for _ in range(cfg.repeats):       # harness and bare generate interleaved: drift hits both alike
+        runs.append(one())
+        if check:
+            gen.append(bare())
+    ttft = [r.ttft_s * 1000 for r in runs]
+    dec = [r.decode_tok_s for r in runs]
+    itl = [x * 1000 for r in runs for x in r.itl_s]
+    short = [e2e_for(r.ttft_s, r.itl_s, SHORT_TOKENS) for r in runs]
+    long = [e2e_for(r.ttft_s, r.itl_s, LONG_TOKENS) for r in runs]
+
+    def peak(attr):
+        vals = [getattr(r.mem, attr) for r in runs if getattr(r.mem, attr) is not None]
+        return max(vals) if vals else None
+    row.update(
+        repeats=len(runs), timed_with="engine.stream_reply" if bs == 1 else "batched greedy loop",
+        ttft_ms=median(ttft), ttft_ms_p90=percentile(ttft, 90), decode_tok_s=median(dec),
+        decode_tok_s_p90=percentile(dec, 90), itl_p50_ms=percentile(itl, 50), itl_p90_ms=percentile(itl, 90),
+        e2e_s=median([r.total_s for r in runs]), e2e_short_s=median([s for s, _ in short]),
+        e2e_long_s=median([s for s, _ in long]), peak_rss_gb=peak("peak_rss_gb"),
+        peak_gpu_mem_gb=peak("peak_gpu_mem_gb"), peak_gpu_reserved_gb=peak("peak_gpu_reserved_gb"),
+        peak_gpu_nvml_gb=peak("peak_gpu_nvml_gb"), nvml_scope=runs[0].mem.nvml_scope)
+    if gen:
+        row["generate_e2e_s"] = median(gen)
+        # least-disturbed run of each (min): on a shared machine the median mostly measures the neighbours
+        row["harness_overhead"] = min(r.wall_s for r in runs) / min(gen) - 1.0
+        row["raw"]["harness_overhead_median"] = median([r.wall_s for r in runs]) / median(gen) - 1.0
+    row["raw"].update(
+        ttft_ms=ttft, decode_tok_s=dec, e2e_s=[r.total_s for r in runs], wall_s=[r.wall_s for r in runs],
+        itl_ms=[[x * 1000 for x in r.itl_s] for r in runs], peak_rss_gb=[r.mem.peak_rss_gb for r in runs],
+        peak_gpu_mem_gb=[r.mem.peak_gpu_mem_gb for r in runs], generate_e2e_s=gen,
+        e2e_short_extrapolated=short[0][1], e2e_long_extrapolated=long[0][1])
+
+
+def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> None:
+    from playground.manager import ModelManager, release_memory
+    from playground.variants import VariantOptions
+
+    from .trackers import MemoryTracker
+    from playground.progress import scaled
+    build_s, notes, load_progress = 0.0, [], ev.progress
+    try:
+        path = model
+        if is_random(model):
+            from .random_weights import ensure_random_model
+            path, build_s = ensure_random_model(model[len(RANDOM_PREFIX):], device, scaled(ev.progress, 0, 0.3))
+            load_progress = scaled(ev.progress, 0.3, 0.99)
+            notes.append("random weights: speed and memory are real, answers are noise")
+        if cfg.memory_cap_gb:
+            preload(variant)
+        note = apply_memory_cap(cfg.memory_cap_gb, device)
+        if note:
+            notes.append(note)
+        manager = ModelManager(device=device, budget_bytes=1 << 62)
+        load_progress(0.0, f"loading {model} [{variant}] on {device}")
+        with MemoryTracker(device) as load_mem:
+            lm = manager.get(path, variant, options=VariantOptions(**cfg.variant_options),
+                             progress=scaled(load_progress, 0, 0.99))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes rows
+        traceback.print_exc()      # into the worker's log (results folder logs/)
+        for row in failed_rows(cfg, model, variant, device, classify(exc), describe(exc)):
+            row["raw"]["notes"] = notes
+            ev.row(row)
+        return
+    s = lm.stats
+    lm_mem = load_mem.result
+    load = dict(load_read_s=s.load_s, load_quantize_s=s.quantize_s, convert_s=s.convert_s + build_s,
+                load_s=s.load_s + s.quantize_s + s.convert_s + build_s, weights_gb=s.weights_bytes / GB,
+                load_peak_mem_gb=lm_mem.peak_gpu_mem_gb if lm_mem.peak_gpu_mem_gb is not None else lm_mem.peak_rss_gb,
+                kernel=lm.kernel)
+    notes += s.notes
+    ev.progress(1.0, f"loaded {model} [{variant}] in {s.load_s:.1f}s")
+    for bs, p, n in cfg.combos():
+        row = new_row(model, variant, device, bs, p, n, **load)
+        row["raw"]["notes"] = notes
+        ev.progress(0.0, f"{model} [{variant}] bs={bs} prompt={p} new={n}")
+        try:
+            measure(lm, cfg, row, device)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            row.update(status=classify(exc), error=describe(exc))
+            release_memory()
+        ev.row(row)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.worker")
+    ap.add_argument("--spec", required=True)
+    ap.add_argument("--events", required=True)
+    args = ap.parse_args(argv)
+    spec = json.loads(Path(args.spec).read_text())
+    cfg = RunConfig.from_dict(spec["config"])
+    ev = Events(args.events)
+    model, variant, device = spec["model"], spec["variant"], spec["device"]
+    if device.startswith("cuda"):
+        from .trackers import capture_nvml_baseline
+        capture_nvml_baseline()
+    try:
+        run(cfg, model, variant, device, ev)
+    except BaseException as exc:  # noqa: BLE001 - last resort: the rows not written yet say what happened
+        traceback.print_exc()
+        for row in failed_rows(cfg, model, variant, device, classify(exc), describe(exc), done=ev.done):
+            ev.row(row)
+        ev.emit({"event": "done"})
+        return 1
+    ev.emit({"event": "done"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

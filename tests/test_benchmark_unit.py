@@ -1,0 +1,144 @@
+"""Benchmark pieces that need no model: config validation, CLI errors, results files, report, bundle."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.config import ConfigError, RunConfig
+from benchmarks.results import (ResultsError, compare, e2e_for, load_results, new_row, percentile,
+                                write_results)
+
+
+def _cfg(**kw):
+    base = dict(models=["smollm2-135m-instruct"], variants=["bf16"], prompt_tokens=[8], new_tokens=[4])
+    return RunConfig(**dict(base, **kw))
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(variants=["bf16", "int3"]), "unknown variant"),
+    (dict(variants=["bf16", "bf16"]), "listed twice"),
+    (dict(batch_sizes=[0]), "out of range"),
+    (dict(prompt_tokens=["abc"]), "not an integer"),
+    (dict(new_tokens=[100000]), "out of range"),
+    (dict(repeats=0), "repeats must be"),
+    (dict(device="tpu"), "device must be"),
+    (dict(memory_cap_gb=-1), "memory_cap_gb"),
+    (dict(models=[]), "models"),
+    (dict(models=["random:no-such-arch"]), "known architectures"),
+    (dict(variant_options={"bits": 5}), "variant_options"),
+])
+def test_config_rejects_with_clear_message(kw, words):
+    with pytest.raises(ConfigError, match=words):
+        _cfg(**kw)
+
+
+def test_config_random_weights_prefix_and_round_trip():
+    cfg = _cfg(models=["tiny-llama"], random_weights=True, batch_sizes="1", prompt_tokens=["16", 32])
+    assert cfg.models == ["random:tiny-llama"] and cfg.batch_sizes == [1] and cfg.prompt_tokens == [16, 32]
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.units() == 1 * 1 * (1 + 2)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "--model", "x", "--variants", "bogus"], "unknown variant"),
+    (["run", "--model", "smollm2-135m-instruct", "--repeats", "zero"], "invalid int value"),
+    (["run", "--variants", "bf16"], "required"),
+    (["run", "--model", "smollm2-135m-instruct", "--device", "cuda:x"], "device must be"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_cli_bad_arguments_exit_nonzero_with_one_line(argv, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        rc = main(argv)
+        raise SystemExit(rc)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_percentiles_and_answer_times():
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([], 90) is None
+    t, extrapolated = e2e_for(0.5, [0.1] * 40, 32)
+    assert t == pytest.approx(0.5 + 3.1) and not extrapolated
+    t, extrapolated = e2e_for(0.5, [0.1] * 7, 32)
+    assert t == pytest.approx(0.5 + 3.1) and extrapolated
+
+
+def _fake_results(tmp_path, name, scale=1.0, random=False):
+    rows = []
+    for v, tok, mem in (("fp16", 10.0, 1.0), ("nf4", 8.0, 0.4), ("gptq", 9.0, 0.45)):
+        model = "random:tiny-llama" if random else "smollm2-135m-instruct"
+        r = new_row(model, v, "cpu", 1, 32, 8, repeats=2, ttft_ms=50.0, decode_tok_s=tok * scale, itl_p50_ms=100.0,
+                    e2e_s=1.0, e2e_short_s=3.0, e2e_long_s=25.0, peak_rss_gb=mem, weights_gb=mem / 2,
+                    load_read_s=1.0, load_s=1.0, harness_overhead=0.01)
+        r["raw"].update(ttft_ms=[49.0, 51.0], decode_tok_s=[tok * scale] * 2)
+        rows.append(r)
+    rows.append(new_row("smollm2-135m-instruct", "awq", "cpu", 1, 32, 8, status="oom", error="MemoryError: x"))
+    out = tmp_path / name
+    write_results(out, {"config": _cfg(out=str(out)).to_dict(), "environment": {"device": "cpu"}, "rows": rows,
+                        "finished": "now"})
+    return out
+
+
+def test_report_compare_and_bundle(tmp_path, capsys):
+    from benchmarks.bundle import make_zip
+    a = _fake_results(tmp_path, "a")
+    b = _fake_results(tmp_path, "b", scale=2.0, random=False)
+    assert main(["report", str(a)]) == 0
+    html = (a / "report.html").read_text()
+    for text in ("variant", "RAM (peak RSS)", "VRAM", "short answer", "long answer", "optimum-benchmark",
+                 "plotly", "oom"):
+        assert text in html, text
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "decode_tok_s" in out and "2" in out
+    ratios = compare(load_results(a), load_results(b))
+    assert all(r["decode_tok_s"] == pytest.approx(2.0) for r in ratios if r["decode_tok_s"] is not None)
+    z = make_zip(a)
+    assert sorted(n.split("/")[-1] for n in zipfile.ZipFile(z).namelist()) == \
+        ["report.html", "results.csv", "results.json"]
+
+
+def test_random_rows_are_marked_in_report(tmp_path):
+    from benchmarks.report import write_report
+    out = _fake_results(tmp_path, "r", random=True)
+    html = write_report(out).read_text()
+    assert "random:tiny-llama [random weights]" in html and "random weights</b>" in html
+
+
+def test_corrupt_results_give_clear_errors(tmp_path, capsys):
+    good = _fake_results(tmp_path, "good")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text('{"config": {}, "rows": [{"model": "x", ')
+    with pytest.raises(ResultsError, match="corrupt"):
+        load_results(bad)
+    assert main(["report", str(bad)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["compare", str(good), str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "corrupt" in err and len(err.splitlines()) == 1
+    (bad / "results.json").write_text(json.dumps({"rows": "nope"}))
+    with pytest.raises(ResultsError, match="not a benchmark results file"):
+        load_results(bad)
+    with pytest.raises(ResultsError, match="does not exist"):
+        load_results(tmp_path / "missing")
+
+
+def test_worker_classifies_memory_errors():
+    from benchmarks.worker import classify
+    from playground.errors import ModelNotFoundError, VariantUnsupportedError
+    assert classify(MemoryError()) == "oom"
+    assert classify(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes")) == "oom"
+    try:
+        try:
+            raise OSError(12, "Cannot allocate memory")
+        except OSError as inner:
+            raise ModelNotFoundError("x is not in the local Hugging Face cache") from inner
+    except ModelNotFoundError as wrapped:
+        assert classify(wrapped) == "oom"
+    assert classify(VariantUnsupportedError("needs CUDA")) == "unsupported"
+    assert classify(ValueError("bad")) == "error"
