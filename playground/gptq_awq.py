@@ -1,32 +1,36 @@
 """Real 4-bit GPTQ and AWQ checkpoints made with gptqmodel on CPU, loaded back with transformers.
 
-What this module does (checked with gptqmodel 7.6.0, transformers 5.17, optimum 2.3, torch 2.13 CPU):
+Checked with gptqmodel 7.6.0, transformers 5.17, optimum 2.3, torch 2.13 CPU, on SmolLM2-135M and Gemma-3-270M.
 
-* ``quantize_gptq`` / ``quantize_awq`` use gptqmodel's own API
-  (``GPTQModel.load(src, GPTQConfig|AWQConfig)`` -> ``.quantize(calibration)`` -> ``.save(tmp)``), then move the
-  temporary folder into place with ``os.replace``. transformers' ``GPTQConfig(dataset=...)`` path goes through
-  optimum into the same gptqmodel GPTQ code, so it is not faster; gptqmodel's API also gives per-layer progress
-  and is the only way to make AWQ (transformers can only *load* AWQ).
-* Both checkpoints load with plain ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` on CPU (transformers
-  hands the layers to gptqmodel kernels; AWQ needs no ``GPTQModel.load``). ``load_quantized`` picks a CPU kernel
-  that works for the checkpoint's shapes (see ``_pick_backend``) and reports which QuantLinear class ran.
+* ``quantize_gptq`` / ``quantize_awq`` use gptqmodel's own API (``GPTQModel.load(src, GPTQConfig|AWQConfig)`` ->
+  ``.quantize(token rows)`` -> ``.save(tmp)``), then ``os.replace`` the temporary folder into place.
+  transformers' ``GPTQConfig(dataset=..., tokenizer=...)`` route (optimum's sequential loop over gptqmodel's GPTQ
+  class) was far slower on 2 cores (>60 s per decoder layer vs ~3-4 s), and transformers cannot make AWQ at all.
+* Both kinds load with plain ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)`` on CPU (transformers
+  hands the Linear layers to gptqmodel kernels; AWQ needs no ``GPTQModel.load``). ``load_quantized`` adds a kernel
+  choice that works for the checkpoint's shapes (``_pick_backend``) and reports the QuantLinear class that ran.
 
-Caveats found while writing it (details in the docstrings below):
+Caveats found while writing it:
 
-* gptqmodel's CPU int4 kernels (``TorchAtenLinear``/``TorchFusedLinear`` and their AWQ twins, which call
-  ``aten::_weight_int4pack_mm_for_cpu``) need every ``in_features`` to be a multiple of ``group_size``, although
-  they declare ``SUPPORTS_AUTO_PADDING = True`` (gptqmodel/nn_modules/qlinear/torch_aten_kernel.py, class
-  attributes; the error comes from ``_fused_op_forward``): SmolLM2-135M has hidden size 576 = 4.5 x 128, so a
-  group_size=128 checkpoint fails at the first forward with "expect K to be divisible by qGroupSize". The plain
-  ``TorchLinear`` (``gptq_torch``) kernel runs such ragged groups but takes minutes per token on CPU. We
-  therefore lower ``group_size`` to the largest power of two that divides every quantized layer's input size
-  (128 -> 64 for SmolLM2) and say so (warning + progress message + ``playground_quant.json``).
-* The first quantization compiles gptqmodel's ``pack_block_cpu`` C++ extension (~30-45 s on 2 cores, needs g++)
+* gptqmodel's CPU int4 kernels (``TorchAtenLinear``/``TorchFusedLinear`` and the AWQ twins; all call
+  ``aten::_weight_int4pack_mm_for_cpu``) need every ``in_features`` to be a multiple of ``group_size`` although they
+  declare ``SUPPORTS_AUTO_PADDING = True`` (gptqmodel/nn_modules/qlinear/torch_aten_kernel.py, class attributes;
+  the error is raised in ``_fused_op_forward``). SmolLM2-135M has hidden size 576 = 4.5 x 128, so a group_size=128
+  checkpoint fails at the first forward ("expect K to be divisible by qGroupSize"); the plain ``TorchLinear``
+  (``gptq_torch``) runs it at ~0.2 tok/s and ``TorchInt8Linear`` at ~80% of the int4 kernel's speed. We therefore
+  lower ``group_size`` to the largest power of two dividing every quantized layer's input size (128 -> 64 for
+  SmolLM2; Gemma-3-270M keeps 128) and say so (warning + progress message + ``playground_quant.json``).
+* gptqmodel needs ``GPTQMODEL_CPU_WORKERS`` >= 2 (see ``_prepare_env``); its default is 1 on a 2-core machine.
+* Gemma 3: ``GPTQModel.load`` leaves extra keys in ``config.rope_parameters`` that make ``save`` fail
+  (``_repair_rope_parameters``).
+* First use of gptqmodel's packing compiles a C++ extension, ``pack_block_cpu`` (~42 s on 2 busy cores, needs g++),
   into ``$GPTQMODEL_EXT_BUILD`` or ``$GPTQMODEL_TORCH_EXTENSIONS_DIR/pack_block_cpu`` or
   ``~/.cache/gptqmodel/torch_extensions/pack_block_cpu/<hash>`` (gptqmodel/utils/cpp.py,
-  ``default_torch_ops_build_root`` / ``_pack_block_extension``). ``GPTQMODEL_CACHE_DIR`` is only for downloaded
-  sources (CUTLASS for Machete). ``GPTQMODEL_DISABLE_PACK_EXT=1`` skips the build and packs in Python
-  (gptqmodel/nn_modules/qlinear/__init__.py, ``pack_block``).
+  ``default_torch_ops_build_root`` / ``_pack_block_extension``; ``GPTQMODEL_CACHE_DIR`` is only for downloaded
+  sources such as CUTLASS). We set ``GPTQMODEL_DISABLE_PACK_EXT=1`` (unless set), which packs in Python
+  (gptqmodel/nn_modules/qlinear/__init__.py, ``pack_block``): same total CPU time here, no compile, no g++.
+  Loading/inference compiles nothing.
+* gptqmodel's INFO logging and progress bars are silenced (``_quiet_gptqmodel``); its WARN/ERROR lines stay.
 """
 from __future__ import annotations
 
@@ -34,7 +38,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import shutil
