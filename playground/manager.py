@@ -228,7 +228,7 @@ class ModelManager:
                 kernel = None
             tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
         except OSError as exc:
-            raise self._explain_os_error(name, exc) from exc
+            raise self._explain_os_error(name, exc, source.local) from exc
         except ValueError as exc:
             if "trust_remote_code" in str(exc):
                 raise PlaygroundError(
@@ -252,9 +252,14 @@ class ModelManager:
                            tokenizer=tokenizer, source=source, options=options, stats=stats, kernel=kernel)
 
     @staticmethod
-    def _explain_os_error(name: str, exc: OSError) -> PlaygroundError:
+    def _explain_os_error(name: str, exc: OSError, local: bool = False) -> PlaygroundError:
+        import errno
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         text = str(exc)
+        if exc.errno == errno.ENOMEM or isinstance(exc, MemoryError):
+            return MemoryBudgetError(f"out of memory loading {name}: choose a smaller variant or unload models")
+        if local:  # a folder on disk: the hub has nothing to do with it
+            return ModelNotFoundError(f"{name} could not be loaded: {text.splitlines()[0] if text else exc!r}")
         if "local_files_only" in text or "offline" in text.lower() or "connect" in text.lower() or offline:
             return ModelNotFoundError(
                 f"{name} is not in the local Hugging Face cache and the hub cannot be reached"

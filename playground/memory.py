@@ -36,6 +36,7 @@ class PeakMemory:
     def __enter__(self) -> "PeakMemory":
         if self._cuda():
             import torch
+            torch.cuda.init()  # a fresh process must start CUDA before the peak stats can be reset
             for i in range(torch.cuda.device_count()):
                 torch.cuda.reset_peak_memory_stats(i)
         else:
