@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--random-weights", action="store_true", help="read every --model as an architecture name")
     r.add_argument("--no-overhead-check", action="store_true", help="skip the bare model.generate comparison")
     r.add_argument("--timeout-s", type=float, default=None, help="per (model, variant) worker")
+    r.add_argument("--quality", action="store_true",
+                   help="also measure perplexity (English, Chinese) and multiple-choice accuracy of each "
+                        "real-weight variant (random weights get none)")
+    r.add_argument("--quality-tokens", type=int, default=None, metavar="N",
+                   help="English perplexity tokens (Chinese: half; default 4096)")
+    r.add_argument("--quality-items", type=int, default=None, metavar="N",
+                   help="multiple-choice items (ARC-Easy, at most 200; default 100)")
     r.add_argument("--out", default=None, help="results folder (default results/run-DATE)")
     r.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     p = sub.add_parser("report", help="regenerate report.html from results.json")
@@ -60,6 +67,23 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _quality_options(args) -> dict:
+    opts = {}
+    if args.quality_tokens is not None:
+        opts.update(ppl_en_tokens=args.quality_tokens, ppl_zh_tokens=args.quality_tokens // 2)
+    if args.quality_items is not None:
+        opts["mc_items"] = args.quality_items
+    return opts
+
+
+def _quality_text(row: dict) -> str:
+    if row.get("quality_error"):
+        return f"; quality: {row['quality_error'][:200]}"
+    parts = [f"{label} {row[c]:.{d}f}" for c, label, d in (("perplexity", "ppl en", 2), ("perplexity_zh", "ppl zh", 2),
+                                                           ("accuracy", "acc", 3)) if row.get(c) is not None]
+    return ("; " + ", ".join(parts)) if parts else ""
+
+
 def cmd_run(args) -> int:
     from .config import ConfigError, RunConfig
     out = args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -70,7 +94,8 @@ def cmd_run(args) -> int:
                         prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats,
                         warmup=args.warmup, device=args.device, out=out, seed=args.seed,
                         memory_cap_gb=args.memory_cap_gb, random_weights=args.random_weights,
-                        overhead_check=not args.no_overhead_check, timeout_s=args.timeout_s, name=Path(out).name)
+                        overhead_check=not args.no_overhead_check, timeout_s=args.timeout_s, name=Path(out).name,
+                        quality=args.quality, quality_options=_quality_options(args))
     except ConfigError as exc:
         return _fail(str(exc))
     from tqdm.auto import tqdm
@@ -92,7 +117,7 @@ def cmd_run(args) -> int:
         if row["status"] == "ok":
             tqdm.write(f"  {row['model']} [{row['variant']}] bs={row['batch_size']} p={row['prompt_tokens']} "
                        f"n={row['new_tokens']}: {row['decode_tok_s']:.1f} tok/s, ttft {row['ttft_ms']:.0f} ms, "
-                       f"weights {row['weights_gb']:.3f} GB", file=sys.stderr)
+                       f"weights {row['weights_gb']:.3f} GB{_quality_text(row)}", file=sys.stderr)
         else:
             tqdm.write(f"  {row['model']} [{row['variant']}] bs={row['batch_size']}: {row['status']}: "
                        f"{row['error'][:200]}", file=sys.stderr)

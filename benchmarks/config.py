@@ -14,6 +14,9 @@ RANDOM_PREFIX = "random:"
 MAX_NEW_TOKENS = 8192
 MAX_PROMPT_TOKENS = 131072
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# keyword arguments of benchmarks.quality.evaluate_quality that RunConfig.quality_options may set (lowest value)
+QUALITY_OPTIONS = {"ppl_en_tokens": 0, "ppl_zh_tokens": 0, "mc_items": 0, "mc_set": None, "max_length": 2,
+                   "stride": 1}
 
 
 class ConfigError(ValueError):
@@ -74,6 +77,8 @@ class RunConfig:
     timeout_s: float | None = None       # per (model, variant) worker; None: no limit
     variant_options: dict = field(default_factory=dict)  # playground.variants.VariantOptions fields
     name: str | None = None
+    quality: bool = False                # perplexity (en, zh) + multiple-choice accuracy per real-weight variant
+    quality_options: dict = field(default_factory=dict)  # benchmarks.quality.evaluate_quality keyword arguments
 
     def __post_init__(self):
         self.models = _str_list("models", self.models)
@@ -99,6 +104,7 @@ class RunConfig:
             raise ConfigError(f"timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
         self._check_variants()
         self._check_models()
+        self._check_quality()
 
     def _check_variants(self) -> None:
         from playground.variants import VARIANTS, VariantOptions
@@ -122,6 +128,22 @@ class RunConfig:
                 except (FileNotFoundError, ValueError) as exc:
                     raise ConfigError(f"model {m}: {exc} (known architectures: "
                                       f"{', '.join(list_architectures())})") from None
+
+    def _check_quality(self) -> None:
+        if not isinstance(self.quality, bool):
+            raise ConfigError(f"quality must be true or false, got {self.quality!r}")
+        if not isinstance(self.quality_options, dict):
+            raise ConfigError(f"quality_options must be a dict, got {self.quality_options!r}")
+        for key, value in self.quality_options.items():
+            if key not in QUALITY_OPTIONS:
+                raise ConfigError(f"quality_options: unknown setting {key!r} (known: {', '.join(QUALITY_OPTIONS)})")
+            if key == "mc_set":
+                from .quality import MC_SETS   # imports torch: only when a set is named
+                if value not in MC_SETS:
+                    raise ConfigError(f"quality_options: mc_set must be one of {', '.join(MC_SETS)}, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < QUALITY_OPTIONS[key]:
+                raise ConfigError(f"quality_options: {key} must be an integer >= {QUALITY_OPTIONS[key]}, "
+                                  f"got {value!r}")
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def combos(self) -> list[tuple[int, int, int]]:

@@ -197,3 +197,40 @@ def reference_figure(rows: list[dict]):
     fig.add_hline(y=1.0, line_dash="dot", line_color="#888")
     fig.update_layout(barmode="group", height=430, title="Against the published table (ratios, batch 1)")
     return fig
+
+
+QUALITY_METRICS = [("perplexity", "perplexity, English (lower is better)"),
+                   ("perplexity_zh", "perplexity, Chinese (lower is better)"),
+                   ("accuracy", "ARC-Easy accuracy (higher is better)")]
+
+
+def quality_rows(rows: list[dict]) -> list[dict]:
+    """One row per (model, variant) that has a quality number (they repeat over a variant's rows)."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        if any(r.get(k) is not None for k, _ in QUALITY_METRICS):
+            out.setdefault((model_label(r), r["variant"]), r)
+    return sorted(out.values(), key=lambda r: (_models(rows).index(model_label(r)), variant_rank(r["variant"])))
+
+
+def quality_figure(rows: list[dict]):
+    """Quality vs weight memory: perplexity (en, zh) and accuracy against weights_gb, one point per variant."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    sel = [r for r in quality_rows(rows) if r.get("weights_gb") is not None]
+    if not sel:
+        return None
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in QUALITY_METRICS], horizontal_spacing=0.07)
+    for mi, model in enumerate(_models(sel)):
+        pts = [r for r in sel if model_label(r) == model]
+        for c, (key, _) in enumerate(QUALITY_METRICS):
+            p = [r for r in pts if r.get(key) is not None]
+            fig.add_trace(go.Scatter(
+                x=[r["weights_gb"] for r in p], y=[r[key] for r in p], text=[r["variant"] for r in p],
+                mode="markers+text", textposition="top center", name=model, legendgroup=model,
+                showlegend=c == 0, marker=dict(size=11, color=_color(mi)),
+                hovertemplate="%{text}: %{y:.4g} at %{x:.3f} GB<extra>" + model + "</extra>"), row=1, col=c + 1)
+    fig.update_xaxes(title_text="weights in memory, GB")
+    fig.update_layout(title="Quality vs memory (one point per variant; perplexity compares variants of one "
+                            "model only: the tokenizers differ)", height=480)
+    return fig

@@ -40,6 +40,7 @@ class AccuracyResult:
     correct: int             # items right by acc_norm
     accuracy_raw: float = 0.0  # acc: summed log-likelihood of the choice tokens
     correct_raw: int = 0
+    nonfinite: int = 0         # items with a NaN/inf choice score (e.g. fp16 overflow): their answer is noise
 
 
 @lru_cache(maxsize=None)
@@ -195,15 +196,17 @@ def mc_accuracy(model, tokenizer, items, *, limit: int | None = None) -> Accurac
     ``accuracy`` is acc_norm; ``accuracy_raw`` is acc. Ties go to the first choice (as ``argmax`` does).
     """
     items = list(items)[:limit] if limit is not None else list(items)
-    correct = correct_raw = 0
+    correct = correct_raw = nonfinite = 0
     for item in items:
         ll = choice_loglikelihoods(model, tokenizer, item["question"], item["choices"])
+        nonfinite += int(not all(math.isfinite(x) for x in ll))
         norm = [s / max(len(c), 1) for s, c in zip(ll, item["choices"])]
         correct_raw += int(max(range(len(ll)), key=ll.__getitem__) == item["answer"])
         correct += int(max(range(len(norm)), key=norm.__getitem__) == item["answer"])
     n = len(items)
     return AccuracyResult(accuracy=correct / n if n else math.nan, n=n, correct=correct,
-                          accuracy_raw=correct_raw / n if n else math.nan, correct_raw=correct_raw)
+                          accuracy_raw=correct_raw / n if n else math.nan, correct_raw=correct_raw,
+                          nonfinite=nonfinite)
 
 
 def evaluate_quality(lm, *, ppl_en_tokens: int = 4096, ppl_zh_tokens: int = 2048, mc_items: int = 100,
@@ -213,7 +216,8 @@ def evaluate_quality(lm, *, ppl_en_tokens: int = 4096, ppl_zh_tokens: int = 2048
     Returns ``perplexity`` (English, FLORES+), ``perplexity_zh`` (HSK sentences), ``accuracy`` (acc_norm on
     ``mc_set``: ARC-Easy by default, as 135M-270M models score at chance on ARC-Challenge), ``accuracy_raw``
     (acc), ``quality_tokens`` (tokens scored for perplexity, English + Chinese),
-    ``quality_items`` (MC items scored) and ``quality_s`` (seconds spent). A count of 0 skips that metric
+    ``quality_items`` (MC items scored), ``accuracy_nonfinite`` (items with a NaN/inf score: a model that
+    overflows) and ``quality_s`` (seconds spent). A count of 0 skips that metric
     (its column is None). Defaults take about 30 s for a 135M model on 2 CPU cores.
     """
     if mc_set not in MC_SETS:
@@ -222,7 +226,7 @@ def evaluate_quality(lm, *, ppl_en_tokens: int = 4096, ppl_zh_tokens: int = 2048
     model, tokenizer = lm.model, lm.tokenizer
     lock = getattr(lm, "lock", None) or nullcontext()
     row = {"perplexity": None, "perplexity_zh": None, "accuracy": None, "accuracy_raw": None,
-           "quality_tokens": 0, "quality_items": 0}
+           "quality_tokens": 0, "quality_items": 0, "accuracy_nonfinite": 0}
     with lock:
         for column, path, budget in (("perplexity", ENGLISH_FILE, ppl_en_tokens),
                                      ("perplexity_zh", CHINESE_FILE, ppl_zh_tokens)):
@@ -233,6 +237,7 @@ def evaluate_quality(lm, *, ppl_en_tokens: int = 4096, ppl_zh_tokens: int = 2048
                 row["quality_tokens"] += res.tokens
         if mc_items:
             acc = mc_accuracy(model, tokenizer, load_mc_items(MC_SETS[mc_set]), limit=mc_items)
-            row.update(accuracy=acc.accuracy, accuracy_raw=acc.accuracy_raw, quality_items=acc.n)
+            row.update(accuracy=acc.accuracy, accuracy_raw=acc.accuracy_raw, quality_items=acc.n,
+                       accuracy_nonfinite=acc.nonfinite)
     row["quality_s"] = round(time.perf_counter() - t0, 2)
     return row

@@ -29,6 +29,8 @@ def _fmt(v, col: str = "") -> str:
     if isinstance(v, float):
         if col == "harness_overhead":
             return f"{v * 100:+.1f}%"
+        if col in ("perplexity", "perplexity_zh", "accuracy"):   # variants differ in the 3rd-4th digit
+            return f"{v:.3f}" if col == "accuracy" else f"{v:.2f}"
         return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
     return html.escape(str(v))
 
@@ -49,6 +51,7 @@ def compact_table(rows: list[dict]) -> str:
     if setting is None:
         return "<p>No rows.</p>"
     sel = [r for r in rows if (r["batch_size"], r["prompt_tokens"], r["new_tokens"]) == setting]
+    qcols = [c for c in ("perplexity", "perplexity_zh", "accuracy") if any(r.get(c) is not None for r in sel)]
     out = []
     for model in dict.fromkeys(model_label(r) for r in sel):
         mrows = sorted((r for r in sel if model_label(r) == model), key=lambda r: plots.variant_rank(r["variant"]))
@@ -56,7 +59,7 @@ def compact_table(rows: list[dict]) -> str:
         for r in mrows:
             if r["status"] != "ok":
                 body.append([html.escape(r["variant"]), f"{r['status']}: {html.escape(str(r.get('error') or ''))[:160]}",
-                             "", "", "", ""])
+                             "", "", "", ""] + [_fmt(r.get(c), c) for c in qcols])
                 classes.append(r["status"])
                 continue
             vram = r.get("peak_gpu_nvml_gb") or r.get("peak_gpu_mem_gb")
@@ -65,15 +68,53 @@ def compact_table(rows: list[dict]) -> str:
                 load += f" (+{r['load_quantize_s']:.0f} s one-time quantization)"
             body.append([html.escape(r["variant"]), _fmt(r.get("peak_rss_gb")) + " GB",
                          (_fmt(vram) + " GB") if vram else "–", load, _fmt(r.get("e2e_short_s")) + " s",
-                         _fmt(r.get("e2e_long_s")) + " s"])
+                         _fmt(r.get("e2e_long_s")) + " s"] + [_fmt(r.get(c), c) for c in qcols])
             classes.append("")
         out.append(f"<h3>{html.escape(model)}</h3>" + _table(
             ["variant", "RAM (peak RSS)", "VRAM (peak)", "load", f"short answer ({SHORT_TOKENS} tok)",
-             f"long answer ({LONG_TOKENS} tok)"], body, classes, left=(0, 1)))
+             f"long answer ({LONG_TOKENS} tok)"] + [QUALITY_HEADERS[c] for c in qcols], body, classes, left=(0, 1)))
     bs, p, n = setting
     return "".join(out) + (f'<p class="small">Batch {bs}, prompt {p} tokens. Answer times = time to first token '
                            f"+ the measured gaps to token {SHORT_TOKENS} / {LONG_TOKENS}; where the run made fewer "
                            f"than that ({n} new tokens), the rest is extrapolated at the measured decode pace.</p>")
+
+
+QUALITY_HEADERS = {"perplexity": "ppl en", "perplexity_zh": "ppl zh", "accuracy": "ARC-Easy acc"}
+
+
+def quality_section(rows: list[dict], cfg: dict) -> str:
+    """The quality-vs-memory scatter, a per-variant table, and why some rows have no quality."""
+    if not cfg.get("quality"):
+        return ("<p>Quality was not measured in this run (<code>--quality</code> in the CLI, "
+                "“Measure quality” in the Benchmark tab).</p>")
+    parts = ['<p class="small">Perplexity: sliding window (512 tokens, stride 256) over held-out English '
+             "(FLORES+ devtest) and Chinese (HSK sentences) text; accuracy: zero-shot ARC-Easy, each choice "
+             "scored by its log-likelihood per character (acc_norm). The GPTQ/AWQ calibration text is different "
+             "text. Perplexity is per token: compare variants of one model, not models with each other "
+             "(their tokenizers differ). Sources and licenses: <code>benchmarks/data/quality/SOURCES.md</code>.</p>"]
+    if any(r.get("random_weights") for r in rows):
+        parts.append('<p class="warn">Models with random weights (“[random weights]”) have no quality numbers: '
+                     "their weights are noise, so their perplexity and accuracy would only measure the noise. "
+                     "Their speed and memory are real.</p>")
+    parts.append(_fig_html(plots.quality_figure(rows)))
+    seen, body, classes = set(), [], []
+    for r in rows:
+        key = (model_label(r), r["variant"])
+        if key in seen or r.get("random_weights"):
+            continue
+        seen.add(key)
+        body.append([html.escape(key[0]), html.escape(r["variant"]), _fmt(r.get("perplexity"), "perplexity"),
+                     _fmt(r.get("perplexity_zh"), "perplexity_zh"), _fmt(r.get("accuracy"), "accuracy"),
+                     _fmt(r.get("weights_gb")),
+                     _fmt(r.get("quality_tokens")), _fmt(r.get("quality_items")), _fmt(r.get("quality_s")),
+                     _fmt(r.get("quality_error") or ("" if r.get("perplexity") is not None or r["status"] == "ok"
+                                                     else f"not loaded ({r['status']})"))])
+        classes.append("error" if r.get("quality_error") else "")
+    if body:
+        parts.append(_table(["model", "variant", "ppl en", "ppl zh", "ARC-Easy acc", "weights GB",
+                             "tokens scored", "MC items", "quality s", "quality error"], body, classes,
+                            left=(0, 1, 9)))
+    return "".join(parts)
 
 
 def full_table(rows: list[dict]) -> str:
@@ -142,6 +183,7 @@ def render(data: dict) -> str:
             "batch 1 (<code>benchmarks/references/optimum_benchmark_mistral7b_a100.csv</code>). Only ratios are "
             "comparable: hardware, model size, kernels and versions differ.</p>",
             _fig_html(plots.reference_figure(rows)), reference_table(rows),
+            "<h2>Quality</h2>", quality_section(rows, cfg),
             "<h2>All rows</h2>", full_table(rows),
             '<p class="small">ttft = prompt in → first new token; decode tok/s = tokens after the first ÷ their '
             "time (summed over the batch for batch &gt; 1); itl = gaps between tokens (all repeats pooled); p90 "

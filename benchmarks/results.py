@@ -11,6 +11,10 @@ from pathlib import Path
 
 SCHEMA = 1
 KEY = ("model", "variant", "device", "batch_size", "prompt_tokens", "new_tokens")
+# one value per (model, variant), repeated in each of its rows; empty for random weights (see RANDOM_QUALITY_NOTE)
+QUALITY_COLUMNS = ("perplexity", "perplexity_zh", "accuracy", "quality_tokens", "quality_items", "quality_s",
+                   "quality_error")
+RANDOM_QUALITY_NOTE = "random weights: quality is not measured (the answers are noise)"
 COLUMNS = [
     *KEY, "status", "error", "random_weights", "kernel", "repeats", "timed_with",
     "load_s", "load_read_s", "load_quantize_s", "convert_s", "load_peak_mem_gb",
@@ -18,6 +22,7 @@ COLUMNS = [
     "e2e_s", "e2e_short_s", "e2e_long_s",
     "peak_gpu_mem_gb", "peak_gpu_reserved_gb", "peak_gpu_nvml_gb", "nvml_scope", "peak_rss_gb", "weights_gb",
     "generate_e2e_s", "harness_overhead",
+    *QUALITY_COLUMNS,
 ]
 RAW = "raw"            # per-repeat lists live under row["raw"] (JSON only)
 STATUSES = ("ok", "oom", "error", "unsupported")

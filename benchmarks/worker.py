@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .config import RANDOM_PREFIX, RunConfig, is_random
 from .results import LONG_TOKENS, SHORT_TOKENS, e2e_for, failed_rows, median, new_row, percentile
+from .results import QUALITY_COLUMNS, RANDOM_QUALITY_NOTE
 
 GB = 1024 ** 3
 OOM_PATTERNS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "memoryerror",
@@ -208,6 +209,38 @@ def measure(lm, cfg: RunConfig, row: dict, device: str) -> None:
         e2e_short_extrapolated=short[0][1], e2e_long_extrapolated=long[0][1])
 
 
+def quality_columns(lm, cfg: RunConfig, label: str, ev: Events) -> tuple[dict, dict]:
+    """``evaluate_quality`` once for this (model, variant): (quality columns, extras for ``raw``).
+    A failure (out of memory, NaN/inf from an overflow) becomes ``quality_error``, never a dead worker."""
+    import math
+
+    from .quality import evaluate_quality
+    ev.progress(0.0, f"{label}: quality (perplexity en/zh, multiple-choice accuracy)")
+    extra = {"options": dict(cfg.quality_options)}
+    try:
+        q = evaluate_quality(lm, **cfg.quality_options)
+    except Exception as exc:  # noqa: BLE001 - the speed rows stand; quality says what went wrong
+        traceback.print_exc()
+        from playground.manager import release_memory
+        release_memory()
+        return {"quality_error": f"{classify(exc)}: {describe(exc)}"}, extra
+    problems = []
+    for col, what in (("perplexity", "English perplexity"), ("perplexity_zh", "Chinese perplexity")):
+        if q[col] is not None and not math.isfinite(q[col]):
+            problems.append(f"{what} is {q[col]}")
+            q[col] = None
+    if q.get("accuracy_nonfinite"):
+        problems.append(f"{q['accuracy_nonfinite']} of {q['quality_items']} multiple-choice items scored NaN/inf")
+        q["accuracy"] = q["accuracy_raw"] = None
+    extra.update(accuracy_raw=q.get("accuracy_raw"), accuracy_nonfinite=q.get("accuracy_nonfinite"),
+                 mc_set=cfg.quality_options.get("mc_set", "arc_easy"))
+    values = {c: q.get(c) for c in QUALITY_COLUMNS}
+    if problems:
+        values["quality_error"] = ("; ".join(problems) + ": the logits are not finite (NaN/inf, typically a "
+                                   "float16 overflow), so this variant's quality cannot be measured")
+    return values, extra
+
+
 def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> None:
     from playground.manager import ModelManager, release_memory
     from playground.variants import VariantOptions
@@ -222,6 +255,8 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
             path, build_s = ensure_random_model(model[len(RANDOM_PREFIX):], device, scaled(ev.progress, 0, 0.3))
             load_progress = scaled(ev.progress, 0.3, 0.99)
             notes.append("random weights: speed and memory are real, answers are noise")
+            if cfg.quality:
+                notes.append(RANDOM_QUALITY_NOTE)
         if cfg.memory_cap_gb:
             preload(variant)
         note = apply_memory_cap(cfg.memory_cap_gb, device)
@@ -246,6 +281,7 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
                 kernel=lm.kernel)
     notes += s.notes
     ev.progress(1.0, f"loaded {model} [{variant}] in {s.load_s:.1f}s")
+    pending = [] if cfg.quality and not is_random(model) else None   # rows wait for the quality columns
     for bs, p, n in cfg.combos():
         row = new_row(model, variant, device, bs, p, n, **load)
         row["raw"]["notes"] = notes
@@ -256,7 +292,16 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
             traceback.print_exc()
             row.update(status=classify(exc), error=describe(exc))
             release_memory()
-        ev.row(row)
+        if pending is None:
+            ev.row(row)
+        else:
+            pending.append(row)
+    if pending:    # quality after speed: its activations must not raise the speed rows' peak memory
+        values, extra = quality_columns(lm, cfg, f"{model} [{variant}]", ev)
+        for row in pending:
+            row.update(values)
+            row["raw"]["quality"] = extra
+            ev.row(row)
 
 
 def main(argv: list[str] | None = None) -> int:

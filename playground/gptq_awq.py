@@ -257,6 +257,12 @@ def _quantize(
     t_load = time.perf_counter()
     # the device goes in the config only: passing device= too is refused (gptqmodel/models/loader.py, from_pretrained)
     model = GPTQModel.load(str(src), qcfg)
+    if method == "awq":
+        # AWQ's scale search re-runs each layer and recomputes its rotary embeddings as ``rotary(x, pos)``, which
+        # Gemma 3 refuses (its rotary needs the layer type: "missing 1 required positional argument:
+        # 'layer_type'"); keep the embeddings the layer was called with instead (gptqmodel 7.6.0,
+        # looper/awq_processor.py, _iter_module_forward_outputs; the flag is a BaseQModel class attribute)
+        model.awq_preserve_explicit_position_embeddings = True
     n_layers = _num_layers(model)
     t_loaded = time.perf_counter()
     report(0.05, f"{method.upper()}: quantizing {n_layers} layers with {len(rows)} samples "

@@ -22,7 +22,8 @@ from ..variants import VARIANTS
 
 PRIVATE = "private"
 TABLE_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status", "decode_tok_s", "ttft_ms",
-              "itl_p50_ms", "e2e_long_s", "peak_rss_gb", "peak_gpu_mem_gb", "weights_gb", "load_read_s", "error"]
+              "itl_p50_ms", "e2e_long_s", "peak_rss_gb", "peak_gpu_mem_gb", "weights_gb", "load_read_s",
+              "perplexity", "perplexity_zh", "accuracy", "error"]
 RESULTS_ROOT = Path(__file__).resolve().parents[2] / "results"
 
 
@@ -57,7 +58,7 @@ def _ints(name: str, text: str) -> list[str]:
 
 
 def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_tokens, new_tokens, repeats, warmup,
-              device, memory_cap_gb, unload_first) -> Job:
+              device, memory_cap_gb, unload_first, quality=False) -> Job:
     """Validate, then run the sweep in a background thread. Raises ValueError with a readable message."""
     global _JOB
     from benchmarks.config import ConfigError, RunConfig
@@ -72,7 +73,8 @@ def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_token
                             prompt_tokens=_ints("prompt tokens", prompt_tokens),
                             new_tokens=_ints("new tokens", new_tokens), repeats=int(repeats or 1),
                             warmup=int(warmup or 0), device=device or "auto", out=str(out), name=out.name,
-                            memory_cap_gb=float(memory_cap_gb) if memory_cap_gb else None)
+                            memory_cap_gb=float(memory_cap_gb) if memory_cap_gb else None,
+                            quality=bool(quality))
         except (ConfigError, TypeError) as exc:
             raise ValueError(str(exc)) from None
         job = Job(out=str(out), device=cfg.device)
@@ -168,6 +170,10 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
         unload = gr.Checkbox(False, label="Unload the chat's models first",
                              info="frees the memory they hold (cleaner numbers; chat reloads on next use)",
                              elem_id="bench-unload")
+        quality = gr.Checkbox(False, label="Measure quality (perplexity + accuracy)",
+                              info="English/Chinese perplexity and ARC-Easy accuracy of each real-weight variant "
+                                   "(about 30 s more per variant on CPU; random weights get none)",
+                              elem_id="bench-quality")
     with gr.Row():
         run_btn = gr.Button("▶ Run benchmark", variant="primary", elem_id="bench-run")
         stop_btn = gr.Button("■ Stop", variant="stop", interactive=False, elem_id="bench-stop")
@@ -218,7 +224,7 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
 
     outs = [status, banner, run_btn, stop_btn, table, compact, bars, scatter, sweep, download, seen]
     run_btn.click(start, [models, variants, batch_sizes, prompt_tokens, new_tokens, repeats, warmup, dev, cap,
-                          unload], [status, banner, run_btn, stop_btn, seen], api_visibility=PRIVATE)
+                          unload, quality], [status, banner, run_btn, stop_btn, seen], api_visibility=PRIVATE)
     stop_btn.click(stop, None, [status], api_visibility=PRIVATE, queue=False)
     timer.tick(tick, [seen], outs, api_visibility=PRIVATE, queue=False)
 
