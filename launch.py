@@ -5,6 +5,7 @@
     python launch.py --model gemma3-270m --variant int8 --model smollm2-135m-instruct
     python launch.py --host 0.0.0.0 --auth alice:secret           # reachable from the network, with a login
     python launch.py --share --auth-file users.txt                 # public *.gradio.live link, with a login
+    python launch.py --endpoint http://127.0.0.1:8000/v1,model=NAME,key_env=MY_KEY   # a vLLM/TGI/... server too
 """
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="allow MODEL to run the custom code in its repository (repeat per model; off for all "
                         "others)")
     g.add_argument("--no-preload", action="store_true", help="start without loading any model")
+    e = p.add_argument_group("endpoints (OpenAI-compatible servers: vLLM, TGI, LMDeploy, llama.cpp, "
+                             "transformers serve)")
+    e.add_argument("--endpoint", action="append", default=[], metavar="URL[,model=NAME][,name=N][,key_env=VAR]",
+                   help="add a served model, shown as endpoint:<name> in Chat and Compare (repeatable); the API "
+                        "key is read from the environment variable key_env, never given on the command line")
+    e.add_argument("--endpoints-file", type=Path, metavar="FILE",
+                   help='JSON list of endpoints: [{"url": ..., "model": ..., "name": ..., "key_env": ...}]')
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0: every interface; default: %(default)s)")
@@ -76,7 +84,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.memory_budget_gb is not None and args.memory_budget_gb <= 0:
         p.error("--memory-budget-gb must be positive")
     args.models = args.model or [DEFAULT_MODEL]
+    args.endpoints = _endpoints(p, args)
     return args
+
+
+def _endpoints(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
+    from playground.endpoints import load_endpoints_file, parse_endpoint_spec
+    from playground.errors import InvalidParameterError
+
+    eps = []
+    try:
+        if args.endpoints_file is not None:
+            eps += load_endpoints_file(args.endpoints_file)
+        for spec in args.endpoint:
+            eps.append(parse_endpoint_spec(spec))
+    except InvalidParameterError as exc:
+        parser.error(str(exc))
+    names = [ep.name for ep in eps]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        parser.error(f"two endpoints are named {', '.join(dupes)}: add name=... to tell them apart")
+    return eps
 
 
 def _auth_pairs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -174,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     trusted = set(args.trust_remote_code)
     if not args.no_preload:
         preload(manager, args.models, args.variant, trusted)
-    app = build_app(manager, default_model=args.models[0], default_variant=args.variant, trusted_models=trusted)
+    app = build_app(manager, default_model=args.models[0], default_variant=args.variant, trusted_models=trusted,
+                    endpoints=args.endpoints)
+    for ep in args.endpoints:
+        print(f"* Endpoint {ep}", flush=True)
     launch_app(app, host=args.host, port=args.port, auth=args.auth_pairs, concurrency_limit=args.concurrency_limit,
                max_queue=args.max_queue, prevent_thread_lock=True, quiet=True)
     print(f"* Running on local URL: {app.local_url}", flush=True)

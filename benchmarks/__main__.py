@@ -5,6 +5,7 @@
     python -m benchmarks run --model random:mistral-7b --variants bf16,nf4 --device cuda --out results/mistral
     python -m benchmarks report results/NAME          # regenerate report.html from results.json
     python -m benchmarks compare results/A results/B  # B ÷ A ratios of the rows both have
+    python -m benchmarks serve --endpoint http://127.0.0.1:8000/v1 --concurrency 1,4 --out results/NAME  # a server
 
 Bad arguments end with exit status 2 and one line saying why.
 """
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("a")
     c.add_argument("b")
     sub.add_parser("architectures", help="list the random-weight architectures")
+    from .serving import add_parser as add_serve_parser
+    add_serve_parser(sub)
     return ap
 
 
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             a = load_architecture(name)
             print(f"random:{name:14s} {a.get('params_note', '')}  ({ARCH_DIR / (name + '.json')})")
         return 0
+    if args.cmd == "serve":   # benchmarks/serving.py
+        return args.func(args)
     return {"run": cmd_run, "report": cmd_report, "compare": cmd_compare}[args.cmd](args)
 
 

@@ -139,6 +139,9 @@ def _fig_html(fig) -> str:
 
 
 def render(data: dict) -> str:
+    if data.get("config", {}).get("kind") == "serving":   # python -m benchmarks serve: its own page
+        from .serving_report import render_serving
+        return render_serving(data)
     from plotly.offline import get_plotlyjs
     rows, env, cfg = data["rows"], data.get("environment", {}), data.get("config", {})
     name = cfg.get("name") or Path(str(cfg.get("out") or "run")).name

@@ -24,6 +24,11 @@ COLUMNS = [
     "generate_e2e_s", "harness_overhead",
     *QUALITY_COLUMNS,
 ]
+# serving benchmark against an endpoint (benchmarks/serving.py, `python -m benchmarks serve`); empty elsewhere
+SERVING_COLUMNS = ("concurrency", "request_rate", "requests", "errors", "duration_s", "req_s", "tok_s",
+                   "ttft_ms_p99", "itl_p99_ms", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "prompt_tokens_measured",
+                   "output_tokens_mean", "token_count")
+COLUMNS += SERVING_COLUMNS
 RAW = "raw"            # per-repeat lists live under row["raw"] (JSON only)
 STATUSES = ("ok", "oom", "error", "unsupported")
 SHORT_TOKENS, LONG_TOKENS = 32, 256   # answer lengths behind e2e_short_s / e2e_long_s

@@ -16,6 +16,7 @@ import gradio as gr
 from ..engine import stream_reply
 from ..errors import InvalidParameterError, PlaygroundError
 from .common import UIContext, make_params, session_id, user_error
+from .served import endpoint_for, reply_events
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,12 @@ def register(ctx: UIContext) -> None:
             if not isinstance(message, str) or not message.strip():
                 raise InvalidParameterError("the message is empty: type something to send")
             msgs = normalize_history(history) + [{"role": "user", "content": message}]
-            lm = ctx.find(model, variant) or ctx.load(model, variant)
+            ep = endpoint_for(ctx, model)   # endpoint:<name>: a served model (its variant is ignored)
+            lm = None if ep is not None else ctx.find(model, variant) or ctx.load(model, variant)
             cancel = ctx.cancels.start(session_id(request), "api")
-            for event in stream_reply(lm, msgs, system_prompt or None, params, cancel):
+            events = (reply_events(ep, msgs, system_prompt or None, params, cancel) if ep is not None
+                      else stream_reply(lm, msgs, system_prompt or None, params, cancel))
+            for event in events:
                 if event.done:
                     stats = event.stats.to_dict()
                     stats["badge"] = event.stats.badge()

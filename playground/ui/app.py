@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import gradio as gr
 
 from ..catalog import DEFAULT_MODEL
+from ..endpoints import EndpointRegistry
 from ..manager import ModelManager
 from . import api
 from .common import UIContext
@@ -45,10 +46,15 @@ def tab_modules(names: Iterable[str] = TAB_MODULES, optional: Iterable[str] = OP
 
 def build_app(manager: ModelManager, default_model: str = DEFAULT_MODEL, default_variant: str = "bf16",
               device: str | None = None, trusted_models: Iterable[str] = (),
-              title: str = "LLM quantization playground") -> gr.Blocks:
-    """The whole UI as a ``gr.Blocks`` (not launched). Launch it with ``launch_app`` (adds CSS and queue)."""
+              title: str = "LLM quantization playground", endpoints=None) -> gr.Blocks:
+    """The whole UI as a ``gr.Blocks`` (not launched). Launch it with ``launch_app`` (adds CSS and queue).
+
+    ``endpoints``: an ``EndpointRegistry`` or a list of ``Endpoint`` (OpenAI-compatible servers, shown as
+    ``endpoint:<name>`` models)."""
+    if not isinstance(endpoints, EndpointRegistry):
+        endpoints = EndpointRegistry(endpoints or ())
     ctx = UIContext(manager=manager, default_model=default_model, default_variant=default_variant,
-                    device=device, trusted_models=frozenset(trusted_models))
+                    device=device, trusted_models=frozenset(trusted_models), endpoints=endpoints)
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"## {title}\nChat with small LLMs in different precisions and quantizations, compare "
                     f"them side by side, and see what each costs in speed and memory.", elem_id="app-header")

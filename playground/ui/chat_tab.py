@@ -9,11 +9,13 @@ import logging
 
 import gradio as gr
 
+from ..endpoints import describe_endpoint, is_endpoint_name
 from ..engine import stream_reply
 from ..errors import PlaygroundError
 from ..manager import check_variant_available
 from .common import (PRIVATE, UIContext, badge_html, badge_text, describe_loaded, make_params, model_dropdown,
                      params_accordion, session_id, user_error, variant_dropdown)
+from .served import endpoint_for, endpoint_status, model_choices, reply_events
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ def to_display(history: list[dict], pending: str | None = None) -> list[dict]:
 
 
 def selection_status(ctx: UIContext, model: str, variant: str) -> str:
+    if is_endpoint_name(model):
+        return endpoint_status(ctx, model)
     lm = ctx.find(model, variant)
     if lm is not None:
         return describe_loaded(lm)
@@ -52,7 +56,7 @@ def selection_status(ctx: UIContext, model: str, variant: str) -> str:
 
 
 def build_tab(ctx: UIContext) -> None:
-    with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+    with gr.Tab("Chat", id="chat", elem_id="tab-chat") as tab:
         history = gr.State([])
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300, elem_id="chat-sidebar"):
@@ -91,14 +95,22 @@ def build_tab(ctx: UIContext) -> None:
             cancel = ctx.cancels.start(session_id(request), "chat")
             try:
                 gen_params = make_params(*pv)
-                lm = ctx.find(model_name, variant_name)
-                if lm is None:
-                    yield to_display(hist, pending=""), gr.skip(), box, f"⏳ loading {model_name} [{variant_name}] …"
-                    lm = ctx.load(model_name, variant_name, progress)
-                yield to_display(hist, pending=""), gr.skip(), box, describe_loaded(lm)
                 msgs = [{"role": m["role"], "content": m["content"]} for m in hist]
+                ep = endpoint_for(ctx, model_name)
+                if ep is not None:   # a served model: no loading, the same stream of events
+                    described, events = describe_endpoint(ep), reply_events(ep, msgs, system_prompt, gen_params,
+                                                                            cancel)
+                else:
+                    lm = ctx.find(model_name, variant_name)
+                    if lm is None:
+                        yield (to_display(hist, pending=""), gr.skip(), box,
+                               f"⏳ loading {model_name} [{variant_name}] …")
+                        lm = ctx.load(model_name, variant_name, progress)
+                    described, events = describe_loaded(lm), stream_reply(lm, msgs, system_prompt, gen_params,
+                                                                          cancel)
+                yield to_display(hist, pending=""), gr.skip(), box, described
                 event = None
-                for event in stream_reply(lm, msgs, system_prompt, gen_params, cancel):
+                for event in events:
                     if event.done:
                         break
                     yield to_display(hist, pending=event.text), gr.skip(), gr.skip(), gr.skip()
@@ -107,7 +119,7 @@ def build_tab(ctx: UIContext) -> None:
                 last = (f"  \nlast reply: {stats.prompt_tokens} prompt tokens → {stats.new_tokens} new "
                         f"({stats.finish_reason}, {stats.mode} mode)")
                 notes = "".join(f"  \nℹ️ {n}" for n in stats.notes)
-                yield to_display(final), final, gr.skip(), describe_loaded(lm) + last + notes
+                yield to_display(final), final, gr.skip(), described + last + notes
             except PlaygroundError as exc:
                 yield to_display(rollback[0]), rollback[0], rollback[1], f"⚠️ {exc}"
                 raise user_error(str(exc)) from None
@@ -153,6 +165,8 @@ def build_tab(ctx: UIContext) -> None:
             ctx.cancels.stop(session_id(request), "chat")
 
         def load(model_name, variant_name, progress=gr.Progress()):
+            if is_endpoint_name(model_name):   # nothing to load: say whether the server answers
+                return endpoint_status(ctx, model_name, probe=True)
             try:
                 return describe_loaded(ctx.load(model_name, variant_name, progress))
             except PlaygroundError as exc:
@@ -177,6 +191,9 @@ def build_tab(ctx: UIContext) -> None:
         unload_btn.click(unload, [model, variant], [status], api_visibility=PRIVATE)
         preset.change(lambda p: PRESETS.get(p, gr.skip()), [preset], [system], queue=False,
                       api_visibility=PRIVATE)
+        # endpoints added in the Models tab join the model list when the tab is opened again
+        tab.select(lambda m: gr.Dropdown(choices=model_choices(ctx, m)), [model], [model], queue=False,
+                   api_visibility=PRIVATE)
         for dd in (model, variant):
             dd.change(lambda m, v: selection_status(ctx, m, v), [model, variant], [status], queue=False,
                       api_visibility=PRIVATE)

@@ -9,6 +9,7 @@ import gradio as gr
 
 from ..catalog import CATALOG
 from ..engine import GenerationParams, ReplyStats
+from ..endpoints import EndpointRegistry
 from ..errors import InvalidParameterError
 from ..manager import GB, LoadedModel, ModelManager
 from ..variants import VARIANTS
@@ -56,6 +57,7 @@ class UIContext:
     device: str | None = None                 # None: the manager's device
     trusted_models: frozenset[str] = frozenset()  # models allowed to run their own code (--trust-remote-code)
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
+    endpoints: EndpointRegistry = field(default_factory=EndpointRegistry)  # served models: endpoint:<name>
 
     def load(self, name: str, variant: str, progress=None) -> LoadedModel:
         """Load (or fetch from the manager's cache) with a gr.Progress bar fed by the manager's callback."""
@@ -82,7 +84,7 @@ def session_id(request: gr.Request | None) -> str:
 
 # ---- widgets ---------------------------------------------------------------------------------------------------
 def model_dropdown(ctx: UIContext, value: str | None = None, label: str = "Model", **kw) -> gr.Dropdown:
-    choices = list(CATALOG)
+    choices = list(CATALOG) + ctx.endpoints.choices()
     value = value or ctx.default_model
     if value not in choices:
         choices.append(value)

@@ -13,12 +13,14 @@ import logging
 import gradio as gr
 
 from ..catalog import resolve
+from ..endpoints import is_endpoint_name
 from ..engine import stream_reply
 from ..errors import PlaygroundError
 from ..manager import check_variant_available
 from ..variants import get_variant
 from .common import (PRIVATE, UIContext, badge_html, gb, make_params, model_dropdown, params_accordion,
                      session_id, user_error, variant_dropdown)
+from .served import endpoint_for, model_choices, reply_events
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,12 @@ def memory_plan(ctx: UIContext, slots: list[tuple[str, str]]) -> tuple[list[str]
     lines, problems, sizes, unknown = [], [], {}, []
     for i, (name, variant) in enumerate(slots, 1):
         key = ((name or "").strip(), variant)
+        if is_endpoint_name(key[0]):   # served elsewhere: no local memory
+            try:
+                lines.append(f"slot {i}: {ctx.endpoints.get(key[0]).label}: served remotely (no local memory)")
+            except PlaygroundError as exc:
+                problems.append(f"slot {i} ({key[0]}): {exc}")
+            continue
         if key in sizes:
             lines.append(f"slot {i}: same model as an earlier slot (shared)")
             continue
@@ -69,7 +77,7 @@ def memory_plan(ctx: UIContext, slots: list[tuple[str, str]]) -> tuple[list[str]
 
 
 def build_tab(ctx: UIContext) -> None:
-    with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+    with gr.Tab("Compare", id="compare", elem_id="tab-compare") as tab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=400):
                 prompt = gr.Textbox(label="Prompt (sent to every slot)", lines=2, elem_id="compare-prompt",
@@ -133,13 +141,18 @@ def build_tab(ctx: UIContext) -> None:
                     out_replies[i] = "*skipped (stopped)*"
                     continue
                 try:
-                    lm = ctx.find(name, variant)
-                    if lm is None:
-                        out_replies[i] = f"*loading {html.escape(name)} [{variant}] …*"
-                        yield frame(plan + f"  \n⏳ slot {i + 1}: loading")
-                        lm = ctx.load(name, variant, progress)
+                    ep = endpoint_for(ctx, name)
+                    if ep is not None:   # a served slot: the same events, measured on this side
+                        events = reply_events(ep, msgs, system_prompt, gen_params, cancel)
+                    else:
+                        lm = ctx.find(name, variant)
+                        if lm is None:
+                            out_replies[i] = f"*loading {html.escape(name)} [{variant}] …*"
+                            yield frame(plan + f"  \n⏳ slot {i + 1}: loading")
+                            lm = ctx.load(name, variant, progress)
+                        events = stream_reply(lm, msgs, system_prompt, gen_params, cancel)
                     yield frame(plan + f"  \n▶️ slot {i + 1}: generating")
-                    for event in stream_reply(lm, msgs, system_prompt, gen_params, cancel):
+                    for event in events:
                         out_replies[i] = event.text or "…"
                         if event.done:
                             out_badges[i] = badge_html(event.stats)
@@ -161,6 +174,9 @@ def build_tab(ctx: UIContext) -> None:
         def stop(request: gr.Request):
             ctx.cancels.stop(session_id(request), "compare")
 
+        # endpoints added in the Models tab join the slots' model lists when the tab is opened again
+        tab.select(lambda *ms: [gr.Dropdown(choices=model_choices(ctx, m)) for m in ms], models, models,
+                   queue=False, api_visibility=PRIVATE)
         count.change(lambda n: [gr.Column(visible=i < int(n)) for i in range(MAX_SLOTS)], [count], columns,
                      queue=False, api_visibility=PRIVATE)
         inputs = [prompt, count, system, *params.as_list(), *models, *variants]

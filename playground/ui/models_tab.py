@@ -5,6 +5,7 @@ import gradio as gr
 
 from ..manager import GB
 from .common import PRIVATE, UIContext, gb
+from .served import build_panel as build_endpoints_panel
 
 COLUMNS = ["model", "variant", "device", "weights GB", "load s", "quantize s", "convert s", "kernel", "notes"]
 WIDTHS = ["20%", "7%", "6%", "9%", "7%", "9%", "9%", "11%", "22%"]
@@ -45,6 +46,7 @@ def build_tab(ctx: UIContext) -> None:
             unload_all_btn = gr.Button("Unload all", scale=1, min_width=100, elem_id="models-unload-all")
             refresh_btn = gr.Button("Refresh", scale=1, min_width=100, elem_id="models-refresh")
         message = gr.Markdown("", elem_id="models-message")
+        build_endpoints_panel(ctx)
 
         def refresh(note: str = ""):
             names = labels(ctx)
