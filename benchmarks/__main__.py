@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiple-choice items (ARC-Easy, at most 200; default 100)")
     r.add_argument("--out", default=None, help="results folder (default results/run-DATE)")
     r.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run already in --out (same settings): keep its ok rows, measure what is "
+                        "missing or failed, append the new rows")
     p = sub.add_parser("report", help="regenerate report.html from results.json")
     p.add_argument("path")
     c = sub.add_parser("compare", help="ratios B ÷ A of two runs")
@@ -90,8 +93,11 @@ def _quality_text(row: dict) -> str:
 def cmd_run(args) -> int:
     from .config import ConfigError, RunConfig
     out = args.out or f"results/run-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (Path(out) / "results.json").exists() and not args.overwrite:
-        return _fail(f"{out} already holds results.json: choose another --out or pass --overwrite")
+    if args.resume and args.overwrite:
+        return _fail("--resume keeps the rows in --out, --overwrite replaces them: pass one of them")
+    if (Path(out) / "results.json").exists() and not (args.overwrite or args.resume):
+        return _fail(f"{out} already holds results.json: choose another --out, pass --resume to continue it "
+                     f"or --overwrite to replace it")
     try:
         cfg = RunConfig(models=args.model, variants=args.variants, batch_sizes=args.batch_sizes,
                         prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats,
@@ -103,7 +109,16 @@ def cmd_run(args) -> int:
         return _fail(str(exc))
     from tqdm.auto import tqdm
 
-    from .runner import resolve_device, run_sweep
+    from .results import ResultsError, load_results
+    from .runner import ResumeError, resolve_device, resume_plan, run_sweep
+    previous = None
+    if args.resume and (Path(out) / "results.json").exists():
+        try:
+            previous = load_results(out)
+            kept, _ = resume_plan(previous, cfg, resolve_device(cfg.device))
+        except (ResultsError, ResumeError) as exc:
+            return _fail(str(exc))
+        print(f"resuming {out}: keeping {len(kept)} of {len(previous['rows'])} rows", file=sys.stderr)
     if cfg.device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
@@ -125,7 +140,8 @@ def cmd_run(args) -> int:
             tqdm.write(f"  {row['model']} [{row['variant']}] bs={row['batch_size']}: {row['status']}: "
                        f"{row['error'][:200]}", file=sys.stderr)
 
-    rows = run_sweep(cfg, on_row=on_row, progress=progress, argv=["python", "-m", "benchmarks", *sys.argv[1:]])
+    rows = run_sweep(cfg, on_row=on_row, progress=progress, argv=["python", "-m", "benchmarks", *sys.argv[1:]],
+                     previous=previous)
     bar.close()
     ok = sum(r["status"] == "ok" for r in rows)
     print(f"{ok}/{len(rows)} rows ok on {resolve_device(cfg.device)}; wrote {out}/results.csv, results.json, "

@@ -3,7 +3,13 @@
 ``run_sweep(config, on_row=..., progress=...)`` runs in the caller's thread (the UI puts it in a background
 thread), calls ``on_row(row)`` as each row arrives and ``progress(fraction, message)`` as work advances, and
 rewrites results.json/results.csv after every row and report.html after every worker, so a run that is stopped
-half-way still leaves usable files.
+half-way still leaves usable files. Each file is replaced atomically (written aside, then renamed): a run killed at
+any moment (even SIGKILL) leaves the previous complete version, never a half-written file. ``previous=`` (the
+data of an earlier run in the same folder, ``python -m benchmarks run --resume``) keeps its ``ok`` rows and
+measures only what is missing or failed, appending the new rows.
+
+A worker dies with its parent (Linux ``PR_SET_PDEATHSIG``): killing the sweep never leaves a worker running
+alone, still holding the memory and the GPU.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import tempfile
 import threading
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -59,6 +66,25 @@ def _worker_env(config: RunConfig) -> dict:
     if config.memory_cap_gb:
         env["MALLOC_ARENA_MAX"] = "2"   # glibc arenas reserve 64 MB of address space per thread otherwise
     return env
+
+
+# Run the worker module after asking the kernel to SIGKILL this process when its parent dies (prctl
+# PR_SET_PDEATHSIG = 1; Linux only, skipped elsewhere). A parent that died before the prctl is caught by the ppid
+# check. Done in the child (not a preexec_fn, which is unsafe in the threaded UI process).
+WORKER_PRELUDE = """import ctypes, os, runpy, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("benchmarks.worker: the sweep that started this worker is gone")
+sys.argv = ["benchmarks.worker"] + sys.argv[2:]
+runpy.run_module("benchmarks.worker", run_name="__main__", alter_sys=True)
+"""
+
+
+def worker_command(spec: Path, events: Path) -> list[str]:
+    return [sys.executable, "-c", WORKER_PRELUDE, str(os.getpid()), "--spec", str(spec), "--events", str(events)]
 
 
 def _log_tail(path: Path, chars: int = 6000) -> str:
@@ -145,8 +171,7 @@ def run_worker(config: RunConfig, model: str, variant: str, device: str, log_pat
                                     "device": device}))
         events.touch()
         with open(log_path, "wb") as log, open(events, encoding="utf-8") as ev:
-            proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", "--spec", str(spec),
-                                     "--events", str(events)], cwd=ROOT, env=_worker_env(config),
+            proc = subprocess.Popen(worker_command(spec, events), cwd=ROOT, env=_worker_env(config),
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
                 done, finished, timed_out, cancelled = _follow(proc, ev, config, cancel, on_event)
@@ -165,16 +190,65 @@ def run_worker(config: RunConfig, model: str, variant: str, device: str, log_pat
         return "died"
 
 
+# Settings that change what a row means: a resumed run must use the same ones as the rows it keeps.
+RESUME_MAY_DIFFER = {"models", "variants", "batch_sizes", "prompt_tokens", "new_tokens", "timeout_s", "out", "name"}
+
+
+class ResumeError(ValueError):
+    """The results already in the folder cannot be continued with this configuration."""
+
+
+def _row_key(r: dict) -> tuple:
+    return (r["model"], r["variant"], r["device"], int(r["batch_size"]), int(r["prompt_tokens"]),
+            int(r["new_tokens"]))
+
+
+def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[dict], set[tuple]]:
+    """Rows of ``previous`` to keep, and the keys of those already measured ``ok`` (not measured again).
+
+    Kept: every ``ok`` row, and failed rows this configuration does not cover. Failed rows it covers (an oom, an
+    error, a worker killed mid-run) are dropped and measured again."""
+    old_cfg = previous.get("config") or {}
+    new_cfg = config.to_dict()
+    differ = sorted(k for k in set(old_cfg) | set(new_cfg) if k not in RESUME_MAY_DIFFER
+                    and old_cfg.get(k) != new_cfg.get(k))
+    if differ:
+        raise ResumeError("cannot resume: these settings differ from the run already in the folder: " +
+                          ", ".join(f"{k} (was {old_cfg.get(k)!r}, now {new_cfg.get(k)!r})" for k in differ) +
+                          "; use the same settings, another --out, or --overwrite")
+    covered = {(m, v, device, *c) for m in config.models for v in config.variants for c in config.combos()}
+    keep, done = [], set()
+    for r in previous.get("rows", []):
+        key = _row_key(r)
+        if r.get("status") == "ok":
+            if key in done:
+                continue                         # never two rows for one measurement
+            done.add(key)
+            keep.append(r)
+        elif key not in covered:
+            keep.append(r)
+    return keep, done
+
+
 def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
               progress: Callable[[float, str], None] | None = None, cancel: threading.Event | None = None,
-              argv: list[str] | None = None) -> list[dict]:
-    """Run every (model, variant) of ``config``; returns the rows (also written to ``config.out``)."""
+              argv: list[str] | None = None, previous: dict | None = None) -> list[dict]:
+    """Run every (model, variant) of ``config``; returns the rows (also written to ``config.out``).
+
+    ``previous``: results of an earlier run into the same folder (``load_results``); its ok rows are kept and
+    not measured again, the new rows are appended after them (``resume_plan``)."""
     device = resolve_device(config.device)
     out = Path(config.out) if config.out else None
     text_info = load_prompt_text()
-    rows: list[dict] = []
+    kept, measured = resume_plan(previous, config, device) if previous else ([], set())
+    rows: list[dict] = list(kept)
     data = {"config": config.to_dict(), "environment": collect_environment(device, argv), "rows": rows,
             "prompt_source": {"path": text_info[1], "sha256": text_info[2]}, "finished": None, "cancelled": False}
+    if previous:
+        data["resumed"] = list(previous.get("resumed", [])) + [{
+            "previous_started": previous.get("environment", {}).get("date"),
+            "previous_finished": previous.get("finished"), "previous_rows": len(previous.get("rows", [])),
+            "kept_rows": len(kept), "environment": previous.get("environment")}]
     total, done_units = config.units(), 0
     per_mv = 1 + len(config.combos())
     say = progress or (lambda f, m: None)
@@ -211,12 +285,23 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
                     data["cancelled"] = True
                     break
                 base = done_units
+                missing = [c for c in config.combos() if (model, variant, device, *c) not in measured]
+                if not missing:                  # resumed: everything of this (model, variant) is there
+                    done_units = base + per_mv
+                    continue
                 reason = _precheck(variant, device)
                 if reason:
                     done_units += 1
-                    for row in failed_rows(config, model, variant, device, "unsupported", reason):
+                    for row in failed_rows(config, model, variant, device, "unsupported", reason, done=[
+                            c for c in config.combos() if c not in missing]):
                         add(row)
                     continue
+                # resumed with some combos already measured: the worker does the smallest grid that covers
+                # the missing ones; rows it makes for combos already kept are dropped
+                sub = config if len(missing) == len(config.combos()) else replace(
+                    config, batch_sizes=_ordered(config.batch_sizes, {c[0] for c in missing}),
+                    prompt_tokens=_ordered(config.prompt_tokens, {c[1] for c in missing}),
+                    new_tokens=_ordered(config.new_tokens, {c[2] for c in missing}))
                 say(base / total, f"starting {model} [{variant}] on {device}")
 
                 def on_event(msg, loaded=[False]):
@@ -225,7 +310,7 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
                     if not loaded[0] and (kind == "row" or (kind == "progress" and msg["fraction"] >= 1.0)):
                         loaded[0] = True       # the load step of this (model, variant) is over
                         done_units += 1
-                    if kind == "row":
+                    if kind == "row" and _row_key(msg["row"]) not in measured:
                         add(msg["row"])
                     elif kind == "progress":
                         frac = 0.0 if loaded[0] else max(0.0, msg["fraction"])
@@ -233,7 +318,7 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
 
                 log = (out or Path(tempfile.gettempdir()) / "bench-logs") / "logs" / \
                     f"{Path(model).name.replace(':', '_')}__{variant}.log"
-                outcome = run_worker(config, model, variant, device, log, on_event, cancel)
+                outcome = run_worker(sub, model, variant, device, log, on_event, cancel)
                 done_units = base + per_mv
                 if outcome == "cancelled":
                     data["cancelled"] = True
@@ -249,3 +334,7 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
         save(True)
     say(1.0, "cancelled" if data["cancelled"] else "done")
     return rows
+
+
+def _ordered(values: list, wanted: set) -> list:
+    return [v for v in values if v in wanted]
