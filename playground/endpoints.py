@@ -209,8 +209,8 @@ class Endpoint:
         if self._models is None:
             try:
                 self._models = self.list_models(client)
-            except EndpointError:
-                self._models = []
+            except EndpointError:   # not remembered: the request itself will say what is wrong
+                return None
         return self._models[0] if self._models else None
 
     def probe(self, timeout_s: float = 5.0) -> str:
