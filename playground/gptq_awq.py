@@ -246,7 +246,10 @@ def _quantize(
                   # small models: keep modules in RAM instead of gptqmodel's default /tmp/gptqmodel_* offload
                   offload_to_disk=False)
     if method == "gptq":
-        qcfg = GPTQConfig(desc_act=False, sym=True, **common)
+        # gptqmodel's default act_group_aware=True refuses group_size -1 ("requires group_size > 0",
+        # gptqmodel/quantization/gptq.py, _validate_act_group_aware_shape): off for one group per row only
+        qcfg = GPTQConfig(desc_act=False, sym=True, **common,
+                          **({"act_group_aware": False} if effective_gs == -1 else {}))
         quant_backend = BACKEND.AUTO
     else:
         # AWQ gemm with zero points; pack on CPU with the portable torch kernel (the AUTO choice for gemm is

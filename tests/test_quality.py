@@ -115,6 +115,21 @@ def test_destroyed_model_is_measurably_worse(destroyed, plain_bf16, english, bf1
     assert res.ppl > 1.5 * bf16_ppl.ppl
 
 
+@pytest.mark.slow
+def test_2bit_gptq_variant_is_measurably_worse(manager, english, bf16_ppl):
+    """A destructive setting of a real variant, loaded as the benchmark loads it: GPTQ with 2 bits and one
+    group per row. Its one-time quantization (about a minute on 2 cores) is cached in the quantized cache."""
+    from playground.variants import VariantOptions
+    lm = manager.get(MODEL, "gptq", options=VariantOptions(bits=2, group_size=-1))
+    try:
+        assert lm.stats.weights_bytes < 0.5 * manager.get(MODEL, "bf16").stats.weights_bytes
+        res = q.perplexity(lm.model, lm.tokenizer, english, max_tokens=1024)
+    finally:
+        manager.unload(MODEL, "gptq")
+    assert res.tokens == bf16_ppl.tokens
+    assert res.ppl > 1.5 * bf16_ppl.ppl
+
+
 def test_mc_scorer_matches_unpadded_forwards():
     """Cached-context + right-padded batch gives the same log-likelihoods as one plain forward per choice."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -91,3 +91,28 @@ def test_sweep_with_quality_real_and_random_weights(tmp_path):
     assert "Quality vs memory" in html and "have no quality numbers" in html and "ppl en" in html
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and "Quality vs memory" in (out / "report.html").read_text()
+
+
+def test_benchmark_tab_checkbox_reaches_the_run_config(manager, monkeypatch, tmp_path):
+    import time
+
+    import gradio as gr
+
+    import benchmarks.runner
+    from playground.ui import benchmark_tab as tab
+    with gr.Blocks() as demo:
+        tab.build_benchmark_tab(manager)
+    boxes = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "bench-quality"]
+    assert len(boxes) == 1 and isinstance(boxes[0], gr.Checkbox) and boxes[0].value is False
+    assert "Measure quality (perplexity + accuracy)" == boxes[0].label
+    seen = []
+    monkeypatch.setattr(benchmarks.runner, "run_sweep", lambda cfg, **kw: seen.append(cfg) or [])
+    monkeypatch.setattr(tab, "RESULTS_ROOT", tmp_path)
+    for quality in (True, False):
+        job = tab.start_job(manager, [SMOL], ["bf16"], "1", "16", "4", 1, 0, "cpu", None, False, quality)
+        for _ in range(100):
+            if job.done:
+                break
+            time.sleep(0.05)
+        assert job.done and seen[-1].quality is quality
+    assert "perplexity" in tab.TABLE_COLS and "accuracy" in tab.TABLE_COLS
