@@ -181,12 +181,12 @@ def render(data: dict) -> str:
     body = [f"<h1>Benchmark: {html.escape(name)}</h1>", head,
             *[f'<div class="warn">{w}</div>' for w in warns],
             "<h2>At a glance</h2>", compact_table(rows), "<h2>Plots</h2>", *[_fig_html(f) for f in figs if f],
+            "<h2>Quality</h2>", quality_section(rows, cfg),
             "<h2>Against published numbers</h2>",
             '<p class="small">optimum-benchmark, Mistral-7B-v0.1 on an A100-80GB, prompt 512, 1000 new tokens, '
             "batch 1 (<code>benchmarks/references/optimum_benchmark_mistral7b_a100.csv</code>). Only ratios are "
             "comparable: hardware, model size, kernels and versions differ.</p>",
             _fig_html(plots.reference_figure(rows)), reference_table(rows),
-            "<h2>Quality</h2>", quality_section(rows, cfg),
             "<h2>All rows</h2>", full_table(rows),
             '<p class="small">ttft = prompt in → first new token; decode tok/s = tokens after the first ÷ their '
             "time (summed over the batch for batch &gt; 1); itl = gaps between tokens (all repeats pooled); p90 "
