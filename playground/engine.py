@@ -7,12 +7,14 @@ non-finite logits are caught at the step that produced them.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from .errors import GenerationError, InvalidParameterError, PromptTooLongError
+from .errors import GenerationError, InvalidParameterError, PromptTooLongError, is_out_of_memory
+from .fast_decode import last_logits_kwargs
 from .manager import LoadedModel, release_memory
 from .memory import PeakMemory
 
@@ -29,6 +31,7 @@ class GenerationParams:
     seed: int | None = None
     greedy: bool = False
     min_new_tokens: int = 0          # the benchmark sets min == max to time a fixed length
+    decode: str = "auto"             # "auto": fast when the model has a fast decoder; "fast"; "eager"
 
     def __post_init__(self):
         def bad(msg):
@@ -45,6 +48,8 @@ class GenerationParams:
             bad(f"top_k must be a non-negative integer (0 = off), got {self.top_k!r}")
         if not (0.5 <= self.repetition_penalty <= 3.0):
             bad(f"repetition_penalty must be in [0.5, 3], got {self.repetition_penalty}")
+        if self.decode not in ("auto", "fast", "eager"):
+            bad(f"decode must be auto, fast or eager, got {self.decode!r}")
         if self.seed is not None and not (0 <= int(self.seed) < 2 ** 63):
             bad(f"seed must be a non-negative integer, got {self.seed}")
 
@@ -68,6 +73,7 @@ class ReplyStats:
     mem_kind: str = ""            # "cuda allocator" or "process RSS"
     mode: str = "chat"            # "chat" (template) or "completion" (no template)
     finish_reason: str = ""       # "eos", "length", "stopped"
+    decode_mode: str = "eager"    # or the fast decoder's mode ("compiled + CUDA graphs", …)
     notes: list[str] = field(default_factory=list)
 
     def badge(self) -> str:
@@ -177,21 +183,26 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
         stats.notes.append("no chat template: completion mode (the model continues the text)")
 
     stop_ids = _stop_ids(lm)
+    stop_list = sorted(stop_ids)
     procs = _logits_processors(params)
     gen = None
     if params.sampling:
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(params.seed) if params.seed is not None else int(time.time_ns() % 2 ** 63))
     input_device = _input_device(model)
+    fast, cache = _fast_path(lm, params, n_prompt + max_new, stats)
+    keep = last_logits_kwargs(model)
     text, new_ids = "", []
     decoded_upto = 0
     t_last = t_start
     peak = PeakMemory(lm.device)
     stats.finish_reason = "length"
-    with peak, torch.inference_mode():
+    # no_grad for the compiled step (its graphs are built under it), inference_mode for the eager loop
+    grad_ctx = torch.no_grad() if fast is not None else torch.inference_mode()
+    with peak, grad_ctx:
         ids = torch.tensor([prompt_ids], device=input_device)
         all_ids = ids
-        past = None
+        past = cache
         try:
             for step in range(max_new):
                 if cancel is not None and cancel.is_set():
@@ -200,22 +211,33 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                 with lm.lock:
                     if lm.model is None:
                         raise GenerationError(f"{lm.label} was unloaded during the reply")
-                    out = model(input_ids=ids, past_key_values=past, use_cache=True)
-                logits = out.logits[:, -1, :].float()
-                past = out.past_key_values
-                if not torch.isfinite(logits).all():
-                    raise GenerationError(
-                        f"{lm.name} in {lm.variant} produced NaN/inf logits at new token {step + 1}: this "
-                        f"variant overflows for this model (try bf16 or fp32)")
-                if step < params.min_new_tokens:
-                    for sid in stop_ids:
-                        logits[:, sid] = -float("inf")
-                logits = procs(all_ids, logits) if len(procs) else logits
+                    if fast is None:
+                        out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
+                        past = out.past_key_values
+                        logits = out.logits[:, -1, :]
+                    elif step == 0:
+                        logits = fast.prefill(ids, cache)
+                    else:
+                        logits = fast.step(ids, cache)
+                if step < params.min_new_tokens and stop_list:
+                    logits[:, stop_list] = -float("inf")
+                if params.sampling or len(procs):
+                    logits = logits.float()
+                    if not torch.isfinite(logits).all():
+                        raise _non_finite(lm, step)
+                    logits = procs(all_ids, logits) if len(procs) else logits
                 if params.sampling:
                     probs = torch.softmax(logits, dim=-1).cpu()
                     next_id = int(torch.multinomial(probs, 1, generator=gen)[0, 0])
+                    ids = torch.tensor([[next_id]], device=input_device)
                 else:
-                    next_id = int(torch.argmax(logits, dim=-1)[0])
+                    # one device→host sync per token: the max (NaN/inf propagate into it) and its index together
+                    best = logits.max(dim=-1)
+                    top, idx = torch.stack([best.values.float(), best.indices.float()], dim=1)[0].tolist()
+                    if not math.isfinite(top):
+                        raise _non_finite(lm, step)
+                    next_id = int(idx)
+                    ids = best.indices.view(1, 1)     # stays on the device: no host→device copy per token
                 now = time.perf_counter()
                 if step == 0:
                     stats.ttft_s = now - t_start
@@ -226,8 +248,8 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                     stats.finish_reason = "eos"
                     break
                 new_ids.append(next_id)
-                ids = torch.tensor([[next_id]], device=input_device)
-                all_ids = torch.cat([all_ids, ids], dim=1) if params.repetition_penalty != 1.0 else all_ids
+                if params.repetition_penalty != 1.0:
+                    all_ids = torch.cat([all_ids, ids], dim=1)
                 full = tokenizer.decode(new_ids[decoded_upto:], skip_special_tokens=True)
                 # hold back an incomplete multi-byte character (shows as U+FFFD) until the next token
                 if full.endswith("\ufffd"):
@@ -235,7 +257,9 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                 text += full
                 decoded_upto = len(new_ids)
                 yield StreamEvent(text=text, delta=full)
-        except torch.OutOfMemoryError as exc:
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):   # on CPU torch's allocator raises a RuntimeError (ENOMEM)
+                raise
             del past
             release_memory()
             raise GenerationError(
@@ -244,12 +268,45 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
         except GeneratorExit:
             stats.finish_reason = "stopped"
             raise
+        finally:
+            if fast is not None:
+                fast.release(cache)
+    if fast is not None:
+        stats.decode_mode = fast.info.mode      # a failed compile may have changed it mid-reply
     stats.new_tokens = len(new_ids)
     stats.total_s = time.perf_counter() - t_start
     decode_time = sum(stats.itl_s)
     stats.decode_tok_s = (len(stats.itl_s) / decode_time) if decode_time > 0 else 0.0
     stats.peak_mem_gb, stats.mem_kind = peak.peak_gb, peak.kind
     yield StreamEvent(text=text, delta="", done=True, stats=stats)
+
+
+def _non_finite(lm: LoadedModel, step: int) -> GenerationError:
+    return GenerationError(
+        f"{lm.name} in {lm.variant} produced NaN/inf logits at new token {step + 1}: this "
+        f"variant overflows for this model (try bf16 or fp32)")
+
+
+def _fast_path(lm: LoadedModel, params: GenerationParams, needed: int, stats: ReplyStats):
+    """(decoder, cache) for this reply, or (None, None) for eager decoding; notes say why when asked for but not used."""
+    if params.decode == "eager":
+        return None, None
+    fast = lm.fast
+    if fast is None and params.decode == "fast":
+        from .manager import enable_fast_decode
+        fast = enable_fast_decode(lm)
+        if fast is None:
+            stats.notes.append("fast decode could not start: eager decoding (see the model's load notes)")
+    if fast is None:
+        stats.decode_mode = "eager"
+        return None, None
+    cache = fast.acquire(1, needed, lm.context_length)
+    if cache is None:
+        stats.notes.append("the fast decoder is busy with another reply on this model: this one decodes eagerly")
+        stats.decode_mode = "eager"
+        return None, None
+    stats.decode_mode = fast.info.mode
+    return fast, cache
 
 
 def _input_device(model):

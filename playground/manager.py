@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .catalog import ModelSource, resolve
-from .errors import MemoryBudgetError, ModelNotFoundError, PlaygroundError, VariantUnsupportedError
+from .errors import (MemoryBudgetError, ModelNotFoundError, PlaygroundError, VariantUnsupportedError,
+                     is_out_of_memory)
 from .progress import Progress, scaled, silent_progress
 from .variants import VariantOptions, get_variant
 
@@ -29,6 +30,7 @@ class LoadStats:
     quantize_s: float = 0.0      # GPTQ/AWQ calibration + quantization (first use only)
     load_s: float = 0.0          # from_pretrained (includes bitsandbytes quantization) + move to device
     weights_bytes: int = 0       # parameters + buffers as held in memory
+    warmup_s: float = 0.0        # fast decode: compiling the decode step (and recording CUDA graphs) at load
     notes: list[str] = field(default_factory=list)
 
 
@@ -44,6 +46,7 @@ class LoadedModel:
     options: VariantOptions
     stats: LoadStats
     kernel: str | None = None    # quantized linear kernel actually used (gptq/awq/bnb)
+    fast: object = None          # playground.fast_decode.FastDecoder when fast decoding is on
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     last_used: float = field(default_factory=time.monotonic)
 
@@ -233,9 +236,12 @@ class ModelManager:
             if "trust_remote_code" in str(exc):
                 raise PlaygroundError(
                     f"{name} contains custom code; loading it runs that code on this machine. Turn on "
-                    f"trust_remote_code for this model only if you trust its authors.") from exc
+                    f"trust_remote_code for this model only if you trust its authors: start the app with "
+                    f"--trust-remote-code {name} (the terminal chat: --trust-remote-code).") from exc
             raise
-        except torch.OutOfMemoryError as exc:
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):   # on CPU torch's allocator raises a RuntimeError (ENOMEM)
+                raise
             release_memory()
             raise MemoryBudgetError(f"out of memory loading {name} as {variant_name} on {device}: "
                                     f"choose a smaller variant or unload other models") from exc
@@ -247,9 +253,16 @@ class ModelManager:
             kernel = next((k for k in kinds if k not in ("Linear",)), None)
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
             tokenizer.pad_token = tokenizer.eos_token
-        progress(1.0, f"loaded {name} [{variant_name}] in {stats.load_s:.1f}s")
-        return LoadedModel(key=key, name=name, variant=variant_name, device=device, model=model,
-                           tokenizer=tokenizer, source=source, options=options, stats=stats, kernel=kernel)
+        lm = LoadedModel(key=key, name=name, variant=variant_name, device=device, model=model,
+                         tokenizer=tokenizer, source=source, options=options, stats=stats, kernel=kernel)
+        if options.wants_fast_decode(device):
+            progress(0.9, f"compiling the decode step of {name} [{variant_name}] (once per load)")
+            enable_fast_decode(lm)
+        elif options.fast_decode == "auto":
+            stats.notes.append("fast decode (static KV cache + compiled step) is for CUDA: eager decoding here")
+        progress(1.0, f"loaded {name} [{variant_name}] in {stats.load_s:.1f}s"
+                      + (f" + {stats.warmup_s:.1f}s decode warm-up" if stats.warmup_s else ""))
+        return lm
 
     @staticmethod
     def _explain_os_error(name: str, exc: OSError, local: bool = False) -> PlaygroundError:
@@ -275,9 +288,13 @@ class ModelManager:
         if lm is None:
             return
         with lm.lock:  # wait for a reply in progress on this model to finish its current step
+            compiled = lm.fast is not None
             lm.model = None
             lm.tokenizer = None
+            lm.fast = None
         del lm
+        if compiled:
+            forget_compiled_graphs(self._models.values())
         release_memory()
 
     def unload(self, name: str, variant: str, device: str | None = None) -> bool:
@@ -292,6 +309,35 @@ class ModelManager:
         with self._lock:
             for key in list(self._models):
                 self._unload_key(key)
+
+
+def enable_fast_decode(lm: LoadedModel, compile: bool = True):
+    """Give ``lm`` a FastDecoder and warm it up for the usual bucket; on failure, note why and stay eager."""
+    from .fast_decode import FastDecoder
+    if lm.fast is not None:
+        return lm.fast
+    fast = FastDecoder(lm.model, lm.device, compile=compile)
+    try:
+        with lm.lock:
+            lm.stats.warmup_s = fast.warm_up(context=lm.context_length)
+    except Exception as exc:  # noqa: BLE001 - fast decoding is an optimisation: never a reason not to serve
+        release_memory()
+        lm.stats.notes.append(f"fast decode unavailable ({type(exc).__name__}: {str(exc)[:200]}): eager decoding")
+        return None
+    lm.fast = fast
+    lm.stats.notes.append(f"fast decode: {fast.info.mode}, warm-up {fast.info.warmup_s:.1f}s"
+                          + (f"; {fast.info.fallback_reason}" if fast.info.fallback_reason else ""))
+    return fast
+
+
+def forget_compiled_graphs(remaining) -> None:
+    """Drop compiled decode steps (and their CUDA graph pools) so an unloaded model's memory comes back; the
+    models still loaded rebuild theirs on their next reply."""
+    import torch
+    torch._dynamo.reset()
+    for other in remaining:
+        if other.fast is not None:
+            other.fast.forget_compiled()
 
 
 def check_variant_available(variant: str, device: str) -> str | None:

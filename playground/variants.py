@@ -33,6 +33,7 @@ class VariantOptions:
     group_size: int = 128                # gptq / awq (-1: one group per row)
     calibration_samples: int = 32        # gptq / awq, paragraphs of playground/data/calibration.txt
     kernel: str | None = None            # gptq / awq backend to force (e.g. "torch", "marlin"); None: auto
+    fast_decode: str = "auto"            # static KV cache + compiled decode step: "auto" (on for CUDA), "on", "off"
 
     def __post_init__(self):
         if self.compute_dtype not in DTYPES:
@@ -46,7 +47,12 @@ class VariantOptions:
         if not 1 <= self.calibration_samples <= 4096:
             raise InvalidParameterError(
                 f"calibration_samples must be in [1, 4096], got {self.calibration_samples}")
+        if self.fast_decode not in ("auto", "on", "off"):
+            raise InvalidParameterError(f"fast_decode must be auto, on or off, got {self.fast_decode!r}")
         object.__setattr__(self, "skip_modules", tuple(self.skip_modules))
+
+    def wants_fast_decode(self, device: str) -> bool:
+        return self.fast_decode == "on" or (self.fast_decode == "auto" and str(device).startswith("cuda"))
 
 
 @dataclass

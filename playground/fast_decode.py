@@ -1,0 +1,220 @@
+"""Fast decoding: a static KV cache and a compiled one-token decode step (CUDA graphs on a GPU).
+
+Eager decoding of a 7B model at batch size 1 is bound by Python and kernel launches, not by the GPU: each token
+launches hundreds of small kernels. Here the decode step runs as one compiled graph over a KV cache of fixed shape
+(transformers' ``StaticCache``), replayed with CUDA graphs (``mode="reduce-overhead"``), as gpt-fast does.
+
+* Cache lengths come in buckets (powers of two, at least ``MIN_BUCKET`` on CUDA, ``MIN_BUCKET_CPU`` on CPU where
+  attending over empty cache slots costs real time): a new ``max_new_tokens`` or prompt length
+  inside a bucket reuses the compiled step; only a new bucket (or batch size) compiles again.
+* The prefill runs eagerly (prompt lengths vary); only the decode step is compiled.
+* ``compiles`` counts the graphs built (a counting backend around inductor), so tests can assert "no recompile".
+* One cache per (batch, bucket), owned by one reply at a time; a second concurrent reply on the same model does not
+  wait for it: ``acquire`` returns None and the caller decodes eagerly.
+* Anything that cannot be compiled (some quantized kernels) falls back to ``fullgraph=False`` and then to the
+  static cache without compilation; ``mode`` says what runs.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+MIN_BUCKET = 1024
+MIN_BUCKET_CPU = 128
+RECOMPILE_LIMIT = 64
+
+
+def bucket_length(needed: int, context: int | None = None, min_bucket: int = MIN_BUCKET) -> int:
+    """Smallest power of two ≥ ``needed`` (and ≥ ``min_bucket``), capped at the model's context."""
+    n = min_bucket
+    while n < needed:
+        n *= 2
+    if context and n > context:
+        n = max(needed, context)
+    return n
+
+
+def last_logits_kwargs(model) -> dict:
+    """``logits_to_keep=1`` where the model takes it: the prefill then skips the vocabulary projection of every
+    prompt position but the last (at 16k tokens × 150k vocabulary that is gigabytes)."""
+    cached = getattr(model, "_pg_last_logits_kwargs", None)
+    if cached is None:
+        import inspect
+        try:
+            cached = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        except (TypeError, ValueError):
+            cached = {}
+        try:
+            model._pg_last_logits_kwargs = cached
+        except Exception:  # noqa: BLE001 - exotic wrappers
+            pass
+    return cached
+
+
+@dataclass
+class FastDecodeInfo:
+    mode: str = ""    # "compiled + CUDA graphs", "compiled (inductor)", "… (graph breaks)", "static cache, eager"
+    warmup_s: float = 0.0
+    compiles: int = 0
+    fallback_reason: str = ""
+
+
+class FastDecoder:
+    """Static-cache decoding for one loaded model. Use ``acquire`` → ``prefill`` → ``step`` … → ``release``."""
+
+    def __init__(self, model, device: str, compile: bool = True, max_caches: int = 2, backend: str = "inductor",
+                 min_bucket: int | None = None):
+        self.model = model
+        self.device = str(device)
+        self.cuda = self.device.startswith("cuda")
+        self.want_compile = compile
+        self.backend_name = backend            # "inductor"; "eager" runs dynamo only (tests of recompiles)
+        self.min_bucket = min_bucket or (MIN_BUCKET if self.cuda else MIN_BUCKET_CPU)
+        self.max_caches = max_caches
+        self.info = FastDecodeInfo()
+        self._caches: dict[tuple[int, int], object] = {}   # (batch, length) → StaticCache, LRU order
+        self._busy: set[tuple[int, int]] = set()
+        self._guard = threading.Lock()
+        self._step_fn = None
+        self._fullgraph = True
+        self.info.mode = self._mode_name()
+
+    def _mode_name(self) -> str:
+        if not self.want_compile:
+            return "static cache, eager"
+        name = "compiled + CUDA graphs" if self.cuda and self.backend_name == "inductor" else \
+            f"compiled ({self.backend_name})"
+        return name + ("" if self._fullgraph else " (graph breaks)")
+
+    # -- compilation ------------------------------------------------------------------------------------------
+    @property
+    def compiles(self) -> int:
+        return self.info.compiles
+
+    def _backend(self):
+        """inductor, counting each graph it is asked to build."""
+        if self.backend_name == "eager":
+            def backend(gm, example_inputs):
+                self.info.compiles += 1
+                return gm.forward
+            return backend
+        from torch._inductor.compile_fx import compile_fx
+        patches = {"triton.cudagraphs": True} if self.cuda else {}
+
+        def backend(gm, example_inputs):
+            self.info.compiles += 1
+            return compile_fx(gm, example_inputs, config_patches=patches)
+        return backend
+
+    def _build_step(self):
+        import torch
+        model = self.model
+        keep = last_logits_kwargs(model)
+
+        def step(input_ids, cache):
+            out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, **keep)
+            return out.logits[:, -1, :]
+        self.info.mode = self._mode_name()
+        if not self.want_compile:
+            return step
+        cfg = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(cfg, name) and getattr(cfg, name) < RECOMPILE_LIMIT:
+                setattr(cfg, name, RECOMPILE_LIMIT)
+        return torch.compile(step, backend=self._backend(), fullgraph=self._fullgraph, dynamic=False)
+
+    def _run_step(self, ids, cache):
+        import torch
+        if self._step_fn is None:
+            self._step_fn = self._build_step()
+        graphs = self.cuda and self.want_compile and self.backend_name == "inductor"
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            logits = self._step_fn(ids, cache)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a kernel that cannot be compiled: degrade, say so, go on
+            if not self.want_compile:
+                raise
+            self._fall_back(exc)
+            logits = self._step_fn(ids, cache)
+        return logits.clone() if graphs else logits   # a CUDA graph's output is overwritten by the next replay
+
+    def _fall_back(self, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        if self._fullgraph:
+            self._fullgraph = False
+            self.info.fallback_reason = f"full-graph compile failed ({reason}); compiled with graph breaks"
+        else:
+            self.want_compile = False
+            self.info.fallback_reason = f"compile failed ({reason}); static cache without compilation"
+        self._step_fn = self._build_step()
+
+    # -- caches -----------------------------------------------------------------------------------------------
+    def acquire(self, batch: int, needed: int, context: int | None = None):
+        """A reset static cache for ``batch`` rows and ``needed`` positions, or None when it is in use."""
+        from transformers import StaticCache
+        key = (batch, bucket_length(needed, context, self.min_bucket))
+        with self._guard:
+            if key in self._busy:
+                return None
+            cache = self._caches.pop(key, None)
+            if cache is None:
+                for old in [k for k in self._caches if k not in self._busy][: max(0, len(self._caches) + 1 -
+                                                                                   self.max_caches)]:
+                    del self._caches[old]
+                cache = StaticCache(config=self.model.config, max_cache_len=key[1])
+            else:
+                cache.reset()
+            self._caches[key] = cache
+            self._busy.add(key)
+        cache._fast_key = key
+        return cache
+
+    def release(self, cache) -> None:
+        with self._guard:
+            self._busy.discard(getattr(cache, "_fast_key", None))
+
+    def clear(self) -> None:
+        with self._guard:
+            self._caches = {k: v for k, v in self._caches.items() if k in self._busy}
+
+    def forget_compiled(self) -> None:
+        """After ``torch._dynamo.reset()``: build (and count) the step again on next use."""
+        self._step_fn = None
+        self.clear()
+
+    # -- decoding ---------------------------------------------------------------------------------------------
+    def prefill(self, ids, cache):
+        """Logits of the last prompt position [batch, vocab]; fills the cache (eager: prompt lengths vary)."""
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **last_logits_kwargs(self.model))
+        return out.logits[:, -1, :]
+
+    def step(self, ids, cache):
+        """Logits [batch, vocab] for one new token per row (``ids`` is [batch, 1]) through the compiled step."""
+        return self._run_step(ids, cache)
+
+    def warm_up(self, batch: int = 1, needed: int = 0, context: int | None = None, prompt_tokens: int = 8) -> float:
+        """Compile (and record CUDA graphs) for one bucket; returns seconds. Run once at load."""
+        import torch
+        t0 = time.perf_counter()
+        cache = self.acquire(batch, needed, context)
+        if cache is None:
+            return 0.0
+        try:
+            with torch.no_grad():
+                dev = self.model.get_input_embeddings().weight.device
+                ids = torch.full((batch, prompt_tokens), 1, dtype=torch.long, device=dev)
+                logits = self.prefill(ids, cache)
+                nxt = logits.argmax(-1, keepdim=True)
+                for _ in range(3):           # 1: compile, 2: record the graph, 3: replay
+                    nxt = self.step(nxt, cache).argmax(-1, keepdim=True)
+                if self.cuda:
+                    torch.cuda.synchronize()
+        finally:
+            self.release(cache)
+        spent = time.perf_counter() - t0
+        self.info.warmup_s += spent
+        return spent

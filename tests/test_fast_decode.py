@@ -1,0 +1,128 @@
+"""Fast decoding (static KV cache + compiled decode step): same tokens as eager, no recompiles within a bucket."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import DEFAULT_MODEL, FRANCE
+
+LONGER = [{"role": "user", "content": "Name three rivers of Europe and say one thing about each."}]
+
+
+def _greedy(lm, messages, n, decode):
+    from playground.engine import GenerationParams, stream_reply
+    last = None
+    for last in stream_reply(lm, messages, None, GenerationParams(max_new_tokens=n, min_new_tokens=n, greedy=True,
+                                                                  decode=decode)):
+        pass
+    return last.text, last.stats
+
+
+def _ids(lm, text):
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_bucket_lengths():
+    from playground.fast_decode import bucket_length
+    assert bucket_length(1) == 1024 and bucket_length(1024) == 1024 and bucket_length(1025) == 2048
+    assert bucket_length(100, min_bucket=128) == 128 and bucket_length(129, min_bucket=128) == 256
+    assert bucket_length(3000, context=2048) == 3000      # the engine refuses such a prompt earlier
+    assert bucket_length(1500, context=2048) == 2048
+
+
+def test_fast_mode_matches_eager_tokens_and_does_not_recompile_within_a_bucket(manager):
+    """The real thing on CPU: inductor-compiled decode step over a StaticCache, warmed up at load."""
+    from playground.variants import VariantOptions
+    # fp32: in bf16, inductor's fused kernels round differently from eager ones and greedy paths drift apart
+    lm = manager.get(DEFAULT_MODEL, "fp32", options=VariantOptions(fast_decode="on"))
+    try:
+        assert lm.fast is not None, lm.stats.notes
+        assert lm.fast.info.mode == "compiled (inductor)" and lm.stats.warmup_s > 0
+        assert any("fast decode: compiled" in n for n in lm.stats.notes)
+        compiles_after_warmup = lm.fast.compiles
+        assert compiles_after_warmup == 1
+
+        eager_text, eager_stats = _greedy(lm, FRANCE, 24, "eager")
+        fast_text, fast_stats = _greedy(lm, FRANCE, 24, "fast")
+        assert eager_stats.decode_mode == "eager" and fast_stats.decode_mode == "compiled (inductor)"
+        assert fast_text == eager_text and "Paris" in fast_text
+        assert fast_stats.new_tokens == eager_stats.new_tokens == 24
+
+        # another max_new_tokens and another prompt, same 128-token bucket: the compiled step is reused
+        fast30, _ = _greedy(lm, FRANCE, 30, "fast")
+        eager30, _ = _greedy(lm, FRANCE, 30, "eager")
+        assert fast30 == eager30
+        fast_l, _ = _greedy(lm, LONGER, 20, "fast")
+        eager_l, _ = _greedy(lm, LONGER, 20, "eager")
+        assert fast_l == eager_l
+        assert lm.fast.compiles == compiles_after_warmup
+    finally:
+        manager.unload(DEFAULT_MODEL, "fp32")
+
+
+def test_a_new_bucket_compiles_once_and_old_buckets_stay_compiled(smollm_bf16):
+    """Recompiles are decided by dynamo's guards, whatever the backend: counted here with dynamo + eager backend."""
+    import torch
+
+    from playground.fast_decode import FastDecoder
+    lm = smollm_bf16
+    fd = FastDecoder(lm.model, "cpu", backend="eager")
+    prompt = _ids(lm, "The capital of France is")
+
+    def run(needed, steps):
+        cache = fd.acquire(1, needed)
+        try:
+            with torch.no_grad():
+                nxt = fd.prefill(torch.tensor([prompt]), cache).argmax(-1, keepdim=True)
+                out = [int(nxt)]
+                for _ in range(steps):
+                    nxt = fd.step(nxt, cache).argmax(-1, keepdim=True)
+                    out.append(int(nxt))
+        finally:
+            fd.release(cache)
+        return out
+
+    a = run(40, 6)
+    assert fd.compiles == 1
+    b = run(100, 12)                       # same 128 bucket, other length
+    assert fd.compiles == 1 and b[:7] == a
+    c = run(200, 6)                        # 256 bucket: one new graph
+    assert fd.compiles == 2 and c == a
+    run(60, 4)                             # back to 128: still compiled
+    run(250, 4)
+    assert fd.compiles == 2
+
+
+def test_cpu_default_is_eager_and_says_so(smollm_bf16):
+    assert smollm_bf16.fast is None
+    assert any("fast decode" in n and "eager decoding here" in n for n in smollm_bf16.stats.notes)
+    _, stats = _greedy(smollm_bf16, FRANCE, 4, "auto")
+    assert stats.decode_mode == "eager"
+
+
+def test_busy_fast_decoder_falls_back_to_eager_for_a_concurrent_reply(smollm_bf16):
+    from playground.fast_decode import FastDecoder
+    lm = smollm_bf16
+    lm.fast = FastDecoder(lm.model, "cpu", backend="eager")
+    try:
+        held = lm.fast.acquire(1, 60, lm.context_length)   # another reply holds the 128 bucket
+        text, stats = _greedy(lm, FRANCE, 8, "fast")
+        assert stats.decode_mode == "eager" and any("busy" in n for n in stats.notes)
+        lm.fast.release(held)
+        text2, stats2 = _greedy(lm, FRANCE, 8, "fast")
+        assert stats2.decode_mode.startswith("compiled") and text2 == text
+    finally:
+        lm.fast = None
+
+
+@pytest.mark.gpu
+def test_fast_mode_on_cuda_is_faster_than_eager_with_the_same_tokens():
+    from playground.manager import ModelManager
+    mm = ModelManager(device="cuda")
+    lm = mm.get(DEFAULT_MODEL, "bf16")
+    assert lm.fast is not None and lm.fast.info.mode == "compiled + CUDA graphs", lm.stats.notes
+    _greedy(lm, FRANCE, 64, "fast")
+    e_text, e = _greedy(lm, FRANCE, 64, "eager")
+    f_text, f = _greedy(lm, FRANCE, 64, "fast")
+    assert f_text == e_text
+    assert f.decode_tok_s > 1.5 * e.decode_tok_s, (f.decode_tok_s, e.decode_tok_s)
+    mm.unload_all()
