@@ -27,3 +27,17 @@ class InvalidParameterError(PlaygroundError, ValueError):
 
 class MemoryBudgetError(PlaygroundError):
     """The model cannot fit the configured memory budget even after unloading others."""
+
+
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for the ways running out of memory surfaces: torch.OutOfMemoryError (CUDA), MemoryError (Python),
+    ENOMEM, and the RuntimeError of torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory")."""
+    import errno
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
