@@ -155,7 +155,12 @@ def resolve(name: str, progress: Progress | None = None) -> ModelSource:
                     convert_s = time.perf_counter() - t0
         return ModelSource(name=name, path=str(target), local=True, entry=entry, convert_s=convert_s)
     path = Path(name).expanduser()
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except (OSError, ValueError) as exc:   # a name too long for the file system, a NUL byte, ...
+        raise ModelNotFoundError(f"{name[:80]!r}{'…' if len(name) > 80 else ''} is not a usable model name: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
+    if is_dir:
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"{path} is a folder but has no config.json: not a transformers model folder")
         return ModelSource(name=name, path=str(path.resolve()), local=True)

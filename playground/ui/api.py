@@ -21,15 +21,20 @@ from .served import endpoint_for, reply_events
 log = logging.getLogger(__name__)
 
 
-def _text(content) -> str:
-    """Message content as plain text; accepts Gradio's normalized form ([{"type": "text", "text": ...}])."""
+def _text(content, where: str = "content") -> str:
+    """Message content as plain text; accepts Gradio's normalized form ([{"type": "text", "text": ...}]).
+    Anything else (numbers, files, nested lists) is a clear error rather than a silently empty turn."""
+    if content is None:
+        return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, dict):
-        return str(content.get("text", ""))
-    if isinstance(content, list):
+    if isinstance(content, dict) and isinstance(content.get("text"), str):
+        return content["text"]
+    if isinstance(content, list) and all(isinstance(c, str) or (isinstance(c, dict) and isinstance(
+            c.get("text"), str)) for c in content):
         return "".join(_text(c) for c in content)
-    return "" if content is None else str(content)
+    raise InvalidParameterError(f"{where} must be text (or a list of {{'type': 'text', 'text': ...}} parts), "
+                                f"got {content!r:.120}")
 
 
 def normalize_history(history) -> list[dict]:
@@ -41,9 +46,10 @@ def normalize_history(history) -> list[dict]:
     for i, m in enumerate(history):
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant", "system"):
             raise InvalidParameterError(
-                f"history[{i}] must be a dict with role 'user' or 'assistant' and a content string, got {m!r}")
+                f"history[{i}] must be a dict with role 'user' or 'assistant' and a content string, "
+                f"got {m!r:.120}")
         if m["role"] != "system":
-            msgs.append({"role": m["role"], "content": _text(m.get("content"))})
+            msgs.append({"role": m["role"], "content": _text(m.get("content"), f"history[{i}].content")})
     return msgs
 
 
@@ -59,8 +65,12 @@ def register(ctx: UIContext) -> None:
         (reply, stats) where stats has ttft_s, decode_tok_s, new_tokens, peak_mem_gb, finish_reason, badge."""
         try:
             params = make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy)
-            if not isinstance(message, str) or not message.strip():
+            if message is not None and not isinstance(message, str):
+                raise InvalidParameterError(f"message must be text, got {type(message).__name__} {message!r:.80}")
+            if not (message or "").strip():
                 raise InvalidParameterError("the message is empty: type something to send")
+            if system_prompt is not None and not isinstance(system_prompt, str):
+                raise InvalidParameterError(f"system_prompt must be text, got {system_prompt!r:.80}")
             msgs = normalize_history(history) + [{"role": "user", "content": message}]
             ep = endpoint_for(ctx, model)   # endpoint:<name>: a served model (its variant is ignored)
             lm = None if ep is not None else ctx.find(model, variant) or ctx.load(model, variant)

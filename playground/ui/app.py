@@ -75,8 +75,13 @@ def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 78
                auth: list[tuple[str, str]] | None = None, concurrency_limit: int = 2, max_queue: int | None = 64,
                prevent_thread_lock: bool = False, quiet: bool = False):
     """Queue + launch with the app's CSS; local only (share links are made by launch.py, with a time limit)."""
+    from starlette.middleware import Middleware
+
+    from .guard import RequestGuard
     app.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
+    # RequestGuard: NaN/Infinity, lone surrogates, unknown fn_index, absurd nesting get a 4xx, never a 500
     return app.launch(server_name=host, server_port=port, auth=auth or None, share=False,
+                      app_kwargs={"middleware": [Middleware(RequestGuard, blocks=app)]},
                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, css=APP_CSS,
                       theme=THEME, show_error=True, ssr_mode=False,
                       auth_message="LLM quantization playground: sign in with the user name and password "

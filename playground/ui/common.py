@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -61,7 +62,7 @@ class UIContext:
 
     def load(self, name: str, variant: str, progress=None) -> LoadedModel:
         """Load (or fetch from the manager's cache) with a gr.Progress bar fed by the manager's callback."""
-        name = (name or "").strip()
+        name, variant = _text_arg("model", name), _text_arg("variant", variant)
         def cb(fraction: float, message: str) -> None:
             if progress is not None:
                 progress(max(0.0, min(1.0, fraction)), desc=message)
@@ -69,7 +70,16 @@ class UIContext:
                                 trust_remote_code=name in self.trusted_models, progress=cb)
 
     def find(self, name: str, variant: str) -> LoadedModel | None:
-        return self.manager.find((name or "").strip(), variant, self.device)
+        return self.manager.find(_text_arg("model", name), _text_arg("variant", variant), self.device)
+
+
+def _text_arg(what: str, value) -> str:
+    """A model or variant name from a widget or the API: text (None is empty), else a clear error."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidParameterError(f"{what} must be a name (text), got {type(value).__name__} {value!r:.80}")
+    return value.strip()
 
 
 def user_error(message: str) -> gr.Error:
@@ -134,20 +144,31 @@ def params_accordion(prefix: str, max_new_tokens: int = 256, open: bool = False)
 def _as_int(name: str, value) -> int:
     if isinstance(value, bool):
         raise InvalidParameterError(f"{name} must be an integer, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidParameterError(f"{name} must be an integer, got {value!r}") from None
+    if isinstance(value, int):
+        return value
+    number = _as_float(name, value, "an integer")
     if number != int(number):
-        raise InvalidParameterError(f"{name} must be an integer, got {value!r}")
+        raise InvalidParameterError(f"{name} must be an integer, got {value!r:.80}")
     return int(number)
 
 
-def _as_float(name: str, value) -> float:
+def _as_float(name: str, value, kind: str = "a number") -> float:
+    """A finite float; NaN, infinities, huge ints and non-numbers are a clear error (never a crash later)."""
+    if isinstance(value, bool):
+        raise InvalidParameterError(f"{name} must be {kind}, got {value!r}")
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise InvalidParameterError(f"{name} must be a number, got {value!r}") from None
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidParameterError(f"{name} must be {kind}, got {value!r:.80}") from None
+    if not math.isfinite(number):
+        raise InvalidParameterError(f"{name} must be {kind} (finite), got {value!r:.80}")
+    return number
+
+
+def _as_bool(name: str, value) -> bool:
+    if value is None or isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise InvalidParameterError(f"{name} must be true or false, got {value!r:.80}")
 
 
 def make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy) -> GenerationParams:
@@ -159,7 +180,7 @@ def make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, s
                             temperature=_as_float("temperature", temperature),
                             top_p=_as_float("top_p", top_p), top_k=_as_int("top_k", top_k),
                             repetition_penalty=_as_float("repetition_penalty", repetition_penalty),
-                            seed=seed, greedy=bool(greedy))
+                            seed=seed, greedy=_as_bool("greedy", greedy))
 
 
 # ---- text -------------------------------------------------------------------------------------------------------
