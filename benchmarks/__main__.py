@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="make allocations beyond this fail (a real out-of-memory, recorded as an oom row)")
     r.add_argument("--random-weights", action="store_true", help="read every --model as an architecture name")
     r.add_argument("--no-overhead-check", action="store_true", help="skip the bare model.generate comparison")
+    r.add_argument("--decode-modes", type=_csv, default=["auto"],
+                   help="comma list of auto (fast on CUDA, eager on CPU), fast (static cache + compiled step), "
+                        "eager; each gives its own rows, e.g. eager,fast")
+    r.add_argument("--kernel", default=None,
+                   help="gptq/awq kernel: tinygemm (CUDA/CPU int4 matmul of torch) or a gptqmodel backend name")
     r.add_argument("--timeout-s", type=float, default=None, help="per (model, variant) worker")
     r.add_argument("--quality", action="store_true",
                    help="also measure perplexity (English, Chinese) and multiple-choice accuracy of each "
@@ -104,7 +109,9 @@ def cmd_run(args) -> int:
                         warmup=args.warmup, device=args.device, out=out, seed=args.seed,
                         memory_cap_gb=args.memory_cap_gb, random_weights=args.random_weights,
                         overhead_check=not args.no_overhead_check, timeout_s=args.timeout_s, name=Path(out).name,
-                        quality=args.quality, quality_options=_quality_options(args))
+                        quality=args.quality, quality_options=_quality_options(args),
+                        decode_modes=args.decode_modes,
+                        variant_options={"kernel": args.kernel} if args.kernel else {})
     except ConfigError as exc:
         return _fail(str(exc))
     from tqdm.auto import tqdm

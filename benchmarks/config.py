@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 RANDOM_PREFIX = "random:"
 MAX_NEW_TOKENS = 8192
 MAX_PROMPT_TOKENS = 131072
+DECODE_MODES = ("auto", "fast", "eager")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # keyword arguments of benchmarks.quality.evaluate_quality that RunConfig.quality_options may set (lowest value)
 QUALITY_OPTIONS = {"ppl_en_tokens": 0, "ppl_zh_tokens": 0, "mc_items": 0, "mc_set": None, "max_length": 2,
@@ -76,6 +77,7 @@ class RunConfig:
     overhead_check: bool = True          # time a bare model.generate beside each bs=1 measurement
     timeout_s: float | None = None       # per (model, variant) worker; None: no limit
     variant_options: dict = field(default_factory=dict)  # playground.variants.VariantOptions fields
+    decode_modes: list[str] = field(default_factory=lambda: ["auto"])  # auto (fast on CUDA), fast, eager: a row each
     name: str | None = None
     quality: bool = False                # perplexity (en, zh) + multiple-choice accuracy per real-weight variant
     quality_options: dict = field(default_factory=dict)  # benchmarks.quality.evaluate_quality keyword arguments
@@ -102,6 +104,10 @@ class RunConfig:
             raise ConfigError(f"memory_cap_gb must be a positive number of GB, got {self.memory_cap_gb!r}")
         if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
             raise ConfigError(f"timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
+        self.decode_modes = _str_list("decode_modes", self.decode_modes)
+        bad = [m for m in self.decode_modes if m not in DECODE_MODES]
+        if bad:
+            raise ConfigError(f"decode_modes: unknown {', '.join(bad)}: choose from {', '.join(DECODE_MODES)}")
         self._check_variants()
         self._check_models()
         self._check_quality()
@@ -152,7 +158,7 @@ class RunConfig:
 
     def units(self) -> int:
         """Progress steps of the whole sweep: one load plus one per combo, for each (model, variant)."""
-        return len(self.models) * len(self.variants) * (1 + len(self.combos()))
+        return len(self.models) * len(self.variants) * (1 + len(self.combos()) * len(self.decode_modes))
 
     def to_dict(self) -> dict:
         return asdict(self)

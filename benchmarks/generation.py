@@ -55,29 +55,49 @@ def input_device(model):
         return next(model.parameters()).device
 
 
-def batched_greedy(model, prompts: list[list[int]], new_tokens: int, stop_ids: list[int], tracker) -> list[list[int]]:
-    """Greedy decode of a batch of equal-length prompts; calls ``tracker.token()`` after each step."""
+def batched_greedy(model, prompts: list[list[int]], new_tokens: int, stop_ids: list[int], tracker,
+                   fast=None) -> list[list[int]]:
+    """Greedy decode of a batch of equal-length prompts; calls ``tracker.token()`` after each step.
+    ``fast``: a ``playground.fast_decode.FastDecoder`` (static cache, compiled step) instead of eager steps."""
     import torch
 
+    from playground.fast_decode import last_logits_kwargs
     dev = input_device(model)
-    with torch.inference_mode():
-        ids = torch.tensor(prompts, device=dev)
-        past, out_ids = None, []
-        for _ in range(new_tokens):
-            out = model(input_ids=ids, past_key_values=past, use_cache=True)
+    keep = last_logits_kwargs(model)
+    cache = fast.acquire(len(prompts), len(prompts[0]) + new_tokens) if fast is not None else None
+    if fast is not None and cache is None:
+        raise RuntimeError("the fast decoder's cache for this batch is busy")
+    with (torch.no_grad() if fast is not None else torch.inference_mode()):
+        try:
+            return _greedy_steps(model, fast, cache, torch.tensor(prompts, device=dev), new_tokens, stop_ids,
+                                 tracker, keep)
+        finally:
+            if fast is not None:
+                fast.release(cache)
+
+
+def _greedy_steps(model, fast, cache, ids, new_tokens, stop_ids, tracker, keep) -> list[list[int]]:
+    import torch
+    past, out_ids = cache, []
+    for step in range(new_tokens):
+        if fast is None:
+            out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
             past = out.past_key_values
             logits = out.logits[:, -1, :]
-            if stop_ids:
-                logits[:, stop_ids] = -float("inf")
-            ids = torch.argmax(logits, dim=-1, keepdim=True)
-            tracker.token()
-            out_ids.append(ids)
-        del past
-        return torch.cat(out_ids, dim=1).tolist()
+        else:
+            logits = fast.prefill(ids, cache) if step == 0 else fast.step(ids, cache)
+        if stop_ids:
+            logits[:, stop_ids] = -float("inf")
+        ids = torch.argmax(logits, dim=-1, keepdim=True)
+        tracker.token()
+        out_ids.append(ids)
+    return torch.cat(out_ids, dim=1).tolist()
 
 
-def bare_generate(model, prompt: list[int], new_tokens: int, stop_ids: list[int], pad_id) -> float:
-    """Seconds for a plain greedy ``model.generate`` of exactly ``new_tokens`` tokens (no trackers)."""
+def bare_generate(model, prompt: list[int], new_tokens: int, stop_ids: list[int], pad_id,
+                  static_cache: bool = False) -> float:
+    """Seconds for a plain greedy ``model.generate`` of exactly ``new_tokens`` tokens (no trackers).
+    ``static_cache``: transformers' own static cache + compiled forward, the yardstick of the fast decoder."""
     import time
 
     import torch
@@ -85,8 +105,9 @@ def bare_generate(model, prompt: list[int], new_tokens: int, stop_ids: list[int]
 
     dev = input_device(model)
     cfg = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           eos_token_id=stop_ids or None, pad_token_id=pad_id)
-    with torch.inference_mode():
+                           eos_token_id=stop_ids or None, pad_token_id=pad_id,
+                           **({"cache_implementation": "static"} if static_cache else {}))
+    with (torch.no_grad() if static_cache else torch.inference_mode()):
         x = torch.tensor([prompt], device=dev)
         mask = torch.ones_like(x)
         _sync(dev)

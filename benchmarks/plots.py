@@ -42,7 +42,8 @@ def base_setting(rows: list[dict]) -> tuple[int, int, int] | None:
 
 
 def variant_rank(v: str) -> tuple[int, str]:
-    return (VARIANT_ORDER.index(v) if v in VARIANT_ORDER else 99, v)
+    base = v[:-len("+fast")] if v.endswith("+fast") else v
+    return (VARIANT_ORDER.index(base) if base in VARIANT_ORDER else 99, v)
 
 
 def _order(variants) -> list[str]:

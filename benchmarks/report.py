@@ -18,7 +18,8 @@ FULL_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "s
              "ttft_ms", "ttft_ms_p90", "decode_tok_s", "decode_tok_s_p90", "itl_p50_ms", "itl_p90_ms", "e2e_s",
              "e2e_short_s", "e2e_long_s", "peak_rss_gb", "peak_gpu_mem_gb", "peak_gpu_reserved_gb",
              "peak_gpu_nvml_gb", "weights_gb", "load_s", "load_read_s", "load_quantize_s", "convert_s",
-             "harness_overhead", "error"]
+             "harness_overhead", "decode_mode", "warmup_s", "read_bandwidth_gb_s", "roofline_tok_s",
+             "roofline_fraction", "error"]
 
 
 def _fmt(v, col: str = "") -> str:
@@ -138,12 +139,21 @@ def _fig_html(fig) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}) if fig else ""
 
 
+def with_decode_label(r: dict) -> dict:
+    """Rows decoded by the fast path show as ``<variant>+fast`` in plots and tables (beside the eager rows)."""
+    mode = r.get("decode_mode")
+    if mode and mode != "eager" and not str(r.get("variant", "")).endswith("+fast"):
+        return dict(r, variant=f"{r['variant']}+fast")
+    return r
+
+
 def render(data: dict) -> str:
     if data.get("config", {}).get("kind") == "serving":   # python -m benchmarks serve: its own page
         from .serving_report import render_serving
         return render_serving(data)
     from plotly.offline import get_plotlyjs
     rows, env, cfg = data["rows"], data.get("environment", {}), data.get("config", {})
+    rows = [with_decode_label(r) for r in rows]
     name = cfg.get("name") or Path(str(cfg.get("out") or "run")).name
     warns = []
     if any(r.get("random_weights") for r in rows):

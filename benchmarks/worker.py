@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import RANDOM_PREFIX, RunConfig, is_random
+from .roofline import roofline_columns
 from .results import LONG_TOKENS, SHORT_TOKENS, e2e_for, failed_rows, median, new_row, percentile
 from .results import QUALITY_COLUMNS, RANDOM_QUALITY_NOTE
 
@@ -119,12 +120,13 @@ class Run:
     extra: dict = field(default_factory=dict)
 
 
-def engine_run(lm, ids: list[int], n: int, seed: int, device: str) -> Run:
+def engine_run(lm, ids: list[int], n: int, seed: int, device: str, fast: bool = False) -> Run:
     """Batch 1 through the engine the chat uses (``stream_reply``), inside a MemoryTracker."""
     from playground.engine import GenerationParams, stream_reply
 
     from .trackers import MemoryTracker
-    params = GenerationParams(max_new_tokens=n, min_new_tokens=n, greedy=True, seed=seed)
+    params = GenerationParams(max_new_tokens=n, min_new_tokens=n, greedy=True, seed=seed,
+                              decode="fast" if fast else "eager")
     t0 = time.perf_counter()
     with MemoryTracker(device) as mt:
         for last in stream_reply(lm, [], None, params, prompt_ids=ids):
@@ -133,22 +135,24 @@ def engine_run(lm, ids: list[int], n: int, seed: int, device: str) -> Run:
     s = last.stats
     if s.new_tokens != n:
         raise RuntimeError(f"the engine made {s.new_tokens} tokens instead of {n} ({'; '.join(s.notes)})")
+    if fast and s.decode_mode == "eager":
+        raise RuntimeError(f"asked for fast decoding but the engine decoded eagerly ({'; '.join(s.notes)})")
     return Run(s.ttft_s, list(s.itl_s), s.total_s, wall, s.decode_tok_s, mt.result)
 
 
-def batched_run(lm, prompts: list[list[int]], n: int, stop: list[int], device: str) -> Run:
+def batched_run(lm, prompts: list[list[int]], n: int, stop: list[int], device: str, fast: bool = False) -> Run:
     from .generation import batched_greedy
     from .trackers import LatencyTracker, MemoryTracker
     t0 = time.perf_counter()
     with MemoryTracker(device) as mt:
         with LatencyTracker(device, len(prompts)) as lat:
-            batched_greedy(lm.model, prompts, n, stop, lat)
+            batched_greedy(lm.model, prompts, n, stop, lat, fast=lm.fast if fast else None)
     wall = time.perf_counter() - t0
     r = lat.result
     return Run(r.ttft_s, r.itl_s, r.total_s, wall, r.decode_tok_s, mt.result)
 
 
-def measure(lm, cfg: RunConfig, row: dict, device: str) -> None:
+def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False) -> None:
     import torch
 
     from .generation import bare_generate, make_prompt_ids, stop_token_ids
@@ -165,11 +169,11 @@ def measure(lm, cfg: RunConfig, row: dict, device: str) -> None:
     def one() -> Run:
         torch.manual_seed(cfg.seed)
         if bs == 1:
-            return engine_run(lm, prompts[0], n, cfg.seed, device)
-        return batched_run(lm, prompts, n, stop, device)
+            return engine_run(lm, prompts[0], n, cfg.seed, device, fast)
+        return batched_run(lm, prompts, n, stop, device, fast)
 
-    def bare() -> float:
-        return bare_generate(lm.model, prompts[0], n, stop, lm.tokenizer.pad_token_id)
+    def bare() -> float:   # the same method without the harness: eager generate, or generate with its static cache
+        return bare_generate(lm.model, prompts[0], n, stop, lm.tokenizer.pad_token_id, static_cache=fast)
 
     for _ in range(cfg.warmup):
         one()
@@ -190,7 +194,8 @@ def measure(lm, cfg: RunConfig, row: dict, device: str) -> None:
         vals = [getattr(r.mem, attr) for r in runs if getattr(r.mem, attr) is not None]
         return max(vals) if vals else None
     row.update(
-        repeats=len(runs), timed_with="engine.stream_reply" if bs == 1 else "batched greedy loop",
+        repeats=len(runs), timed_with=("engine.stream_reply" if bs == 1 else "batched greedy loop")
+        + (" (static cache, compiled step)" if fast else ""),
         ttft_ms=median(ttft), ttft_ms_p90=percentile(ttft, 90), decode_tok_s=median(dec),
         decode_tok_s_p90=percentile(dec, 90), itl_p50_ms=percentile(itl, 50), itl_p90_ms=percentile(itl, 90),
         e2e_s=median([r.total_s for r in runs]), e2e_short_s=median([s for s, _ in short]),
@@ -241,6 +246,26 @@ def quality_columns(lm, cfg: RunConfig, label: str, ev: Events) -> tuple[dict, d
     return values, extra
 
 
+def roofline_inputs(lm, device: str) -> dict:
+    from .roofline import decode_bytes, read_bandwidth_gb_s
+    return {"bandwidth": read_bandwidth_gb_s(device), "bytes": decode_bytes(lm.model, lm.stats.weights_bytes)}
+
+
+def use_fast(lm, mode: str, device: str, row: dict, ev: Events) -> bool:
+    """Whether this row decodes through the fast decoder (starting it, timed, on first use)."""
+    from playground.manager import enable_fast_decode
+    fast = mode == "fast" or (mode == "auto" and device.startswith("cuda"))
+    if not fast:
+        row["decode_mode"] = "eager"
+        return False
+    if lm.fast is None:
+        ev.progress(0.0, f"{lm.label}: compiling the decode step")
+        if enable_fast_decode(lm) is None:
+            raise RuntimeError("fast decode could not start: " + lm.stats.notes[-1])
+    row.update(decode_mode=lm.fast.info.mode, warmup_s=lm.fast.info.warmup_s)
+    return True
+
+
 def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> None:
     from playground.manager import ModelManager, release_memory
     from playground.variants import VariantOptions
@@ -265,8 +290,9 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
         manager = ModelManager(device=device, budget_bytes=1 << 62)
         load_progress(0.0, f"loading {model} [{variant}] on {device}")
         with MemoryTracker(device) as load_mem:
-            lm = manager.get(path, variant, options=VariantOptions(**cfg.variant_options),
-                             progress=scaled(load_progress, 0, 0.99))
+            # fast decoding is switched on below, by the first row that uses it, so load_s leaves out its warm-up
+            options = VariantOptions(**{**cfg.variant_options, "fast_decode": "off"})
+            lm = manager.get(path, variant, options=options, progress=scaled(load_progress, 0, 0.99))
     except Exception as exc:  # noqa: BLE001 - every failure becomes rows
         traceback.print_exc()      # into the worker's log (results folder logs/)
         for row in failed_rows(cfg, model, variant, device, classify(exc), describe(exc)):
@@ -282,20 +308,27 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
     notes += s.notes
     ev.progress(1.0, f"loaded {model} [{variant}] in {s.load_s:.1f}s")
     pending = [] if cfg.quality and not is_random(model) else None   # rows wait for the quality columns
+    roof = {}
     for bs, p, n in cfg.combos():
-        row = new_row(model, variant, device, bs, p, n, **load)
-        row["raw"]["notes"] = notes
-        ev.progress(0.0, f"{model} [{variant}] bs={bs} prompt={p} new={n}")
-        try:
-            measure(lm, cfg, row, device)
-        except Exception as exc:  # noqa: BLE001
-            traceback.print_exc()
-            row.update(status=classify(exc), error=describe(exc))
-            release_memory()
-        if pending is None:
-            ev.row(row)
-        else:
-            pending.append(row)
+        for mode in cfg.decode_modes:
+            row = new_row(model, variant, device, bs, p, n, **load)
+            row["raw"]["notes"] = list(notes)
+            ev.progress(0.0, f"{model} [{variant}] bs={bs} prompt={p} new={n} decode={mode}")
+            try:
+                if not roof:
+                    roof = roofline_inputs(lm, device)
+                row.update(read_bandwidth_gb_s=roof["bandwidth"], decode_bytes_gb=roof["bytes"] / GB)
+                fast = use_fast(lm, mode, device, row, ev)
+                measure(lm, cfg, row, device, fast)
+                row.update(roofline_columns(row.get("decode_tok_s"), bs, roof["bandwidth"], roof["bytes"]))
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc()
+                row.update(status=classify(exc), error=describe(exc))
+                release_memory()
+            if pending is None:
+                ev.row(row)
+            else:
+                pending.append(row)
     if pending:    # quality after speed: its activations must not raise the speed rows' peak memory
         values, extra = quality_columns(lm, cfg, f"{model} [{variant}]", ev)
         for row in pending:

@@ -442,6 +442,11 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
         dtype = torch.bfloat16
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    if backend is None and str(device).startswith("cuda"):
+        backend = TINYGEMM       # gptqmodel's own CUDA choice on Hopper (Machete) downloads CUTLASS at first use
+    tinygemm = backend == TINYGEMM
+    if tinygemm:                 # load with the plain torch kernel, then repack every layer (int4_tinygemm.py)
+        backend, dtype = ("gptq_torch" if method == "gptq" else "torch_awq"), torch.bfloat16
     chosen = backend or _pick_backend(method, qcfg, path, device)
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device}
     if chosen:
@@ -455,10 +460,16 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
         # expected when we pass a backend: "You passed `quantization_config` ... already has a `quantization_config`"
         warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    load_s = time.perf_counter() - t0
     model.eval()
-
     qlayers = quantized_linears(model)
+    skipped = []
+    if tinygemm:
+        from .int4_tinygemm import convert_model
+        converted, skipped = convert_model(model, qlayers)
+        qlayers = quantized_linears(model) + [(n, m) for n, m in model.named_modules()
+                                              if type(m).__name__ == "TinyGemmInt4Linear"]
+        chosen = TINYGEMM + (f" ({len(skipped)} layers left on {backend})" if skipped else "")
+    load_s = time.perf_counter() - t0
     kernels = sorted({type(m).__name__ for _, m in qlayers})
     sidecar = {}
     if (path / SIDECAR).is_file():
@@ -476,10 +487,14 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
         "load_seconds": round(load_s, 2),
         "size_on_disk_bytes": sum(f.stat().st_size for f in path.glob("*.safetensors")),
         "quantization": sidecar,
+        "tinygemm_skipped": skipped[:5],
     }
     if not qlayers:
         raise RuntimeError(f"{out_dir}: loaded, but no layer was replaced by a quantized kernel")
     return model, info
+
+
+TINYGEMM = "tinygemm"
 
 
 def quantized_linears(model) -> list[tuple[str, Any]]:
@@ -505,3 +520,91 @@ def _pick_backend(method: str, qcfg: dict, path: Path, device: str) -> Optional[
     if not ragged:
         return None
     return "gptq_torch_int8" if method == "gptq" else "torch_awq"
+
+
+# ---- random-weight models: a checkpoint of the real shapes with random 4-bit codes ---------------------------
+RANDOM_MARKER = "benchmark_random_weights.json"     # written by benchmarks/random_weights.py
+
+
+def is_random_weights(folder: str) -> bool:
+    return (Path(folder) / RANDOM_MARKER).is_file()
+
+
+def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int = 4, group_size: int = 128,
+                            progress=None) -> None:
+    """A GPTQ (v1, sym) or AWQ (gemm) checkpoint with the tensors a calibrated one would have, filled with random
+    4-bit codes and scales of the init's spread (std ≈ 0.02), written in seconds instead of calibrating a model
+    whose weights are noise anyway. What is not quantized (embeddings, norms, lm_head) is copied from ``src_dir``.
+    Decode cost does not depend on the values; rows that use it say so."""
+    import shutil
+    import tempfile
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if method not in ("gptq", "awq") or bits != 4:
+        raise ValueError(f"random {method} checkpoints are 4-bit GPTQ or AWQ only (asked: {bits}-bit {method})")
+    progress = progress or (lambda f, m: None)
+    src, out = Path(src_dir), Path(out_dir)
+    config = AutoConfig.from_pretrained(src)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    layers_prefix = next(n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.ModuleList))
+    linears = {n: m for n, m in skeleton.named_modules()
+               if isinstance(m, torch.nn.Linear) and n.startswith(layers_prefix + ".")}
+    gen = torch.Generator().manual_seed(0)
+    tensors: dict[str, torch.Tensor] = {}
+    codes_std = 4.6                                   # std of (q - 8) for q uniform in 0..15
+    for i, (name, lin) in enumerate(linears.items()):
+        k, n = lin.in_features, lin.out_features
+        if k % group_size or n % 8 or k % 8:
+            raise ValueError(f"{name}: shape {k}×{n} does not fit group size {group_size}")
+        groups = k // group_size
+        scales = torch.full((groups, n), 0.02 / codes_std, dtype=torch.float16)
+        if method == "gptq":
+            tensors[f"{name}.qweight"] = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 8, n), dtype=torch.int32,
+                                                       generator=gen)
+            tensors[f"{name}.qzeros"] = torch.full((groups, n // 8), 0x77777777, dtype=torch.int32)  # v1: z - 1
+            tensors[f"{name}.g_idx"] = (torch.arange(k, dtype=torch.int32) // group_size)
+            tensors[f"{name}.scales"] = scales
+        else:
+            tensors[f"{name}.qweight"] = torch.randint(-2 ** 31, 2 ** 31 - 1, (k, n // 8), dtype=torch.int32,
+                                                       generator=gen)
+            tensors[f"{name}.qzeros"] = torch.full((groups, n // 8), -0x77777778, dtype=torch.int32)  # 8s
+            tensors[f"{name}.scales"] = scales.to(torch.bfloat16)
+        if lin.bias is not None:
+            tensors[f"{name}.bias"] = torch.zeros(n, dtype=torch.float16)
+        if i % 16 == 0:
+            progress(0.7 * i / len(linears), f"random {method} codes: {i}/{len(linears)} layers")
+    quantized_weights = {f"{n}.weight" for n in linears} | {f"{n}.bias" for n in linears}
+    for f in sorted(src.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():
+                if key not in quantized_weights:
+                    tensors[key] = st.get_tensor(key)
+    qcfg = {"quant_method": method, "bits": bits, "group_size": group_size, "desc_act": False,
+            "pack_dtype": "int32", "lm_head": False}
+    qcfg.update({"sym": True, "format": "gptq", "checkpoint_format": "gptq"} if method == "gptq" else
+                {"zero_point": True, "version": "gemm", "format": "gemm", "checkpoint_format": "gemm"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        progress(0.75, f"writing the random {method} checkpoint")
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        cfg = json.loads((src / "config.json").read_text())
+        cfg["quantization_config"] = qcfg
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        (tmp / "quantize_config.json").write_text(json.dumps(qcfg, indent=2))
+        for extra in src.iterdir():
+            if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in ("config.json",) \
+                    and not extra.name.endswith(".index.json"):
+                shutil.copy2(extra, tmp / extra.name)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    progress(1.0, f"random {method} checkpoint ready")

@@ -190,16 +190,23 @@ def _gptqmodel_plan(method: str):
             with FileLock(str(out) + ".lock"):
                 if not (out / "config.json").exists():
                     src = source.path
-                    calib = gptq_awq.calibration_texts(options.calibration_samples)
-                    quantize = gptq_awq.quantize_gptq if method == "gptq" else gptq_awq.quantize_awq
                     t0 = time.perf_counter()
-                    quantize(src, str(out), bits=options.bits, group_size=options.group_size,
-                             calibration=calib, progress=progress, device=device)
+                    if gptq_awq.is_random_weights(src):
+                        gptq_awq.write_random_checkpoint(src, str(out), method, options.bits, options.group_size,
+                                                         progress)
+                    else:
+                        calib = gptq_awq.calibration_texts(options.calibration_samples)
+                        quantize = gptq_awq.quantize_gptq if method == "gptq" else gptq_awq.quantize_awq
+                        quantize(src, str(out), bits=options.bits, group_size=options.group_size,
+                                 calibration=calib, progress=progress, device=device)
                     quantize_s = time.perf_counter() - t0
                     (out / "playground_quantization.json").write_text(json.dumps(
                         {"method": method, "options": asdict(options), "source": source.path,
                          "quantize_s": round(quantize_s, 2)}, indent=2))
-        return LoadPlan(path=str(out), quantize_s=quantize_s, quantized_cache=str(out), loader="gptqmodel")
+        notes = (["random weights: random 4-bit codes of the real shapes, written directly (no calibration)"]
+                 if gptq_awq.is_random_weights(source.path) else [])
+        return LoadPlan(path=str(out), quantize_s=quantize_s, quantized_cache=str(out), loader="gptqmodel",
+                        notes=notes)
     return plan
 
 

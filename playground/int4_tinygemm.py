@@ -1,0 +1,123 @@
+"""GPTQ/AWQ layers repacked for torch's own int4 matmul ("tinygemm", ``aten::_weight_int4pack_mm``).
+
+gptqmodel's fast CUDA kernels need a long first build (Marlin) or fetch sources from the internet (Machete); its
+Triton and torch kernels dequantize on every call. torch ships an int4 weight-only matmul for bf16 activations
+(``_weight_int4pack_mm`` on CUDA, ``_weight_int4pack_mm_for_cpu`` on CPU): no build, and it traces into
+``torch.compile`` graphs and CUDA graphs like any aten op — the kernel gpt-fast and torchao use for int4.
+
+Both GPTQ and AWQ store ``w = (q - z) · s`` per group of ``group_size`` input channels. tinygemm computes
+``w = (q' - 8) · s + zero``. The conversion reads the layer's effective weight by running it on an identity
+matrix (so it does not depend on each format's packing), divides by the layer's own scales to get the integer
+codes ``c = q - z``, shifts each group to ``q' = c - min(c)`` (still 0..15) and sets ``zero = (8 + min(c)) · s``.
+It checks the repacked layer reproduces the original weight before swapping it in.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GROUP_SIZES = (32, 64, 128, 256)
+
+
+class TinyGemmInt4Linear(nn.Module):
+    """y = x W^T (+ b) with W held as tinygemm int4 tiles; activations run in bf16."""
+
+    def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, in_features: int,
+                 out_features: int, bias: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros)
+        self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
+        self.group_size, self.in_features, self.out_features = group_size, in_features, out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1] + (self.out_features,)
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if x2.is_cuda:
+            y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group_size, self.scales_and_zeros)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales_and_zeros)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(shape).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel=tinygemm"
+
+
+def _inner_k_tiles(k: int) -> int | None:
+    for t in (8, 4, 2):
+        if k % (t * 16) == 0:
+            return t
+    return None
+
+
+def unsupported_reason(layer) -> str | None:
+    k, n, g = int(layer.in_features), int(layer.out_features), int(getattr(layer, "group_size", -1))
+    if getattr(layer, "bits", 4) != 4:
+        return f"{layer.bits}-bit weights (tinygemm is 4-bit only)"
+    if g not in GROUP_SIZES:
+        return f"group size {g} (tinygemm takes {GROUP_SIZES})"
+    if k % g or _inner_k_tiles(k) is None or n % 8:
+        return f"shape {k}×{n} (needs in % 32 == 0 and out % 8 == 0)"
+    g_idx = getattr(layer, "g_idx", None)
+    if g_idx is not None and g_idx.numel() == k:
+        expected = torch.arange(k, device=g_idx.device) // g
+        if not torch.equal(g_idx.to(expected.dtype), expected):
+            return "act-order (desc_act) groups"
+    return None
+
+
+@torch.no_grad()
+def repack(layer) -> TinyGemmInt4Linear:
+    """A TinyGemmInt4Linear computing what ``layer`` (a gptqmodel GPTQ/AWQ QuantLinear) computes."""
+    reason = unsupported_reason(layer)
+    if reason:
+        raise ValueError(f"cannot repack for tinygemm: {reason}")
+    k, n, g = int(layer.in_features), int(layer.out_features), int(layer.group_size)
+    dev = layer.scales.device
+    eye = torch.eye(k, dtype=torch.bfloat16, device=dev)
+    bias = getattr(layer, "bias", None)
+    w = layer(eye).float()                                  # [k, n]: row i is W[:, i] (+ bias)
+    if bias is not None:
+        w -= bias.float()
+    scales = layer.scales.float().reshape(k // g, n)         # [groups, n] (GPTQ and AWQ alike)
+    s_full = scales.repeat_interleave(g, dim=0)
+    codes = torch.round(w / s_full)                          # c = q - z, integers
+    lo = codes.reshape(k // g, g, n).amin(dim=1)             # [groups, n]
+    q = codes - lo.repeat_interleave(g, dim=0)
+    if q.min() < 0 or q.max() > 15:
+        raise ValueError("cannot repack for tinygemm: a group spans more than 16 levels (not a 4-bit layer?)")
+    recon = (codes * s_full)
+    err = (recon - w).abs().max().item()
+    tol = 1e-2 * float(w.abs().max().clamp_min(1e-6))
+    if err > tol:
+        raise ValueError(f"cannot repack for tinygemm: scales do not explain the weights (max error {err:.3g})")
+    zeros = (8 + lo) * scales
+    sz = torch.stack([scales, zeros], dim=2).to(torch.bfloat16).contiguous()   # [groups, n, 2]
+    q_nk = q.t().contiguous().to(torch.int32)                                 # [n, k]
+    tiles = _inner_k_tiles(k)
+    if dev.type == "cuda":
+        u8 = (q_nk[:, ::2] << 4 | q_nk[:, 1::2]).to(torch.uint8)
+        packed = torch.ops.aten._convert_weight_to_int4pack(u8, tiles)
+    else:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q_nk, 1)
+    return TinyGemmInt4Linear(packed, sz, g, k, n, bias)
+
+
+def convert_model(model, layers: list[tuple[str, nn.Module]]) -> tuple[int, list[str]]:
+    """Swap each (name, QuantLinear) for its tinygemm version; returns (converted, reasons left as they were)."""
+    skipped = []
+    done = 0
+    for name, layer in layers:
+        try:
+            new = repack(layer)
+        except ValueError as exc:
+            skipped.append(f"{name}: {exc}")
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+        del layer
+        done += 1
+    return done, skipped

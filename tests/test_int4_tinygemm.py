@@ -1,0 +1,81 @@
+"""GPTQ/AWQ layers repacked for torch's int4 matmul (tinygemm): same function, same answers, all layers moved."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import DEFAULT_MODEL, FRANCE
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_repacked_layers_compute_what_the_original_layers_compute(manager, method):
+    import torch
+
+    from playground.engine import GenerationParams, chat
+    from playground.gptq_awq import quantized_linears
+    from playground.int4_tinygemm import TinyGemmInt4Linear, repack
+    from playground.variants import VariantOptions
+
+    plain = manager.get(DEFAULT_MODEL, method, options=VariantOptions(kernel="gptq_torch" if method == "gptq"
+                                                                       else "torch_awq"))
+    layers = quantized_linears(plain.model)
+    torch.manual_seed(0)
+    for name, layer in layers[:: max(1, len(layers) // 6)]:
+        x = torch.randn(3, layer.in_features, dtype=torch.bfloat16)
+        with torch.no_grad():
+            want, got = layer(x).float(), repack(layer)(x).float()
+        assert (got - want).norm() / want.norm() < 0.01, name          # bf16 rounding, not a wrong code
+    manager.unload(DEFAULT_MODEL, method)
+
+    lm = manager.get(DEFAULT_MODEL, method, options=VariantOptions(kernel="tinygemm"))
+    try:
+        tiny = [m for m in lm.model.modules() if isinstance(m, TinyGemmInt4Linear)]
+        assert len(tiny) == len(layers) and not quantized_linears(lm.model)
+        assert lm.kernel == "TinyGemmInt4Linear"
+        text, _ = chat(lm, FRANCE, params=GenerationParams(max_new_tokens=12, greedy=True))
+        assert "Paris" in text
+    finally:
+        manager.unload(DEFAULT_MODEL, method)
+
+
+def test_layers_tinygemm_cannot_take_are_refused_with_the_reason():
+    import torch
+    from torch import nn
+
+    from playground.int4_tinygemm import unsupported_reason
+
+    class Fake(nn.Module):
+        def __init__(self, k, n, g, bits=4, act_order=False):
+            super().__init__()
+            self.in_features, self.out_features, self.group_size, self.bits = k, n, g, bits
+            idx = torch.arange(k) // g
+            self.g_idx = idx.flip(0) if act_order else idx
+    assert unsupported_reason(Fake(256, 64, 128)) is None
+    assert "3-bit" in unsupported_reason(Fake(256, 64, 128, bits=3))
+    assert "group size" in unsupported_reason(Fake(256, 64, -1))
+    assert "shape" in unsupported_reason(Fake(256, 60, 128))
+    assert "act-order" in unsupported_reason(Fake(256, 64, 128, act_order=True))
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_random_weight_models_get_random_4bit_checkpoints_that_load_and_run(tmp_path, monkeypatch, method):
+    """Architecture-only models skip calibration: random codes of the real shapes, loaded like any checkpoint."""
+    import torch
+
+    monkeypatch.setenv("PLAYGROUND_CACHE", str(tmp_path))
+    from benchmarks.random_weights import ensure_random_model
+    from playground.manager import ModelManager
+    from playground.variants import VariantOptions
+
+    path, _ = ensure_random_model("tiny-llama", "cpu")
+    mm = ModelManager(device="cpu")
+    for kernel in (None, "tinygemm"):
+        lm = mm.get(path, method, options=VariantOptions(kernel=kernel))
+        assert any("random 4-bit codes" in n for n in lm.stats.notes)
+        assert lm.stats.quantize_s < 30
+        ids = torch.tensor([[1, 5, 9, 13]])
+        with torch.no_grad():
+            logits = lm.model(ids).logits
+        assert torch.isfinite(logits).all() and logits.std() > 0
+        if kernel:
+            assert lm.kernel == "TinyGemmInt4Linear"
+        mm.unload_all()
