@@ -42,8 +42,12 @@ def git_info() -> dict:
             return r.stdout.strip() if r.returncode == 0 else None
         except (OSError, subprocess.SubprocessError):
             return None
+    commit = git("rev-parse", "HEAD")
+    if not commit and os.environ.get("PLAYGROUND_GIT_COMMIT"):
+        # a copy of the tree without .git (the GPU machine): the commit it was copied from, passed along
+        return {"commit": os.environ["PLAYGROUND_GIT_COMMIT"], "dirty": None, "from": "PLAYGROUND_GIT_COMMIT"}
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD") or "none (no commit yet)", "dirty": bool(status)}
+    return {"commit": commit or "none (no commit yet)", "dirty": bool(status)}
 
 
 def gpu_info() -> dict:

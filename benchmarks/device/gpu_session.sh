@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The GPU runs behind results/gpu-*: run on the lent GPU machine (a copy of this tree, wheels in .whl/, no .git).
+#   bash benchmarks/device/gpu_session.sh STAGE OUT_DIR
+# Each stage is one command of at most ~9 minutes. The machine has torch/transformers/accelerate; bitsandbytes,
+# gptqmodel, optimum, ... travel as wheels (.whl/, see README "Benchmarks on a GPU").
+set -uo pipefail
+stage=$1; out=$2
+if [ -d .whl ] && [ ! -d /tmp/site ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+fi
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PLAYGROUND_CACHE=/tmp/pgc TQDM_MININTERVAL=30
+export PLAYGROUND_GIT_COMMIT=${PLAYGROUND_GIT_COMMIT:-$(cat .gitcommit 2>/dev/null || echo unknown)}
+run() { timeout "$1" python3 -m benchmarks run --device cuda --repeats 3 --warmup 1 "${@:2}" 2>&1 | grep -v "it/s\]\|step/s\]" | tail -60; }
+case $stage in
+  fast-bf16)   # #4 overhead + #7 roofline: bf16 eager vs fast, each against its own bare generate
+    run 560 --model random:mistral-7b --variants bf16 --decode-modes eager,fast --batch-sizes 1 \
+        --prompt-tokens 512 --new-tokens 256 --out "$out/mistral7b-bf16-eager-fast" ;;
+  fast-4bit)   # #5/#7: gptq/awq (tinygemm) vs bf16, eager and fast, same run
+    run 560 --model random:mistral-7b --variants bf16,gptq,awq --decode-modes eager,fast --batch-sizes 1 \
+        --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/mistral7b-4bit-eager-fast" ;;
+  *) echo "unknown stage $stage"; exit 2 ;;
+esac
