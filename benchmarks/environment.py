@@ -43,8 +43,8 @@ def git_info() -> dict:
         except (OSError, subprocess.SubprocessError):
             return None
     commit = git("rev-parse", "HEAD")
-    if not commit and os.environ.get("PLAYGROUND_GIT_COMMIT"):
-        # a copy of the tree without .git (the GPU machine): the commit it was copied from, passed along
+    if os.environ.get("PLAYGROUND_GIT_COMMIT"):
+        # a copy of the tree (the GPU machine) whose .git, if any, is not the commit it was copied from
         return {"commit": os.environ["PLAYGROUND_GIT_COMMIT"], "dirty": None, "from": "PLAYGROUND_GIT_COMMIT"}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit or "none (no commit yet)", "dirty": bool(status)}

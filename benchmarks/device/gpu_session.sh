@@ -5,8 +5,9 @@
 # gptqmodel, optimum, ... travel as wheels (.whl/, see README "Benchmarks on a GPU").
 set -uo pipefail
 stage=$1; out=$2
-if [ -d .whl ] && [ ! -d /tmp/site ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+W=$(ls -d .whl .whlq 2>/dev/null | head -1)
+if [ -n "$W" ] && [ ! -d /tmp/site ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $W/*.whl || exit 3
 fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PLAYGROUND_CACHE=/tmp/pgc TQDM_MININTERVAL=30
 export PLAYGROUND_GIT_COMMIT=${PLAYGROUND_GIT_COMMIT:-$(cat .gitcommit 2>/dev/null || echo unknown)}
