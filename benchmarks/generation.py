@@ -120,6 +120,27 @@ def bare_generate(model, prompt: list[int], new_tokens: int, stop_ids: list[int]
     return elapsed
 
 
+def bare_fast_loop(fast, model, prompt: list[int], new_tokens: int, stop_ids: list[int]) -> float:
+    """Seconds for the fast decoder's own loop (prefill + compiled steps + argmax), without the engine around it:
+    the yardstick of the harness in fast mode. (transformers' ``generate(cache_implementation="static")`` is no
+    yardstick here: on sliding-window configs such as Mistral its cache recompiles the model at every token.)"""
+    import time
+
+    dev = input_device(model)
+
+    class _Null:
+        def token(self):
+            pass
+    _sync(dev)
+    t0 = time.perf_counter()
+    out = batched_greedy(model, [prompt], new_tokens, stop_ids, _Null(), fast=fast)
+    _sync(dev)
+    elapsed = time.perf_counter() - t0
+    if len(out[0]) != new_tokens:
+        raise RuntimeError(f"the fast loop made {len(out[0])} tokens instead of {new_tokens}")
+    return elapsed
+
+
 def _sync(dev) -> None:
     import torch
     if getattr(dev, "type", str(dev)).startswith("cuda"):

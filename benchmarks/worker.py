@@ -155,7 +155,7 @@ def batched_run(lm, prompts: list[list[int]], n: int, stop: list[int], device: s
 def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False) -> None:
     import torch
 
-    from .generation import bare_generate, make_prompt_ids, stop_token_ids
+    from .generation import bare_fast_loop, bare_generate, make_prompt_ids, stop_token_ids
     bs, p, n = row["batch_size"], row["prompt_tokens"], row["new_tokens"]
     ctx = lm.context_length
     if p + n > ctx:
@@ -172,8 +172,10 @@ def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False) -> N
             return engine_run(lm, prompts[0], n, cfg.seed, device, fast)
         return batched_run(lm, prompts, n, stop, device, fast)
 
-    def bare() -> float:   # the same method without the harness: eager generate, or generate with its static cache
-        return bare_generate(lm.model, prompts[0], n, stop, lm.tokenizer.pad_token_id, static_cache=fast)
+    def bare() -> float:   # the same method without the harness: eager generate, or the fast decoder's bare loop
+        if fast:
+            return bare_fast_loop(lm.fast, lm.model, prompts[0], n, stop)
+        return bare_generate(lm.model, prompts[0], n, stop, lm.tokenizer.pad_token_id)
 
     for _ in range(cfg.warmup):
         one()
@@ -204,6 +206,7 @@ def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False) -> N
         peak_gpu_nvml_gb=peak("peak_gpu_nvml_gb"), nvml_scope=runs[0].mem.nvml_scope)
     if gen:
         row["generate_e2e_s"] = median(gen)
+        row["raw"]["overhead_yardstick"] = "fast decoder's bare loop" if fast else "model.generate (eager)"
         # least-disturbed run of each (min): on a shared machine the median mostly measures the neighbours
         row["harness_overhead"] = min(r.wall_s for r in runs) / min(gen) - 1.0
         row["raw"]["harness_overhead_median"] = median([r.wall_s for r in runs]) / median(gen) - 1.0

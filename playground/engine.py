@@ -300,7 +300,13 @@ def _fast_path(lm: LoadedModel, params: GenerationParams, needed: int, stats: Re
     if fast is None:
         stats.decode_mode = "eager"
         return None, None
-    cache = fast.acquire(1, needed, lm.context_length)
+    from .fast_decode import FastDecodeUnsupported
+    try:
+        cache = fast.acquire(1, needed, lm.context_length)
+    except FastDecodeUnsupported as exc:
+        stats.notes.append(f"{exc}")
+        stats.decode_mode = "eager"
+        return None, None
     if cache is None:
         stats.notes.append("the fast decoder is busy with another reply on this model: this one decodes eagerly")
         stats.decode_mode = "eager"

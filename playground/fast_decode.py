@@ -35,6 +35,10 @@ def bucket_length(needed: int, context: int | None = None, min_bucket: int = MIN
     return n
 
 
+class FastDecodeUnsupported(RuntimeError):
+    """This model (or this length) cannot use the fast decoder; the reply decodes eagerly."""
+
+
 def last_logits_kwargs(model) -> dict:
     """``logits_to_keep=1`` where the model takes it: the prefill then skips the vocabulary projection of every
     prompt position but the last (at 16k tokens × 150k vocabulary that is gigabytes)."""
@@ -157,6 +161,7 @@ class FastDecoder:
         """A reset static cache for ``batch`` rows and ``needed`` positions, or None when it is in use."""
         from transformers import StaticCache
         key = (batch, bucket_length(needed, context, self.min_bucket))
+        cache_config = self.cache_config(key[1])
         with self._guard:
             if key in self._busy:
                 return None
@@ -165,13 +170,39 @@ class FastDecoder:
                 for old in [k for k in self._caches if k not in self._busy][: max(0, len(self._caches) + 1 -
                                                                                    self.max_caches)]:
                     del self._caches[old]
-                cache = StaticCache(config=self.model.config, max_cache_len=key[1])
+                cache = StaticCache(config=cache_config, max_cache_len=key[1])
             else:
                 cache.reset()
             self._caches[key] = cache
             self._busy.add(key)
         cache._fast_key = key
         return cache
+
+    def cache_config(self, length: int):
+        """The config the static cache is built from. Sliding-window layers keep their position as a Python int
+        (``cumulative_length_int``) that the compiled step would be specialised on: a recompile at every token
+        (seen on Mistral-7B). When the whole bucket fits in the window the window changes nothing, so the cache
+        is built with full-attention layers; otherwise fast decoding is refused for this length."""
+        import copy
+        cfg = self.model.config
+        text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+        windowed = ("sliding_attention", "chunked_attention", "hybrid_sliding")
+        types = getattr(text, "layer_types", None)
+        window = getattr(text, "sliding_window", None) or getattr(text, "attention_chunk_size", None)
+        has_window = any(t in windowed for t in types) if types else window is not None
+        if not has_window:
+            return cfg
+        if not window or length > window:
+            raise FastDecodeUnsupported(
+                f"sliding-window attention (window {window}) shorter than the {length}-token cache: the compiled "
+                f"step would recompile at every token, so this length decodes eagerly")
+        plain = copy.copy(text)
+        n = len(types) if types else int(text.num_hidden_layers)
+        plain.layer_types = ["full_attention"] * n
+        plain.sliding_window = None
+        if hasattr(plain, "attention_chunk_size"):
+            plain.attention_chunk_size = None
+        return plain
 
     def release(self, cache) -> None:
         with self._guard:

@@ -126,3 +126,36 @@ def test_fast_mode_on_cuda_is_faster_than_eager_with_the_same_tokens():
     assert f_text == e_text
     assert f.decode_tok_s > 1.5 * e.decode_tok_s, (f.decode_tok_s, e.decode_tok_s)
     mm.unload_all()
+
+
+def test_sliding_window_models_do_not_recompile_at_every_token():
+    """Mistral-style configs (sliding_window set): transformers' sliding cache layers count positions in a Python
+    int, which a compiled step is specialised on. Within the window the cache is built with full layers instead."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from playground.fast_decode import FastDecoder, FastDecodeUnsupported
+    cfg = AutoConfig.for_model("mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=256, sliding_window=256,
+                               max_position_embeddings=4096)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    fd = FastDecoder(model, "cpu", backend="eager")
+    prompt = torch.randint(0, 256, (1, 12))
+    cache = fd.acquire(1, 40)
+    with torch.no_grad():
+        nxt = fd.prefill(prompt, cache).argmax(-1, keepdim=True)
+        fast = [int(nxt)]
+        for _ in range(10):
+            nxt = fd.step(nxt, cache).argmax(-1, keepdim=True)
+            fast.append(int(nxt))
+        fd.release(cache)
+        assert fd.compiles == 1
+        past, x, eager = None, prompt, []
+        for _ in range(11):
+            out = model(input_ids=x, past_key_values=past, use_cache=True)
+            past, x = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            eager.append(int(x))
+    assert fast == eager
+    with pytest.raises(FastDecodeUnsupported, match="window 256"):
+        fd.acquire(1, 300)
