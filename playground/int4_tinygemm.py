@@ -79,6 +79,8 @@ def repack(layer) -> TinyGemmInt4Linear:
     eye = torch.eye(k, dtype=torch.bfloat16, device=dev)
     bias = getattr(layer, "bias", None)
     w = layer(eye).float()                                  # [k, n]: row i is W[:, i] (+ bias)
+    if not torch.isfinite(w).all():
+        raise ValueError("cannot repack for tinygemm: the layer's own kernel gives non-finite weights")
     if bias is not None:
         w -= bias.float()
     scales = layer.scales.float().reshape(k // g, n)         # [groups, n] (GPTQ and AWQ alike)

@@ -77,5 +77,34 @@ def main(regional: bool, layers: int | None):
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
 
 
+def awq_check():
+    """Random AWQ checkpoint of a tiny Llama on CUDA: which kernel gives non-finite logits?"""
+    from benchmarks.random_weights import ensure_random_model
+    from playground.gptq_awq import quantized_linears
+    from playground.manager import ModelManager
+    from playground.variants import VariantOptions
+    path, _ = ensure_random_model("tiny-llama", "cuda")
+    mm = ModelManager(device="cuda")
+    ids = torch.tensor([[1, 5, 9, 13]], device="cuda")
+    for method in ("awq", "gptq"):
+        for kernel in ("torch_awq" if method == "awq" else "gptq_torch", "gemm_triton" if method == "awq" else
+                       "gptq_triton", "tinygemm"):
+            try:
+                lm = mm.get(path, method, options=VariantOptions(kernel=kernel))
+                with torch.no_grad():
+                    logits = lm.model(ids).logits
+                    ql = quantized_linears(lm.model)
+                    w = ql[0][1](torch.eye(ql[0][1].in_features, dtype=torch.bfloat16, device="cuda")) if ql else None
+                log(method, kernel, lm.kernel, "finite logits", bool(torch.isfinite(logits).all()),
+                    "finite W", None if w is None else bool(torch.isfinite(w).all()),
+                    "scales", None if not ql else (ql[0][1].scales.dtype, float(ql[0][1].scales.float().abs().max())))
+            except Exception as exc:  # noqa: BLE001
+                log(method, kernel, "failed:", type(exc).__name__, str(exc)[:300])
+            mm.unload_all()
+
+
 if __name__ == "__main__":
-    main(regional="--regional" in sys.argv, layers=int(os.environ.get("LAYERS", "0")) or None)
+    if "--awq" in sys.argv:
+        awq_check()
+    else:
+        main(regional="--regional" in sys.argv, layers=int(os.environ.get("LAYERS", "0")) or None)
