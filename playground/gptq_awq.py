@@ -469,6 +469,10 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
         qlayers = quantized_linears(model) + [(n, m) for n, m in model.named_modules()
                                               if type(m).__name__ == "TinyGemmInt4Linear"]
         chosen = TINYGEMM + (f" ({len(skipped)} layers left on {backend})" if skipped else "")
+        if not skipped and next(model.parameters()).dtype != torch.bfloat16:
+            # transformers casts AWQ models to float16 on CUDA for AWQ's own kernels; tinygemm runs bf16, and the
+            # rest of the model follows (float16 overflowed on a random-weight Mistral-7B)
+            model.to(torch.bfloat16)
     load_s = time.perf_counter() - t0
     kernels = sorted({type(m).__name__ for _, m in qlayers})
     sidecar = {}

@@ -19,5 +19,10 @@ case $stage in
   fast-4bit)   # #5/#7: gptq/awq (tinygemm) vs bf16, eager and fast, same run
     run 560 --model random:mistral-7b --variants bf16,gptq,awq --decode-modes eager,fast --batch-sizes 1 \
         --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/mistral7b-4bit-eager-fast" ;;
+  awq-bs16)    # AWQ after the bf16 fix, and batch 16 through the fast path
+    run 250 --model random:mistral-7b --variants bf16,awq --decode-modes eager,fast --batch-sizes 1 \
+        --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/mistral7b-awq-eager-fast"
+    run 250 --model random:mistral-7b --variants bf16,gptq,awq --decode-modes fast --batch-sizes 16 \
+        --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/mistral7b-bs16-fast" ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
