@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from playground.atomic_dir import building
+from playground.gptq_awq import RANDOM_MARKER as MARKER
+
 ARCH_DIR = Path(__file__).parent / "architectures"
-MARKER = "benchmark_random_weights.json"
 
 
 def list_architectures() -> list[str]:
@@ -119,21 +118,15 @@ def _build(arch: dict, target: Path, device: str, digest: str, progress) -> None
     torch.manual_seed(0)
     with torch.device(build_device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        progress(0.5, f"saving {arch['name']} to {target}")
-        model.save_pretrained(tmp)
-        del model
-        tokenizer = make_tokenizer(arch["config"], load_prompt_text()[0])
-        tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"architecture": arch["name"], "source": arch.get("source"),
-                                              "config_digest": digest, "random_weights": True}, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with building(target) as tmp:
+            progress(0.5, f"saving {arch['name']} to {target}")
+            model.save_pretrained(tmp)
+            del model
+            tokenizer = make_tokenizer(arch["config"], load_prompt_text()[0])
+            tokenizer.save_pretrained(tmp)
+            (tmp / MARKER).write_text(json.dumps({"architecture": arch["name"], "source": arch.get("source"),
+                                                  "config_digest": digest, "random_weights": True}, indent=2))
     finally:
         if build_device.startswith("cuda"):
             torch.cuda.empty_cache()

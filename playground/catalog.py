@@ -10,12 +10,11 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .atomic_dir import building
 from .errors import ModelNotFoundError
 from .gguf_tokenizer import gemma_tokenizer_from_gguf
 from .progress import Progress, console_progress
@@ -105,8 +104,7 @@ def _convert_gguf(entry: CatalogEntry, progress: Progress) -> Path:
     progress(0.0, f"{entry.key}: locating GGUF")
     gguf = entry.locate_gguf()
     progress(0.1, f"{entry.key}: converting {gguf.name} (one time, cached in {target})")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.key}-", dir=target.parent))
-    try:
+    with building(target) as tmp:
         if entry.tokenizer_from_gguf is not None:
             progress(0.15, f"{entry.key}: rebuilding the tokenizer's merges from the GGUF scores")
             tok = entry.tokenizer_from_gguf(gguf)
@@ -122,12 +120,6 @@ def _convert_gguf(entry: CatalogEntry, progress: Progress) -> Path:
         tok.save_pretrained(tmp)
         (tmp / "playground_source.json").write_text(json.dumps(
             {"gguf": gguf.name, "package": entry.package, "license": entry.license}, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     progress(1.0, f"{entry.key}: converted")
     return target
 

@@ -41,11 +41,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from .atomic_dir import building
 
 ProgressFn = Callable[[float, str], None]
 
@@ -279,13 +280,7 @@ def _quantize(
 
     model.layer_callback = on_layer
 
-    parent = Path(out_dir).resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(out_dir).name}.tmp-", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the final folder should look like any other
-    try:
+    with building(out_dir) as tmp:
         model.quantize(rows, batch_size=1, backend=quant_backend, calibration_data_min_length=CALIB_MIN_TOKENS)
         t_quantized = time.perf_counter()
         report(0.92, f"{method.upper()}: saving")
@@ -318,10 +313,6 @@ def _quantize(
             },
         }
         (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, Path(out_dir))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report(1.0, f"{method.upper()}: done in {sidecar['seconds']['total']:.0f} s -> {out_dir}")
     return sidecar
 
@@ -394,21 +385,6 @@ def _num_layers(model) -> int:
     return int(getattr(cfg, "num_hidden_layers", 0) or 0)
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move ``tmp`` onto ``out``: one rename when ``out`` is absent, else swap through a backup name."""
-    out = out.resolve()
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rmdir(backup)
-    os.replace(out, backup)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(backup, out)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -540,9 +516,6 @@ def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int =
     4-bit codes and scales of the init's spread (std ≈ 0.02), written in seconds instead of calibrating a model
     whose weights are noise anyway. What is not quantized (embeddings, norms, lm_head) is copied from ``src_dir``.
     Decode cost does not depend on the values; rows that use it say so."""
-    import shutil
-    import tempfile
-
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -592,9 +565,7 @@ def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int =
             "pack_dtype": "int32", "lm_head": False}
     qcfg.update({"sym": True, "format": "gptq", "checkpoint_format": "gptq"} if method == "gptq" else
                 {"zero_point": True, "version": "gemm", "format": "gemm", "checkpoint_format": "gemm"})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with building(out) as tmp:
         progress(0.75, f"writing the random {method} checkpoint")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         cfg = json.loads((src / "config.json").read_text())
@@ -605,10 +576,4 @@ def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int =
             if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in ("config.json",) \
                     and not extra.name.endswith(".index.json"):
                 shutil.copy2(extra, tmp / extra.name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     progress(1.0, f"random {method} checkpoint ready")
