@@ -24,5 +24,10 @@ case $stage in
         --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/mistral7b-awq-eager-fast"
     run 250 --model random:mistral-7b --variants bf16,gptq,awq --decode-modes fast --batch-sizes 16 \
         --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/mistral7b-bs16-fast" ;;
+  shape-*)     # #5: the classic guides' shapes, "variant | RAM | VRAM | load | short | long" at batch 1 (needs .whl
+               # with bitsandbytes: carry a bitsandbytes wheel holding only the cu130 library to stay under 64 MiB)
+    arch=${stage#shape-}
+    run 580 --model "random:$arch" --variants bf16,int8,nf4,gptq,awq --decode-modes eager --batch-sizes 1 \
+        --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/$arch-bs1" ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
