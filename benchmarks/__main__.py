@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--decode-modes", type=_csv, default=["auto"],
                    help="comma list of auto (fast on CUDA, eager on CPU), fast (static cache + compiled step), "
                         "eager; each gives its own rows, e.g. eager,fast")
+    r.add_argument("--kv-cache", type=_csv, default=["default"],
+                   help="comma list of KV-cache storage: default (model dtype), int8 (HQQ), int4, int2 (quanto); "
+                        "each gives its own rows; a quantized cache always decodes eagerly")
     r.add_argument("--kernel", default=None,
                    help="gptq/awq kernel: tinygemm (CUDA/CPU int4 matmul of torch) or a gptqmodel backend name")
     r.add_argument("--timeout-s", type=float, default=None, help="per (model, variant) worker")
@@ -110,7 +113,7 @@ def cmd_run(args) -> int:
                         memory_cap_gb=args.memory_cap_gb, random_weights=args.random_weights,
                         overhead_check=not args.no_overhead_check, timeout_s=args.timeout_s, name=Path(out).name,
                         quality=args.quality, quality_options=_quality_options(args),
-                        decode_modes=args.decode_modes,
+                        decode_modes=args.decode_modes, kv_cache=args.kv_cache,
                         variant_options={"kernel": args.kernel} if args.kernel else {})
     except ConfigError as exc:
         return _fail(str(exc))

@@ -14,6 +14,7 @@ RANDOM_PREFIX = "random:"
 MAX_NEW_TOKENS = 8192
 MAX_PROMPT_TOKENS = 131072
 DECODE_MODES = ("auto", "fast", "eager")
+KV_CACHES = ("default", "int8", "int4", "int2")   # playground.engine.KV_CACHE_OPTIONS (kept import-light here)
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # keyword arguments of benchmarks.quality.evaluate_quality that RunConfig.quality_options may set (lowest value)
 QUALITY_OPTIONS = {"ppl_en_tokens": 0, "ppl_zh_tokens": 0, "mc_items": 0, "mc_set": None, "max_length": 2,
@@ -78,6 +79,7 @@ class RunConfig:
     timeout_s: float | None = None       # per (model, variant) worker; None: no limit
     variant_options: dict = field(default_factory=dict)  # playground.variants.VariantOptions fields
     decode_modes: list[str] = field(default_factory=lambda: ["auto"])  # auto (fast on CUDA), fast, eager: a row each
+    kv_cache: list[str] = field(default_factory=lambda: ["default"])   # KV-cache storage: a row each (quantized: eager)
     name: str | None = None
     quality: bool = False                # perplexity (en, zh) + multiple-choice accuracy per real-weight variant
     quality_options: dict = field(default_factory=dict)  # benchmarks.quality.evaluate_quality keyword arguments
@@ -108,6 +110,10 @@ class RunConfig:
         bad = [m for m in self.decode_modes if m not in DECODE_MODES]
         if bad:
             raise ConfigError(f"decode_modes: unknown {', '.join(bad)}: choose from {', '.join(DECODE_MODES)}")
+        self.kv_cache = _str_list("kv_cache", self.kv_cache)
+        bad = [k for k in self.kv_cache if k not in KV_CACHES]
+        if bad:
+            raise ConfigError(f"kv_cache: unknown {', '.join(bad)}: choose from {', '.join(KV_CACHES)}")
         self._check_variants()
         self._check_models()
         self._check_quality()
@@ -158,7 +164,8 @@ class RunConfig:
 
     def units(self) -> int:
         """Progress steps of the whole sweep: one load plus one per combo, for each (model, variant)."""
-        return len(self.models) * len(self.variants) * (1 + len(self.combos()) * len(self.decode_modes))
+        return len(self.models) * len(self.variants) * (1 + len(self.combos()) * len(self.decode_modes)
+                                                                 * len(self.kv_cache))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -209,6 +209,44 @@ def mc_accuracy(model, tokenizer, items, *, limit: int | None = None) -> Accurac
                           nonfinite=nonfinite)
 
 
+@torch.inference_mode()
+def kv_cache_perplexity(model, tokenizer, kv_cache: str = "default", *, context_tokens: int = 1024,
+                        scored_tokens: int = 256, chunk: int = 8, texts: list[str] | None = None) -> PerplexityResult:
+    """Perplexity of tokens decoded *through a KV cache*: the cost of quantizing it (``kv_cache`` as in
+    ``playground.engine.KV_CACHE_OPTIONS``).
+
+    The first ``context_tokens`` of the English text (FLORES+) are prefilled into a fresh cache (a quantized
+    cache quantizes all of them), then the next ``scored_tokens`` are fed ``chunk`` at a time, as decoding does,
+    each scored against the logits of the step before it. With the same arguments, "default" and a quantized
+    cache score the very same tokens, so the difference of their perplexities is the cost of the quantization.
+    """
+    from playground.engine import make_kv_cache
+    if context_tokens < 1 or scored_tokens < 1 or chunk < 1:
+        raise ValueError(f"need context_tokens, scored_tokens, chunk >= 1, got {context_tokens=} "
+                         f"{scored_tokens=} {chunk=}")
+    text = "\n\n".join(texts if texts is not None else load_lines(ENGLISH_FILE))
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    bos = _bos_id(tokenizer)
+    if bos is not None:
+        ids = torch.cat([torch.tensor([bos]), ids])
+    if len(ids) < context_tokens + scored_tokens:
+        raise ValueError(f"the text has {len(ids)} tokens, fewer than {context_tokens} + {scored_tokens}")
+    ids = ids[:context_tokens + scored_tokens].unsqueeze(0).to(input_device(model))
+    cache = make_kv_cache(model, kv_cache)
+    out = model(input_ids=ids[:, :context_tokens], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    past, last = out.past_key_values, out.logits[:, -1]
+    total_nll = 0.0
+    for begin in range(context_tokens, context_tokens + scored_tokens, chunk):
+        x = ids[:, begin:min(begin + chunk, context_tokens + scored_tokens)]
+        out = model(input_ids=x, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = torch.cat([last, out.logits[0, :-1]])   # the logits that predict each token of x
+        total_nll += F.cross_entropy(logits.float(), x[0].to(logits.device), reduction="sum").item()
+        last = out.logits[0, -1:]
+    nll = total_nll / scored_tokens
+    return PerplexityResult(ppl=math.inf if nll > 709 else math.exp(nll), nll=nll, tokens=scored_tokens)
+
+
 def evaluate_quality(lm, *, ppl_en_tokens: int = 4096, ppl_zh_tokens: int = 2048, mc_items: int = 100,
                      mc_set: str = "arc_easy", max_length: int = 512, stride: int = 256) -> dict:
     """Quality columns for one loaded model (a ``LoadedModel`` or anything with ``.model`` and ``.tokenizer``).

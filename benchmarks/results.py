@@ -16,13 +16,14 @@ QUALITY_COLUMNS = ("perplexity", "perplexity_zh", "accuracy", "quality_tokens", 
                    "quality_error")
 RANDOM_QUALITY_NOTE = "random weights: quality is not measured (the answers are noise)"
 COLUMNS = [
-    *KEY, "status", "error", "random_weights", "kernel", "decode_mode", "repeats", "timed_with",
+    *KEY, "status", "error", "random_weights", "kernel", "decode_mode", "kv_cache", "repeats", "timed_with",
     "load_s", "load_read_s", "load_quantize_s", "convert_s", "load_peak_mem_gb",
     "ttft_ms", "ttft_ms_p90", "decode_tok_s", "decode_tok_s_p90", "itl_p50_ms", "itl_p90_ms",
     "e2e_s", "e2e_short_s", "e2e_long_s",
     "peak_gpu_mem_gb", "peak_gpu_reserved_gb", "peak_gpu_nvml_gb", "nvml_scope", "peak_rss_gb", "weights_gb",
     "generate_e2e_s", "harness_overhead",
     "read_bandwidth_gb_s", "decode_bytes_gb", "roofline_tok_s", "roofline_fraction", "warmup_s",
+    "kv_cache_gb",
     *QUALITY_COLUMNS,
 ]
 # serving benchmark against an endpoint (benchmarks/serving.py, `python -m benchmarks serve`); empty elsewhere
@@ -175,8 +176,8 @@ COMPARE_METRICS = ("decode_tok_s", "ttft_ms", "e2e_long_s", "peak_rss_gb", "peak
 def compare(a: dict, b: dict) -> list[dict]:
     """Rows present in both runs (matched on model, variant, batch size, lengths) with B/A ratios."""
     def key(r):
-        return (r["model"], r["variant"], r.get("decode_mode") or "eager", r["batch_size"], r["prompt_tokens"],
-                r["new_tokens"])
+        return (r["model"], r["variant"], r.get("decode_mode") or "eager", r.get("kv_cache") or "default",
+                r["batch_size"], r["prompt_tokens"], r["new_tokens"])
     index_a = {key(r): r for r in a["rows"]}
     out = []
     for rb in b["rows"]:

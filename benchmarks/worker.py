@@ -8,6 +8,7 @@ keeps those written before a crash: ``{"event": "progress", ...}``, ``{"event": 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -120,13 +121,14 @@ class Run:
     extra: dict = field(default_factory=dict)
 
 
-def engine_run(lm, ids: list[int], n: int, seed: int, device: str, fast: bool = False) -> Run:
+def engine_run(lm, ids: list[int], n: int, seed: int, device: str, fast: bool = False,
+               kv_cache: str = "default") -> Run:
     """Batch 1 through the engine the chat uses (``stream_reply``), inside a MemoryTracker."""
     from playground.engine import GenerationParams, stream_reply
 
     from .trackers import MemoryTracker
     params = GenerationParams(max_new_tokens=n, min_new_tokens=n, greedy=True, seed=seed,
-                              decode="fast" if fast else "eager")
+                              decode="fast" if fast else "eager", kv_cache=kv_cache)
     t0 = time.perf_counter()
     with MemoryTracker(device) as mt:
         for last in stream_reply(lm, [], None, params, prompt_ids=ids):
@@ -137,7 +139,8 @@ def engine_run(lm, ids: list[int], n: int, seed: int, device: str, fast: bool = 
         raise RuntimeError(f"the engine made {s.new_tokens} tokens instead of {n} ({'; '.join(s.notes)})")
     if fast and s.decode_mode == "eager":
         raise RuntimeError(f"asked for fast decoding but the engine decoded eagerly ({'; '.join(s.notes)})")
-    return Run(s.ttft_s, list(s.itl_s), s.total_s, wall, s.decode_tok_s, mt.result)
+    return Run(s.ttft_s, list(s.itl_s), s.total_s, wall, s.decode_tok_s, mt.result,
+               extra={"kv_cache_gb": s.kv_cache_gb})
 
 
 def batched_run(lm, prompts: list[list[int]], n: int, stop: list[int], device: str, fast: bool = False) -> Run:
@@ -152,7 +155,7 @@ def batched_run(lm, prompts: list[list[int]], n: int, stop: list[int], device: s
     return Run(r.ttft_s, r.itl_s, r.total_s, wall, r.decode_tok_s, mt.result)
 
 
-def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False) -> None:
+def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False, kv_cache: str = "default") -> None:
     import torch
 
     from .generation import bare_fast_loop, bare_generate, make_prompt_ids, stop_token_ids
@@ -164,12 +167,14 @@ def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False) -> N
         return
     prompts = make_prompt_ids(lm.tokenizer, p, bs)
     stop = stop_token_ids(lm.model, lm.tokenizer)
-    check = cfg.overhead_check and bs == 1
+    check = cfg.overhead_check and bs == 1 and kv_cache == "default"   # generate() has no quantized cache here
 
     def one() -> Run:
         torch.manual_seed(cfg.seed)
         if bs == 1:
-            return engine_run(lm, prompts[0], n, cfg.seed, device, fast)
+            return engine_run(lm, prompts[0], n, cfg.seed, device, fast, kv_cache)
+        if kv_cache != "default":
+            raise ValueError(f"kv_cache={kv_cache} is measured at batch size 1 (through the engine) only")
         return batched_run(lm, prompts, n, stop, device, fast)
 
     def bare() -> float:   # the same method without the harness: eager generate, or the fast decoder's bare loop
@@ -203,7 +208,8 @@ def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False) -> N
         e2e_s=median([r.total_s for r in runs]), e2e_short_s=median([s for s, _ in short]),
         e2e_long_s=median([s for s, _ in long]), peak_rss_gb=peak("peak_rss_gb"),
         peak_gpu_mem_gb=peak("peak_gpu_mem_gb"), peak_gpu_reserved_gb=peak("peak_gpu_reserved_gb"),
-        peak_gpu_nvml_gb=peak("peak_gpu_nvml_gb"), nvml_scope=runs[0].mem.nvml_scope)
+        peak_gpu_nvml_gb=peak("peak_gpu_nvml_gb"), nvml_scope=runs[0].mem.nvml_scope,
+        kv_cache_gb=runs[-1].extra.get("kv_cache_gb"))
     if gen:
         row["generate_e2e_s"] = median(gen)
         row["raw"]["overhead_yardstick"] = "fast decoder's bare loop" if fast else "model.generate (eager)"
@@ -313,16 +319,19 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
     pending = [] if cfg.quality and not is_random(model) else None   # rows wait for the quality columns
     roof = {}
     for bs, p, n in cfg.combos():
-        for mode in cfg.decode_modes:
-            row = new_row(model, variant, device, bs, p, n, **load)
+        for mode, kv in itertools.product(cfg.decode_modes, cfg.kv_cache):
+            row = new_row(model, variant, device, bs, p, n, kv_cache=kv, **load)
             row["raw"]["notes"] = list(notes)
-            ev.progress(0.0, f"{model} [{variant}] bs={bs} prompt={p} new={n} decode={mode}")
+            ev.progress(0.0, f"{model} [{variant}] bs={bs} prompt={p} new={n} decode={mode} kv={kv}")
             try:
                 if not roof:
                     roof = roofline_inputs(lm, device)
                 row.update(read_bandwidth_gb_s=roof["bandwidth"], decode_bytes_gb=roof["bytes"] / GB)
-                fast = use_fast(lm, mode, device, row, ev)
-                measure(lm, cfg, row, device, fast)
+                fast = use_fast(lm, mode if kv == "default" else "eager", device, row, ev)
+                if kv != "default" and mode != "eager" and (mode == "fast" or device.startswith("cuda")):
+                    row["raw"]["notes"].append(f"kv_cache={kv}: a quantized KV cache decodes eagerly (the fast "
+                                               f"decoder's static cache cannot hold it)")
+                measure(lm, cfg, row, device, fast, kv)
                 row.update(roofline_columns(row.get("decode_tok_s"), bs, roof["bandwidth"], roof["bytes"]))
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()

@@ -19,6 +19,9 @@ from .manager import LoadedModel, release_memory
 from .memory import PeakMemory
 
 MAX_NEW_TOKENS_LIMIT = 8192
+# KV-cache storage: "default" keeps keys/values in the model's dtype; the others are transformers' QuantizedCache
+# (KIVI-style: per-channel groups of 64, the newest 128 tokens kept in full precision) as (backend, bits)
+KV_CACHE_OPTIONS = {"default": None, "int8": ("hqq", 8), "int4": ("quanto", 4), "int2": ("quanto", 2)}
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class GenerationParams:
     greedy: bool = False
     min_new_tokens: int = 0          # the benchmark sets min == max to time a fixed length
     decode: str = "auto"             # "auto": fast when the model has a fast decoder; "fast"; "eager"
+    kv_cache: str = "default"        # KV_CACHE_OPTIONS: "default", or a quantized cache (always decodes eagerly)
 
     def __post_init__(self):
         def bad(msg):
@@ -50,6 +54,8 @@ class GenerationParams:
             bad(f"repetition_penalty must be in [0.5, 3], got {self.repetition_penalty}")
         if self.decode not in ("auto", "fast", "eager"):
             bad(f"decode must be auto, fast or eager, got {self.decode!r}")
+        if self.kv_cache not in KV_CACHE_OPTIONS:
+            bad(f"kv_cache must be one of {', '.join(KV_CACHE_OPTIONS)}, got {self.kv_cache!r}")
         if self.seed is not None and not (0 <= int(self.seed) < 2 ** 63):
             bad(f"seed must be a non-negative integer, got {self.seed}")
 
@@ -74,6 +80,8 @@ class ReplyStats:
     mode: str = "chat"            # "chat" (template) or "completion" (no template)
     finish_reason: str = ""       # "eos", "length", "stopped"
     decode_mode: str = "eager"    # or the fast decoder's mode ("compiled + CUDA graphs", …)
+    kv_cache: str = "default"     # GenerationParams.kv_cache
+    kv_cache_gb: float = 0.0      # bytes of the KV cache's tensors at the end of the reply (quantized + residual)
     notes: list[str] = field(default_factory=list)
 
     def badge(self) -> str:
@@ -174,7 +182,8 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
         raise PromptTooLongError(
             f"the prompt is {n_prompt} tokens but {lm.name} has a context of {ctx} tokens: shorten it "
             f"or clear the conversation")
-    stats = ReplyStats(model=lm.name, variant=lm.variant, device=lm.device, prompt_tokens=n_prompt, mode=mode)
+    stats = ReplyStats(model=lm.name, variant=lm.variant, device=lm.device, prompt_tokens=n_prompt, mode=mode,
+                       kv_cache=params.kv_cache)
     max_new = params.max_new_tokens
     if n_prompt + max_new > ctx:
         max_new = ctx - n_prompt
@@ -191,6 +200,8 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
         gen.manual_seed(int(params.seed) if params.seed is not None else int(time.time_ns() % 2 ** 63))
     input_device = _input_device(model)
     fast, cache = _fast_path(lm, params, n_prompt + max_new, stats)
+    if fast is None:
+        cache = make_kv_cache(model, params.kv_cache)    # None (a DynamicCache on the first call) or quantized
     keep = last_logits_kwargs(model)
     text, new_ids = "", []
     decoded_upto = 0
@@ -257,6 +268,7 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                 text += full
                 decoded_upto = len(new_ids)
                 yield StreamEvent(text=text, delta=full)
+            stats.kv_cache_gb = kv_cache_bytes(cache if fast is not None else past) / 1e9
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):   # on CPU torch's allocator raises a RuntimeError (ENOMEM)
                 raise
@@ -291,6 +303,12 @@ def _fast_path(lm: LoadedModel, params: GenerationParams, needed: int, stats: Re
     """(decoder, cache) for this reply, or (None, None) for eager decoding; notes say why when asked for but not used."""
     if params.decode == "eager":
         return None, None
+    if params.kv_cache != "default":
+        if params.decode == "fast" or lm.fast is not None:
+            stats.notes.append(f"kv_cache={params.kv_cache}: the fast decoder's static cache cannot hold a quantized "
+                               f"KV cache, so this reply decodes eagerly")
+        stats.decode_mode = "eager"
+        return None, None
     fast = lm.fast
     if fast is None and params.decode == "fast":
         from .manager import enable_fast_decode
@@ -313,6 +331,55 @@ def _fast_path(lm: LoadedModel, params: GenerationParams, needed: int, stats: Re
         return None, None
     stats.decode_mode = fast.info.mode
     return fast, cache
+
+
+def make_kv_cache(model, kv_cache: str):
+    """A fresh cache for one reply: None for "default" (the model makes its DynamicCache), else a QuantizedCache."""
+    spec = KV_CACHE_OPTIONS.get(kv_cache, "?")
+    if spec == "?":
+        raise InvalidParameterError(f"kv_cache must be one of {', '.join(KV_CACHE_OPTIONS)}, got {kv_cache!r}")
+    if spec is None:
+        return None
+    backend, nbits = spec
+    from transformers import QuantizedCache
+    try:
+        return QuantizedCache(backend=backend, config=model.config, nbits=nbits)
+    except ImportError as exc:
+        pkg = "optimum-quanto" if backend == "quanto" else "hqq"
+        raise InvalidParameterError(f"kv_cache={kv_cache} needs the package {pkg} (pip install -r requirements.txt): "
+                                    f"{exc}") from None
+    except ValueError as exc:   # e.g. sliding-window layers (Gemma 3, Mistral): QuantizedCache is full attention only
+        raise InvalidParameterError(f"kv_cache={kv_cache} is not available for this model: {exc}") from None
+
+
+def kv_cache_bytes(cache) -> int:
+    """Bytes held by a cache's key/value tensors (quantized data, scales and zero points, full-precision residual)."""
+    if cache is None:
+        return 0
+    total, seen = 0, set()
+
+    def add(obj):
+        nonlocal total
+        if obj is None or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            for o in obj:
+                add(o)
+        elif isinstance(obj, dict):
+            for o in obj.values():
+                add(o)
+        elif hasattr(obj, "__tensor_flatten__") and type(obj).__name__ != "Tensor":   # quanto's tensor subclasses
+            names, _ = obj.__tensor_flatten__()
+            for n in names:
+                add(getattr(obj, n))
+        elif hasattr(obj, "element_size") and hasattr(obj, "numel"):
+            total += obj.numel() * obj.element_size()
+
+    for layer in getattr(cache, "layers", []) or []:
+        for name in ("keys", "values", "_quantized_keys", "_quantized_values"):
+            add(getattr(layer, name, None))
+    return total
 
 
 def _input_device(model):
