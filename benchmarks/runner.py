@@ -217,12 +217,16 @@ def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[di
                           ", ".join(f"{k} (was {old_cfg.get(k)!r}, now {new_cfg.get(k)!r})" for k in differ) +
                           "; use the same settings, another --out, or --overwrite")
     covered = {(m, v, device, *c) for m in config.models for v in config.variants for c in config.combos()}
-    keep, done = [], set()
+    keep, done, seen = [], set(), set()
     for r in previous.get("rows", []):
         key = _row_key(r)
         if r.get("status") == "ok":
-            if key in done:
+            # one measurement = the combo plus its decode mode and KV cache setting (a row each)
+            full = key + ("eager" if r.get("decode_mode") in (None, "", "eager") else "fast",
+                          r.get("kv_cache") or "default")
+            if full in seen:
                 continue                         # never two rows for one measurement
+            seen.add(full)
             done.add(key)
             keep.append(r)
         elif key not in covered:
