@@ -142,3 +142,16 @@ def test_worker_classifies_memory_errors():
         assert classify(wrapped) == "oom"
     assert classify(VariantUnsupportedError("needs CUDA")) == "unsupported"
     assert classify(ValueError("bad")) == "error"
+
+
+def test_resume_keeps_a_row_per_decode_mode_and_kv_setting():
+    from benchmarks.config import RunConfig
+    from benchmarks.runner import resume_plan
+    cfg = RunConfig(models=["smollm2-135m-instruct"], variants=["bf16"], decode_modes=["eager", "fast"],
+                    device="cpu")
+    base = dict(model="smollm2-135m-instruct", variant="bf16", device="cpu", batch_size=1, prompt_tokens=512,
+                new_tokens=256, status="ok")
+    rows = [dict(base, decode_mode="eager"), dict(base, decode_mode="compiled (inductor)"),
+            dict(base, decode_mode="eager", kv_cache="int4"), dict(base, decode_mode="eager")]
+    keep, _ = resume_plan({"config": cfg.to_dict(), "rows": rows}, cfg, "cpu")
+    assert keep == rows[:3]
