@@ -208,59 +208,65 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
     t_last = t_start
     peak = PeakMemory(lm.device)
     stats.finish_reason = "length"
-    # no_grad for the compiled step (its graphs are built under it), inference_mode for the eager loop
-    grad_ctx = torch.no_grad() if fast is not None else torch.inference_mode()
-    with peak, grad_ctx:
+    # no_grad for the compiled step (its graphs are built under it), inference_mode for the eager loop. Grad mode
+    # is per thread and Gradio may run each next() of this generator on another worker thread: the mode is
+    # entered for each step's tensor work and left before the yield (once around the loop, a step on another
+    # thread ran with grad on: "Inference tensors cannot be saved for backward", and the first thread was left
+    # in inference mode).
+    def grad_ctx():
+        return torch.no_grad() if fast is not None else torch.inference_mode()
+    with peak:
         ids = torch.tensor([prompt_ids], device=input_device)
         all_ids = ids
         past = cache
         try:
             for step in range(max_new):
-                if cancel is not None and cancel.is_set():
-                    stats.finish_reason = "stopped"
-                    break
-                with lm.lock:
-                    if lm.model is None:
-                        raise GenerationError(f"{lm.label} was unloaded during the reply")
-                    if fast is None:
-                        out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
-                        past = out.past_key_values
-                        logits = out.logits[:, -1, :]
-                    elif step == 0:
-                        logits = fast.prefill(ids, cache)
+                with grad_ctx():
+                    if cancel is not None and cancel.is_set():
+                        stats.finish_reason = "stopped"
+                        break
+                    with lm.lock:
+                        if lm.model is None:
+                            raise GenerationError(f"{lm.label} was unloaded during the reply")
+                        if fast is None:
+                            out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
+                            past = out.past_key_values
+                            logits = out.logits[:, -1, :]
+                        elif step == 0:
+                            logits = fast.prefill(ids, cache)
+                        else:
+                            logits = fast.step(ids, cache)
+                    if step < params.min_new_tokens and stop_list:
+                        logits[:, stop_list] = -float("inf")
+                    if params.sampling or len(procs):
+                        logits = logits.float()
+                        if not torch.isfinite(logits).all():
+                            raise _non_finite(lm, step)
+                        logits = procs(all_ids, logits) if len(procs) else logits
+                    if params.sampling:
+                        probs = torch.softmax(logits, dim=-1).cpu()
+                        next_id = int(torch.multinomial(probs, 1, generator=gen)[0, 0])
+                        ids = torch.tensor([[next_id]], device=input_device)
                     else:
-                        logits = fast.step(ids, cache)
-                if step < params.min_new_tokens and stop_list:
-                    logits[:, stop_list] = -float("inf")
-                if params.sampling or len(procs):
-                    logits = logits.float()
-                    if not torch.isfinite(logits).all():
-                        raise _non_finite(lm, step)
-                    logits = procs(all_ids, logits) if len(procs) else logits
-                if params.sampling:
-                    probs = torch.softmax(logits, dim=-1).cpu()
-                    next_id = int(torch.multinomial(probs, 1, generator=gen)[0, 0])
-                    ids = torch.tensor([[next_id]], device=input_device)
-                else:
-                    # one device→host sync per token: the max (NaN/inf propagate into it) and its index together
-                    best = logits.max(dim=-1)
-                    top, idx = torch.stack([best.values.float(), best.indices.float()], dim=1)[0].tolist()
-                    if not math.isfinite(top):
-                        raise _non_finite(lm, step)
-                    next_id = int(idx)
-                    ids = best.indices.view(1, 1)     # stays on the device: no host→device copy per token
-                now = time.perf_counter()
-                if step == 0:
-                    stats.ttft_s = now - t_start
-                else:
-                    stats.itl_s.append(now - t_last)
-                t_last = now
-                if next_id in stop_ids and step >= params.min_new_tokens:
-                    stats.finish_reason = "eos"
-                    break
-                new_ids.append(next_id)
-                if params.repetition_penalty != 1.0:
-                    all_ids = torch.cat([all_ids, ids], dim=1)
+                        # one device→host sync per token: the max (NaN/inf propagate into it) and its index together
+                        best = logits.max(dim=-1)
+                        top, idx = torch.stack([best.values.float(), best.indices.float()], dim=1)[0].tolist()
+                        if not math.isfinite(top):
+                            raise _non_finite(lm, step)
+                        next_id = int(idx)
+                        ids = best.indices.view(1, 1)     # stays on the device: no host→device copy per token
+                    now = time.perf_counter()
+                    if step == 0:
+                        stats.ttft_s = now - t_start
+                    else:
+                        stats.itl_s.append(now - t_last)
+                    t_last = now
+                    if next_id in stop_ids and step >= params.min_new_tokens:
+                        stats.finish_reason = "eos"
+                        break
+                    new_ids.append(next_id)
+                    if params.repetition_penalty != 1.0:
+                        all_ids = torch.cat([all_ids, ids], dim=1)
                 full = tokenizer.decode(new_ids[decoded_upto:], skip_special_tokens=True)
                 # hold back an incomplete multi-byte character (shows as U+FFFD) until the next token
                 if full.endswith("\ufffd"):
