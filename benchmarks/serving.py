@@ -31,28 +31,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError
+from .config import ConfigError, _int_list
 from .results import median, new_row, percentile, write_results
 
 CHARS_PER_TOKEN = 4
 
 
 def _pos_ints(name: str, values, hi: int) -> list[int]:
-    values = [values] if isinstance(values, (int, str)) else list(values)
-    out = []
-    for v in values:
-        try:
-            iv = int(str(v).strip())
-        except ValueError:
-            raise ConfigError(f"{name}: {v!r} is not an integer") from None
-        if not 1 <= iv <= hi:
-            raise ConfigError(f"{name}: {iv} is out of range [1, {hi}]")
-        if iv in out:
-            raise ConfigError(f"{name}: {iv} is listed twice")
-        out.append(iv)
-    if not out:
-        raise ConfigError(f"{name}: give at least one value")
-    return out
+    return _int_list(name, values, 1, hi)
 
 
 def _rates(values) -> list[float]:
