@@ -130,6 +130,21 @@ def test_2bit_gptq_variant_is_measurably_worse(manager, english, bf16_ppl):
     assert res.ppl > 1.5 * bf16_ppl.ppl
 
 
+@pytest.mark.slow
+def test_gemma3_awq_is_close_to_bf16(manager, english):
+    """Gemma 3's AWQ checkpoint once scored perplexity 141,871 (bf16: 22): gptqmodel folded scales into the wrong
+    norms (playground/gptq_awq.py, _fix_awq_scaling_for_gemma3). Its quantization is cached after the first run."""
+    ppl = {}
+    for variant in ("bf16", "awq"):
+        lm = manager.get("gemma3-270m", variant)
+        try:
+            ppl[variant] = q.perplexity(lm.model, lm.tokenizer, english, max_tokens=1024).ppl
+        finally:
+            manager.unload("gemma3-270m", variant)
+    assert 10 < ppl["bf16"] < 40
+    assert ppl["bf16"] < ppl["awq"] < 2 * ppl["bf16"], ppl
+
+
 def test_mc_scorer_matches_unpadded_forwards():
     """Cached-context + right-padded batch gives the same log-likelihoods as one plain forward per choice."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
