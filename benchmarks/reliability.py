@@ -5,9 +5,9 @@
     python -m benchmarks.reliability all    --out results/reliability-cpu
 
 ``load`` starts ``launch.py`` (the default model, smollm2-135m-instruct in bf16, default flags) on a free loopback
-port and drives its ``/chat`` endpoint with one ``gradio_client.Client`` per session: 20 requests one after the
-other, then ``sessions`` sessions at once with ``turns`` turns each (every turn sends the session's own history),
-then requests one after the other up to ``total`` (200). The server's resident memory (psutil on its pid) is taken
+port and drives its ``/chat`` endpoint with one ``gradio_client.Client`` per session: 20 requests from 4 sessions
+at once, then ``sessions`` sessions at once with ``turns`` turns each (every turn sends the session's own
+history), then 4 sessions again up to ``total`` (200). The server's resident memory (psutil on its pid) is taken
 after request 20 and after request ``total``: a leak would show as growth between the two.
 
 ``memory`` loads and unloads each variant ``cycles`` times in this process through the ModelManager and records
@@ -188,80 +188,84 @@ _TOKENIZERS: dict = {}
 
 
 def load_test(srv: Server, sessions: int = 16, turns: int = 10, max_new_tokens: int = 4, warm: int = 20,
-              total: int = 200, settle_s: float = 1.0) -> dict:
-    """Drive ``srv`` as described in the module docstring; returns the figures (and the raw per-request rows)."""
+              total: int = 200, settle_s: float = 1.0, rounds: int = 1) -> dict:
+    """Drive ``srv`` as described in the module docstring; returns the figures (and the raw per-request rows).
+
+    Requests 1..``warm`` come from 4 sessions at once (``warm`` / 4 turns each), so that by the first memory
+    sample the server has already served overlapping chats of growing length on several worker threads: what
+    is measured after that is growth with the number of requests, not the cost of first use. Then ``sessions``
+    sessions x ``turns`` turns at once (``rounds`` times), then 4 sessions again up to ``total``."""
     from gradio_client import Client
 
     samples = []          # (requests done, rss bytes)
     done = [0]
     lock = threading.Lock()
+    expected_prompt_tokens([], "warm")  # load the tokenizer here: transformers' lazy imports race in threads
 
     def count():
         with lock:
             done[0] += 1
             samples.append((done[0], srv.rss()))
 
-    def sequential(n: int, tag: str) -> list[dict]:
-        client = Client(srv.url, verbose=False)
-        out = []
-        for i in range(n):
-            rec = chat_once(client, TURNS[i % len(TURNS)], [], max_new_tokens)
-            rec["phase"] = tag
-            out.append(rec)
-            count()
-        return out
+    def phase(n: int, n_turns: int, tag: str) -> list[dict]:
+        """``n`` sessions at once, each its own Client (session hash) and history, ``n_turns`` turns each."""
+        per_session: list[list[dict]] = [[] for _ in range(n)]
+        clients = [Client(srv.url, verbose=False) for _ in range(n)]
+        barrier = threading.Barrier(n)
+
+        def session(k: int) -> None:
+            history: list[dict] = []
+            barrier.wait()
+            for turn in range(n_turns):
+                message = f"[{tag} {k}] {TURNS[turn % len(TURNS)]}"
+                rec = chat_once(clients[k], message, history, max_new_tokens)
+                rec.update(phase=tag, session=k, turn=turn, history_len=len(history),
+                           expected_prompt_tokens=expected_prompt_tokens(history, message))
+                per_session[k].append(rec)
+                count()
+                if rec["ok"]:
+                    history = history + [{"role": "user", "content": message},
+                                         {"role": "assistant", "content": rec["reply"]}]
+
+        threads = [threading.Thread(target=session, args=(k,), daemon=True) for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return [r for s in per_session for r in s]
 
     t_start = time.time()
-    records = sequential(warm, "warm-up")
+    records = phase(4, max(1, warm // 4), "warm-up")
     time.sleep(settle_s)
-    rss_warm = srv.rss()
-
-    per_session: list[list[dict]] = [[] for _ in range(sessions)]
-    barrier = threading.Barrier(sessions)
-
-    def session(k: int) -> None:
-        client = Client(srv.url, verbose=False)
-        history: list[dict] = []
-        barrier.wait()
-        for turn in range(turns):
-            message = f"[{k}] {TURNS[turn % len(TURNS)]}"
-            rec = chat_once(client, message, history, max_new_tokens)
-            rec.update(phase="concurrent", session=k, turn=turn, history_len=len(history),
-                       expected_prompt_tokens=expected_prompt_tokens(history, message))
-            per_session[k].append(rec)
-            count()
-            if rec["ok"]:
-                history = history + [{"role": "user", "content": message},
-                                     {"role": "assistant", "content": rec["reply"]}]
-
+    rss_warm, n_warm = srv.rss(), len(records)
     t_conc = time.time()
-    threads = [threading.Thread(target=session, args=(k,), daemon=True) for k in range(sessions)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    concurrent = []
+    for r in range(rounds):
+        concurrent += phase(sessions, turns, "concurrent" if rounds == 1 else f"concurrent{r}")
     conc_wall = time.time() - t_conc
-    concurrent = [r for s in per_session for r in s]
     records += concurrent
     rest = total - len(records)
     if rest > 0:
-        records += sequential(rest, "tail")
+        records += phase(4, max(1, rest // 4), "tail")
     time.sleep(settle_s)
     rss_end = srv.rss()
+    warm = n_warm
 
     ok = [r for r in concurrent if r["ok"]]
     lat = [r["latency_s"] for r in ok]
     wait = [r["queue_wait_s"] for r in ok]
     first = [r["first_output_s"] for r in ok if r.get("first_output_s")]
-    mismatched = [(r["session"], r["turn"], r["stats"]["prompt_tokens"], r["expected_prompt_tokens"])
-                  for r in ok if r["stats"]["prompt_tokens"] != r["expected_prompt_tokens"]]
+    mismatched = [(r["phase"], r["session"], r["turn"], r["stats"]["prompt_tokens"], r["expected_prompt_tokens"])
+                  for r in records if r["ok"] and r["stats"]["prompt_tokens"] != r["expected_prompt_tokens"]]
     errors = [r["error"] for r in records if not r["ok"]]
     rnd = lambda x, d=3: None if x is None else round(x, d)  # noqa: E731
     growth = (rss_end - rss_warm) / rss_warm
     return {
         "what": f"{sessions} concurrent gradio_client sessions x {turns} turns on /chat ({DEFAULT_MODEL} bf16, "
-                f"greedy, max_new_tokens={max_new_tokens}, each turn sends the session's whole history), between "
-                f"{warm} sequential requests before and {max(rest, 0)} after ({len(records)} in all)",
+                f"greedy, max_new_tokens={max_new_tokens}, each turn sends the session's whole history; figures "
+                f"of these {len(concurrent)} requests), after {warm} requests from 4 sessions at once and before "
+                f"{len(records) - warm - len(concurrent)} more ({len(records)} in all; RSS after the warm-up and at "
+                f"the end)",
         "server": f"launch.py default flags (concurrency limit 2, queue 64) on loopback, pid RSS via psutil",
         "requests": len(records), "concurrent_requests": len(concurrent), "errors": len(errors),
         "error_samples": errors[:5],

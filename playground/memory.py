@@ -6,6 +6,31 @@ import threading
 GB = 1024 ** 3
 
 
+def tune_malloc_for_serving(arenas: int = 2, mmap_threshold: int = 256 * 1024) -> dict:
+    """Make glibc give freed memory back in a long-running server (mallopt; MALLOC_* variables win).
+
+    Under load the server's bytes in use stayed flat (+1.6 MB over 160 chat requests) while its RSS crept up:
+    glibc kept freed memory resident. Two causes, two settings, both for allocations made from now on:
+    * M_ARENA_MAX: threads get arenas of their own, up to 8 per core, each keeping some freed memory; Gradio runs
+      requests on a pool of up to 40 threads. Two arenas are plenty (the model's work runs in torch's threads).
+    * M_MMAP_THRESHOLD: glibc raises this threshold to the size of every large block freed, so later large
+      buffers (a prefill's activations) come from the heap and stay resident; a fixed 256 KB keeps them mmapped
+      and returned on free (a page fault per fresh page: negligible next to a prefill).
+    Load test, RSS after 20 vs after 180 requests: +49 MB with 2 arenas, +25 MB with both settings (bytes in use:
+    +1-2 MB either way). Returns what was applied (nothing off glibc)."""
+    import ctypes
+    import os
+    applied = {}
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return applied
+    for env, option, value in (("MALLOC_ARENA_MAX", -8, arenas), ("MALLOC_MMAP_THRESHOLD_", -3, mmap_threshold)):
+        if env not in os.environ and libc.mallopt(option, int(value)):
+            applied[env] = value
+    return applied
+
+
 def rss_bytes() -> int:
     import psutil
     return psutil.Process().memory_info().rss
