@@ -255,9 +255,20 @@ def quality_columns(lm, cfg: RunConfig, label: str, ev: Events) -> tuple[dict, d
     return values, extra
 
 
-def roofline_inputs(lm, device: str) -> dict:
-    from .roofline import decode_bytes, read_bandwidth_gb_s
-    return {"bandwidth": read_bandwidth_gb_s(device), "bytes": decode_bytes(lm.model, lm.stats.weights_bytes)}
+def measure_bandwidth(device: str) -> float | None:
+    """The device's read bandwidth for the roofline columns, measured once per worker before the model loads and
+    before any memory cap: its probe buffer (0.5 GB on CPU, 4 GB on CUDA) must neither count against the cap nor
+    sit beside the weights. None (and no roofline columns) if even that does not fit."""
+    from playground.manager import release_memory
+
+    from .roofline import read_bandwidth_gb_s
+    try:
+        return read_bandwidth_gb_s(device)
+    except (MemoryError, RuntimeError) as exc:
+        print(f"benchmarks.worker: read bandwidth not measured: {exc}", file=sys.stderr)
+        return None
+    finally:
+        release_memory()
 
 
 def use_fast(lm, mode: str, device: str, row: dict, ev: Events) -> bool:
@@ -293,6 +304,7 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
                 notes.append(RANDOM_QUALITY_NOTE)
         if cfg.memory_cap_gb:
             preload(variant)
+        bandwidth = measure_bandwidth(device)
         note = apply_memory_cap(cfg.memory_cap_gb, device)
         if note:
             notes.append(note)
@@ -317,15 +329,14 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
     notes += s.notes
     ev.progress(1.0, f"loaded {model} [{variant}] in {s.load_s:.1f}s")
     pending = [] if cfg.quality and not is_random(model) else None   # rows wait for the quality columns
-    roof = {}
+    from .roofline import decode_bytes
+    roof = {"bandwidth": bandwidth, "bytes": decode_bytes(lm.model, lm.stats.weights_bytes)}
     for bs, p, n in cfg.combos():
         for mode, kv in itertools.product(cfg.decode_modes, cfg.kv_cache):
             row = new_row(model, variant, device, bs, p, n, kv_cache=kv, **load)
             row["raw"]["notes"] = list(notes)
             ev.progress(0.0, f"{model} [{variant}] bs={bs} prompt={p} new={n} decode={mode} kv={kv}")
             try:
-                if not roof:
-                    roof = roofline_inputs(lm, device)
                 row.update(read_bandwidth_gb_s=roof["bandwidth"], decode_bytes_gb=roof["bytes"] / GB)
                 fast = use_fast(lm, mode if kv == "default" else "eager", device, row, ev)
                 if kv != "default" and mode != "eager" and (mode == "fast" or device.startswith("cuda")):

@@ -1,6 +1,7 @@
-"""Out of memory, for real: an address-space cap (RLIMIT_AS) on a running ``launch.py`` server, and on a benchmark
-worker. A request that needs more memory than is left gets a clear message; the model and the app keep working
-for the next request; in a benchmark the combo that ran out becomes an ``oom`` row while the others are measured."""
+"""Out of memory, for real: a cap on the writable memory (RLIMIT_DATA) of a running ``launch.py`` server, and an
+address-space cap (RLIMIT_AS) on a benchmark worker. A request that needs more memory than is left gets a clear
+message; the model and the app keep working for the next request; in a benchmark the combo that ran out becomes an
+``oom`` row while the others are measured."""
 from __future__ import annotations
 
 import resource
@@ -12,9 +13,12 @@ import pytest
 from reliability_support import DEFAULT_MODEL, event_ids, queue_call, server
 
 MB = 1024 ** 2
-# Measured on this server (smollm2 bf16, CPU): a 3,000-token prompt raises the process's address space by about
-# 140 MB at its peak (KV cache + activations of the prefill), a short question by under 10 MB. A cap of 48 MB
-# above the current address space therefore fails the first and leaves room for the second.
+# Measured on this server (smollm2 bf16, CPU): a 3,000-token prompt needs about 120-140 MB more at its peak (KV cache
+# + activations of the prefill), a short question under 10 MB. A cap of 48 MB above the current writable memory
+# therefore fails the first and leaves room for the second. RLIMIT_DATA, not RLIMIT_AS: glibc's thread arenas
+# reserve their 64 MB heaps as address space up front and grow inside them without new address space, so with an
+# address-space cap the long prompt sometimes fitted in such a reservation and did not fail; RLIMIT_DATA charges
+# the pages when they become writable (mprotect), wherever they are.
 HEADROOM_MB = 48
 LONG = "hello " * 3000
 pytestmark = pytest.mark.slow
@@ -46,8 +50,8 @@ def test_out_of_memory_in_chat_is_a_clear_message_and_the_app_keeps_working(srv)
         t.join()
     ui = event_ids(srv.url)["send"]
     proc = psutil.Process(srv.pid)
-    soft, hard = resource.prlimit(srv.pid, resource.RLIMIT_AS)
-    resource.prlimit(srv.pid, resource.RLIMIT_AS, (proc.memory_info().vms + HEADROOM_MB * MB, hard))
+    soft, hard = resource.prlimit(srv.pid, resource.RLIMIT_DATA)
+    resource.prlimit(srv.pid, resource.RLIMIT_DATA, (proc.memory_info().data + HEADROOM_MB * MB, hard))
     try:
         # through the API
         _, error = chat(client, LONG)
@@ -64,7 +68,7 @@ def test_out_of_memory_in_chat_is_a_clear_message_and_the_app_keeps_working(srv)
         assert res.success, res.detail
         assert "Paris" in str(res.output["data"][0])
     finally:
-        resource.prlimit(srv.pid, resource.RLIMIT_AS, (soft, hard))
+        resource.prlimit(srv.pid, resource.RLIMIT_DATA, (soft, hard))
     assert srv.proc.poll() is None
 
 
