@@ -510,46 +510,61 @@ def is_endpoint_name(name) -> bool:
 
 
 class EndpointRegistry:
-    """The endpoints the app knows, by name (thread-safe: the Models tab adds while chats read)."""
+    """The endpoints the app knows, by name (thread-safe: the Models tab adds while chats read).
 
-    def __init__(self, endpoints=()):
+    A registry with a ``parent`` is one browser session's view: it sees the parent's endpoints (those given at
+    launch: ``--endpoint``, ``--endpoints-file``) plus its own (added in that session's Models tab), and adds and
+    removes only its own, so an endpoint and its API key entered by one user never reach another user."""
+
+    def __init__(self, endpoints=(), parent: EndpointRegistry | None = None):
         self._eps: dict[str, Endpoint] = {}
         self._lock = threading.Lock()
+        self.parent = parent
         for ep in endpoints:
             self.add(ep)
 
+    @staticmethod
+    def _key(name) -> str:
+        key = (name or "").strip()
+        return key[len(PREFIX):] if key.startswith(PREFIX) else key
+
     def add(self, ep: Endpoint) -> Endpoint:
-        """Add, or replace the endpoint of the same name."""
+        """Add, or replace the endpoint of the same name (a session's own one hides the parent's)."""
         with self._lock:
             self._eps[ep.name] = ep
         return ep
 
     def remove(self, name: str) -> bool:
-        name = (name or "").strip()
-        name = name[len(PREFIX):] if name.startswith(PREFIX) else name
+        """Remove one of this registry's own endpoints (never the parent's)."""
         with self._lock:
-            return self._eps.pop(name, None) is not None
+            return self._eps.pop(self._key(name), None) is not None
+
+    def owns(self, name: str) -> bool:
+        with self._lock:
+            return self._key(name) in self._eps
 
     def get(self, name: str) -> Endpoint:
-        key = (name or "").strip()
-        key = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        key = self._key(name)
         with self._lock:
             ep = self._eps.get(key)
-            known = list(self._eps)
+        if ep is None and self.parent is not None and key in self.parent:
+            return self.parent.get(key)
         if ep is None:
-            listed = ", ".join(PREFIX + k for k in known) or "none yet: add one with --endpoint or in the Models tab"
+            listed = ", ".join(self.choices()) or "none yet: add one with --endpoint or in the Models tab"
             raise ModelNotFoundError(f"no endpoint named {key!r} (known endpoints: {listed})")
         return ep
 
     def all(self) -> list[Endpoint]:
         with self._lock:
-            return list(self._eps.values())
+            own = dict(self._eps)
+        inherited = [ep for ep in self.parent.all() if ep.name not in own] if self.parent is not None else []
+        return inherited + list(own.values())
 
     def choices(self) -> list[str]:
         return [ep.choice for ep in self.all()]
 
     def __len__(self) -> int:
-        return len(self._eps)
+        return len(self.all())
 
     def __contains__(self, name) -> bool:
         try:

@@ -213,6 +213,10 @@ class _Request:
     session_hash = "endpoint-test"
 
 
+class _OtherSession:
+    session_hash = "someone-else"
+
+
 def test_chat_and_compare_with_an_endpoint_slot_beside_a_local_slot(served, manager, smollm_bf16):
     """The tabs' own handlers: an endpoint added in the Models tab form (its key never comes back to the browser),
     a Chat reply from it, and Compare with local bf16 | endpoint | an endpoint whose server is gone."""
@@ -223,9 +227,18 @@ def test_chat_and_compare_with_an_endpoint_slot_beside_a_local_slot(served, mana
     app = build_app(manager, endpoints=[dead])
     ctx = app.playground_ctx
     add = _ui_fn(app, "served", "add")
-    table, choice, key_box, note = add(served.url, served.model_dir, "ts", SECRET)
+    table, choice, key_box, note = add(served.url, served.model_dir, "ts", SECRET, _Request())
     assert key_box == "" and "endpoint:ts" in note and "✅ reachable" in note
-    assert ctx.endpoints.get("endpoint:ts").key() == SECRET
+    assert ctx.endpoints_of(_Request()).get("endpoint:ts").key() == SECRET
+    # the endpoint (and its key) belongs to the session that added it: another user neither sees nor reaches it
+    assert "endpoint:ts" not in ctx.endpoints_of(_OtherSession()).choices()
+    assert "endpoint:dead" in ctx.endpoints_of(_OtherSession()).choices()          # launch-time: everyone's
+    with pytest.raises(Exception, match="no endpoint named 'ts'"):
+        list(_ui_fn(app, "chat_tab", "send")("endpoint:ts", "bf16", "Hi", [], "", 8, 0.7, 0.9, 50, 1.0, -1, True,
+                                             _OtherSession(), lambda *a, **k: None))
+    remove = _ui_fn(app, "served", "remove")
+    assert "cannot be removed here" in remove("endpoint:dead", _Request())[2]  # a user cannot drop a launch one
+    assert "endpoint:dead" in ctx.endpoints.choices()
     visible = json.dumps([table, note, app.get_config_file()], default=str)
     assert "endpoint:ts" in visible and SECRET not in visible
 
@@ -249,6 +262,8 @@ def test_chat_and_compare_with_an_endpoint_slot_beside_a_local_slot(served, mana
     assert "cannot reach endpoint:dead" in replies[2] and badges[2] == ""
     assert "slot 3 failed" in status
     assert SECRET not in json.dumps(frames, default=str)
+    ctx.drop_session(_Request())             # the browser tab closed: its endpoint and key are forgotten
+    assert "endpoint:ts" not in ctx.endpoints_of(_Request()).choices() and ctx.session_endpoints == {}
 
 
 def test_launch_py_endpoint_flag_serves_chat_through_the_api(served):

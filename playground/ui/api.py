@@ -72,7 +72,7 @@ def register(ctx: UIContext) -> None:
             if system_prompt is not None and not isinstance(system_prompt, str):
                 raise InvalidParameterError(f"system_prompt must be text, got {system_prompt!r:.80}")
             msgs = normalize_history(history) + [{"role": "user", "content": message}]
-            ep = endpoint_for(ctx, model)   # endpoint:<name>: a served model (its variant is ignored)
+            ep = endpoint_for(ctx, model, request)   # endpoint:<name>: a served model (its variant is ignored)
             lm = None if ep is not None else ctx.find(model, variant) or ctx.load(model, variant)
             cancel = ctx.cancels.start(session_id(request), "api")
             events = (reply_events(ep, msgs, system_prompt or None, params, cancel) if ep is not None

@@ -64,7 +64,7 @@ def build_app(manager: ModelManager, default_model: str = DEFAULT_MODEL, default
         api.register(ctx)
 
         def forget_session(request: gr.Request):
-            ctx.cancels.drop_session(getattr(request, "session_hash", None))
+            ctx.drop_session(request)
 
         app.unload(forget_session)
     app.playground_ctx = ctx  # for tests and for tabs added later

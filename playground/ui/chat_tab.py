@@ -43,9 +43,9 @@ def to_display(history: list[dict], pending: str | None = None) -> list[dict]:
     return out
 
 
-def selection_status(ctx: UIContext, model: str, variant: str) -> str:
+def selection_status(ctx: UIContext, model: str, variant: str, request: gr.Request | None = None) -> str:
     if is_endpoint_name(model):
-        return endpoint_status(ctx, model)
+        return endpoint_status(ctx, model, request)
     lm = ctx.find(model, variant)
     if lm is not None:
         return describe_loaded(lm)
@@ -96,7 +96,7 @@ def build_tab(ctx: UIContext) -> None:
             try:
                 gen_params = make_params(*pv)
                 msgs = [{"role": m["role"], "content": m["content"]} for m in hist]
-                ep = endpoint_for(ctx, model_name)
+                ep = endpoint_for(ctx, model_name, request)
                 if ep is not None:   # a served model: no loading, the same stream of events
                     described, events = describe_endpoint(ep), reply_events(ep, msgs, system_prompt, gen_params,
                                                                             cancel)
@@ -164,9 +164,9 @@ def build_tab(ctx: UIContext) -> None:
         def stop(request: gr.Request):
             ctx.cancels.stop(session_id(request), "chat")
 
-        def load(model_name, variant_name, progress=gr.Progress()):
+        def load(model_name, variant_name, request: gr.Request, progress=gr.Progress()):
             if is_endpoint_name(model_name):   # nothing to load: say whether the server answers
-                return endpoint_status(ctx, model_name, probe=True)
+                return endpoint_status(ctx, model_name, request, probe=True)
             try:
                 return describe_loaded(ctx.load(model_name, variant_name, progress))
             except PlaygroundError as exc:
@@ -192,8 +192,12 @@ def build_tab(ctx: UIContext) -> None:
         preset.change(lambda p: PRESETS.get(p, gr.skip()), [preset], [system], queue=False,
                       api_visibility=PRIVATE)
         # endpoints added in the Models tab join the model list when the tab is opened again
-        tab.select(lambda m: gr.Dropdown(choices=model_choices(ctx, m)), [model], [model], queue=False,
-                   api_visibility=PRIVATE)
+        def refresh_models(model_name, request: gr.Request):
+            return gr.Dropdown(choices=model_choices(ctx, model_name, request))
+
+        def show_selection(model_name, variant_name, request: gr.Request):
+            return selection_status(ctx, model_name, variant_name, request)
+
+        tab.select(refresh_models, [model], [model], queue=False, api_visibility=PRIVATE)
         for dd in (model, variant):
-            dd.change(lambda m, v: selection_status(ctx, m, v), [model, variant], [status], queue=False,
-                      api_visibility=PRIVATE)
+            dd.change(show_selection, [model, variant], [status], queue=False, api_visibility=PRIVATE)

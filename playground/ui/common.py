@@ -58,7 +58,26 @@ class UIContext:
     device: str | None = None                 # None: the manager's device
     trusted_models: frozenset[str] = frozenset()  # models allowed to run their own code (--trust-remote-code)
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
-    endpoints: EndpointRegistry = field(default_factory=EndpointRegistry)  # served models: endpoint:<name>
+    endpoints: EndpointRegistry = field(default_factory=EndpointRegistry)  # served models given at launch
+    # endpoints added in the Models tab, per browser session (session hash → its registry; parent: ``endpoints``)
+    session_endpoints: dict[str, EndpointRegistry] = field(default_factory=dict)
+    _endpoints_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def endpoints_of(self, request: gr.Request | None, create: bool = False) -> EndpointRegistry:
+        """The endpoints one session sees: the launch-time ones plus the ones it added itself (``create``: make
+        the session's own registry, to add to it)."""
+        sid = session_id(request)
+        with self._endpoints_lock:
+            reg = self.session_endpoints.get(sid)
+            if reg is None and create:
+                reg = self.session_endpoints[sid] = EndpointRegistry(parent=self.endpoints)
+        return reg or self.endpoints
+
+    def drop_session(self, request: gr.Request | None) -> None:
+        """A browser tab closed: forget its stop signals and the endpoints (and API keys) it added."""
+        self.cancels.drop_session(session_id(request))
+        with self._endpoints_lock:
+            self.session_endpoints.pop(session_id(request), None)
 
     def load(self, name: str, variant: str, progress=None) -> LoadedModel:
         """Load (or fetch from the manager's cache) with a gr.Progress bar fed by the manager's callback."""

@@ -28,7 +28,8 @@ MAX_SLOTS = 4
 DEFAULT_VARIANTS = ("bf16", "int8", "fp32", "nf4")
 
 
-def memory_plan(ctx: UIContext, slots: list[tuple[str, str]]) -> tuple[list[str], str | None]:
+def memory_plan(ctx: UIContext, slots: list[tuple[str, str]], request: gr.Request | None = None
+                ) -> tuple[list[str], str | None]:
     """Check the slots against the budget. Returns (per-slot lines, refusal message or None).
 
     Identical model × variant slots share one copy; a slot already loaded counts its measured size.
@@ -38,7 +39,7 @@ def memory_plan(ctx: UIContext, slots: list[tuple[str, str]]) -> tuple[list[str]
         key = ((name or "").strip(), variant)
         if is_endpoint_name(key[0]):   # served elsewhere: no local memory
             try:
-                lines.append(f"slot {i}: {ctx.endpoints.get(key[0]).label}: served remotely (no local memory)")
+                lines.append(f"slot {i}: {ctx.endpoints_of(request).get(key[0]).label}: served remotely (no local memory)")
             except PlaygroundError as exc:
                 problems.append(f"slot {i} ({key[0]}): {exc}")
             continue
@@ -124,7 +125,7 @@ def build_tab(ctx: UIContext) -> None:
                 gen_params = make_params(*pv)
             except PlaygroundError as exc:
                 raise user_error(str(exc)) from None
-            lines, refusal = memory_plan(ctx, slots)
+            lines, refusal = memory_plan(ctx, slots, request)
             if refusal:
                 gr.Warning(refusal.splitlines()[0])
                 yield frame("⛔ " + html.escape(refusal).replace("\n", "  \n"))
@@ -141,7 +142,7 @@ def build_tab(ctx: UIContext) -> None:
                     out_replies[i] = "*skipped (stopped)*"
                     continue
                 try:
-                    ep = endpoint_for(ctx, name)
+                    ep = endpoint_for(ctx, name, request)
                     if ep is not None:   # a served slot: the same events, measured on this side
                         events = reply_events(ep, msgs, system_prompt, gen_params, cancel)
                     else:
@@ -175,8 +176,10 @@ def build_tab(ctx: UIContext) -> None:
             ctx.cancels.stop(session_id(request), "compare")
 
         # endpoints added in the Models tab join the slots' model lists when the tab is opened again
-        tab.select(lambda *ms: [gr.Dropdown(choices=model_choices(ctx, m)) for m in ms], models, models,
-                   queue=False, api_visibility=PRIVATE)
+        def refresh_models(model0, model1, model2, model3, request: gr.Request):
+            return [gr.Dropdown(choices=model_choices(ctx, m, request)) for m in (model0, model1, model2, model3)]
+
+        tab.select(refresh_models, models, models, queue=False, api_visibility=PRIVATE)
         count.change(lambda n: [gr.Column(visible=i < int(n)) for i in range(MAX_SLOTS)], [count], columns,
                      queue=False, api_visibility=PRIVATE)
         inputs = [prompt, count, system, *params.as_list(), *models, *variants]

@@ -20,17 +20,17 @@ log = logging.getLogger(__name__)
 __all__ = ["endpoint_for", "endpoint_status", "reply_events", "model_choices", "build_panel", "VARIANT"]
 
 
-def endpoint_for(ctx: UIContext, name) -> Endpoint | None:
-    """The endpoint a model name means, None for a local model; an unknown ``endpoint:x`` raises
-    ModelNotFoundError naming the known ones."""
+def endpoint_for(ctx: UIContext, name, request: gr.Request | None = None) -> Endpoint | None:
+    """The endpoint a model name means in the request's session, None for a local model; an unknown
+    ``endpoint:x`` raises ModelNotFoundError naming the known ones."""
     if not is_endpoint_name(name):
         return None
-    return ctx.endpoints.get(name)
+    return ctx.endpoints_of(request).get(name)
 
 
-def endpoint_status(ctx: UIContext, name: str, probe: bool = False) -> str:
+def endpoint_status(ctx: UIContext, name: str, request: gr.Request | None = None, probe: bool = False) -> str:
     try:
-        ep = ctx.endpoints.get(name)
+        ep = ctx.endpoints_of(request).get(name)
     except PlaygroundError as exc:
         return f"⛔ {html.escape(str(exc))}"
     line = describe_endpoint(ep)
@@ -43,27 +43,31 @@ def reply_events(ep: Endpoint, msgs, system_prompt, params, cancel):
     return stream_endpoint_reply(ep, msgs, system_prompt, params, cancel)
 
 
-def model_choices(ctx: UIContext, current: str | None = None) -> list[str]:
+def model_choices(ctx: UIContext, current: str | None = None, request: gr.Request | None = None) -> list[str]:
     from ..catalog import CATALOG
-    choices = list(CATALOG) + ctx.endpoints.choices()
+    choices = list(CATALOG) + ctx.endpoints_of(request).choices()
     if current and current not in choices:
         choices.append(current)
     return choices
 
 
 # ---- Models tab panel ----------------------------------------------------------------------------------------
-TABLE_COLUMNS = ["model name in Chat/Compare", "URL", "server model", "API key", "timeout s"]
+TABLE_COLUMNS = ["model name in Chat/Compare", "URL", "server model", "API key", "timeout s", "seen by"]
 
 
-def endpoint_rows(ctx: UIContext) -> list[list]:
-    return [[ep.choice, ep.url, ep.model or "(server's)", ep.key_source, ep.timeout_s] for ep in ctx.endpoints.all()]
+def endpoint_rows(ctx: UIContext, request: gr.Request | None = None) -> list[list]:
+    reg = ctx.endpoints_of(request)
+    return [[ep.choice, ep.url, ep.model or "(server's)", ep.key_source, ep.timeout_s,
+             "this browser session" if reg is not ctx.endpoints and reg.owns(ep.name) else "everyone (set at launch)"]
+            for ep in reg.all()]
 
 
 def build_panel(ctx: UIContext) -> None:
     """The "Endpoints" section of the Models tab (call inside its ``gr.Tab``)."""
     gr.Markdown("### Endpoints (OpenAI-compatible servers)\nA vLLM, TGI, LMDeploy, llama.cpp or `transformers "
-                "serve` server appears in Chat and Compare as `endpoint:<name>` (variant `served`). The API key is "
-                "kept in memory only and never shown again.", elem_id="endpoints-help")
+                "serve` server appears in Chat and Compare as `endpoint:<name>` (variant `served`). An endpoint added "
+                "here is yours alone: other users of this app do not see it, and it is forgotten when this tab "
+                "closes. The API key is kept in memory only and never shown again.", elem_id="endpoints-help")
     table = gr.Dataframe(value=endpoint_rows(ctx), headers=TABLE_COLUMNS, interactive=False, wrap=True,
                          elem_id="endpoints-table", label="Endpoints")
     with gr.Row(equal_height=False):
@@ -79,28 +83,36 @@ def build_panel(ctx: UIContext) -> None:
         remove_btn = gr.Button("Remove", variant="stop", scale=1, min_width=100, elem_id="endpoint-remove")
     message = gr.Markdown("", elem_id="endpoint-message")
 
-    def add(url_value, model_value, name_value, key_value):
+    def add(url_value, model_value, name_value, key_value, request: gr.Request):
         try:
             ep = Endpoint(url=url_value, model=model_value or None, name=name_value or None,
                           api_key=key_value or None)
         except PlaygroundError as exc:
             # the key field is cleared in every case: a key never travels back to the browser
             return gr.skip(), gr.skip(), "", f"⚠️ {html.escape(str(exc))}"
-        replaced = ep.name in [e.name for e in ctx.endpoints.all()]
-        ctx.endpoints.add(ep)
-        log.info("endpoint %s added (%s)", ep.choice, ep.url)
+        reg = ctx.endpoints_of(request, create=True)
+        replaced = ep.name in [e.name for e in reg.all()]
+        reg.add(ep)
+        log.info("endpoint %s added (%s) for one session", ep.choice, ep.url)
         verb = "replaced" if replaced else "added"
         note = (f"✅ {verb} **{html.escape(ep.choice)}** → {html.escape(ep.url)}: pick it as the model in Chat or "
-                f"Compare.  \n{html.escape(ep.probe())}")
-        return endpoint_rows(ctx), gr.Dropdown(choices=ctx.endpoints.choices(), value=ep.choice), "", note
+                f"Compare (in this browser tab only).  \n{html.escape(ep.probe())}")
+        return endpoint_rows(ctx, request), gr.Dropdown(choices=reg.choices(), value=ep.choice), "", note
 
-    def remove(choice_value):
+    def remove(choice_value, request: gr.Request):
         if not choice_value:
             return gr.skip(), gr.skip(), "Choose an endpoint to remove."
-        ok = ctx.endpoints.remove(choice_value)
-        names = ctx.endpoints.choices()
-        return (endpoint_rows(ctx), gr.Dropdown(choices=names, value=names[0] if names else None),
-                f"🗑 removed {html.escape(choice_value)}" if ok else f"{html.escape(choice_value)} is not known")
+        reg = ctx.endpoints_of(request)
+        if reg.owns(choice_value) and reg is not ctx.endpoints:
+            reg.remove(choice_value)
+            message = f"🗑 removed {html.escape(choice_value)}"
+        elif choice_value in reg:
+            message = (f"{html.escape(choice_value)} was set when the app was launched (--endpoint or "
+                       f"--endpoints-file) and is shared by every user: it cannot be removed here")
+        else:
+            message = f"{html.escape(choice_value)} is not known"
+        names = reg.choices()
+        return (endpoint_rows(ctx, request), gr.Dropdown(choices=names, value=names[0] if names else None), message)
 
     add_btn.click(add, [url, model, name, key], [table, choice, key, message], api_visibility=PRIVATE)
     remove_btn.click(remove, [choice], [table, choice, message], api_visibility=PRIVATE)
