@@ -363,6 +363,9 @@ def _request(ep, client, messages, system, params, cancel, stream, t_start) -> I
     if params.min_new_tokens:
         stats.notes.append("min_new_tokens is not part of the OpenAI API: not sent (vLLM takes min_tokens and "
                            "ignore_eos in extra_body)")
+    if params.kv_cache != "default":
+        stats.notes.append(f"kv_cache={params.kv_cache} applies to local models: the server keeps its own KV cache "
+                           f"(vLLM: --kv-cache-dtype, LMDeploy: --quant-policy)")
     timeout = httpx.Timeout(ep.timeout_s, connect=CONNECT_TIMEOUT_S)
     for attempt in (1, 2):
         body = build_body(ep, messages, system, params, stream, client)

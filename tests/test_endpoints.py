@@ -235,7 +235,7 @@ def test_chat_and_compare_with_an_endpoint_slot_beside_a_local_slot(served, mana
     assert "endpoint:dead" in ctx.endpoints_of(_OtherSession()).choices()          # launch-time: everyone's
     with pytest.raises(Exception, match="no endpoint named 'ts'"):
         list(_ui_fn(app, "chat_tab", "send")("endpoint:ts", "bf16", "Hi", [], "", 8, 0.7, 0.9, 50, 1.0, -1, True,
-                                             _OtherSession(), lambda *a, **k: None))
+                                             "default", _OtherSession(), lambda *a, **k: None))
     remove = _ui_fn(app, "served", "remove")
     assert "cannot be removed here" in remove("endpoint:dead", _Request())[2]  # a user cannot drop a launch one
     assert "endpoint:dead" in ctx.endpoints.choices()
@@ -244,7 +244,7 @@ def test_chat_and_compare_with_an_endpoint_slot_beside_a_local_slot(served, mana
 
     send = _ui_fn(app, "chat_tab", "send")     # the Chat tab: same stream, badge under the reply
     chat_frames = list(send("endpoint:ts", "bf16", "What is the capital of France?", [], "Be concise.", 12, 0.7,
-                            0.9, 50, 1.0, -1, True, _Request(), lambda *a, **k: None))
+                            0.9, 50, 1.0, -1, True, "default", _Request(), lambda *a, **k: None))
     history, status_line = chat_frames[-1][1], chat_frames[-1][3]
     assert "Paris" in history[-1]["content"] and "TTFT" in history[-1]["badge"]
     assert "served" in history[-1]["badge"] and "endpoint:ts" in status_line
@@ -252,7 +252,7 @@ def test_chat_and_compare_with_an_endpoint_slot_beside_a_local_slot(served, mana
 
     run = _ui_fn(app, "compare_tab", "run")
     frames = list(run("What is the capital of France?", 3, "You are a concise assistant.", 16, 0.7, 0.9, 50, 1.0,
-                      -1, True, DEFAULT_MODEL, "endpoint:ts", "endpoint:dead", DEFAULT_MODEL,
+                      -1, True, "default", DEFAULT_MODEL, "endpoint:ts", "endpoint:dead", DEFAULT_MODEL,
                       "bf16", "int8", "bf16", "bf16", _Request(), lambda *a, **k: None))
     replies, badges, status = frames[-1][:4], frames[-1][4:8], frames[-1][8]
     assert any("served remotely" in str(f[8]) for f in frames)           # the memory plan names the endpoint

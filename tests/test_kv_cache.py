@@ -98,3 +98,19 @@ def test_kv_cache_perplexity_scores_the_same_tokens(smollm_bf16):
     q = kv_cache_perplexity(smollm_bf16.model, smollm_bf16.tokenizer, "int2", **kw)
     assert base.tokens == q.tokens == 24
     assert 1 < base.ppl < 200 and q.ppl > 1 and q.ppl != base.ppl
+
+
+@pytest.mark.parametrize("variant", ["int8", "nf4", "gptq", "awq"])
+def test_a_quantized_kv_cache_combines_with_quantized_weights(manager, variant):
+    """The KV option only touches the cache: with every quantized weight variant the reply still comes, through a
+    cache that holds fewer bytes than the same variant's default cache."""
+    from conftest import DEFAULT_MODEL
+    lm = manager.get(DEFAULT_MODEL, variant)
+    try:
+        text_default, s_default = _reply(lm, "default", n=8)
+        text_q, s_q = _reply(lm, "int4", n=8)
+        assert text_q.strip() and s_q.new_tokens > 0, (variant, text_q)
+        assert s_q.kv_cache == "int4" and s_q.variant == variant
+        assert 0 < s_q.kv_cache_gb < 0.6 * s_default.kv_cache_gb, (variant, s_q.kv_cache_gb, s_default.kv_cache_gb)
+    finally:
+        manager.unload(DEFAULT_MODEL, variant)

@@ -29,7 +29,7 @@ MESSAGES = st.one_of(
     st.lists(st.sampled_from(WORDS), min_size=1, max_size=25).map(" ".join),            # mixed scripts
     st.text(alphabet=st.characters(codec="utf-8"), max_size=120),                       # any valid Unicode
 )
-PARAMS = ["max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "greedy"]
+PARAMS = ["max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "greedy", "kv_cache"]
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers(-10 ** 20, 10 ** 20) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12),
@@ -194,7 +194,8 @@ def test_api_one_megabyte_message_is_refused_with_the_context_length(client):
 
 # ---- the UI's own event handlers (what the page sends, but hostile) ----------------------------------------------------
 def ui_send(srv, ui_events, message="Hi", model=DEFAULT_MODEL, variant="bf16", system="", **params):
-    p = dict(max_new_tokens=1, temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.0, seed=-1, greedy=True)
+    p = dict(max_new_tokens=1, temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.0, seed=-1, greedy=True,
+             kv_cache="default")
     p.update(params)
     data = [model, variant, message, None, system, *(p[k] for k in PARAMS)]
     return queue_call(srv.url, ui_events["send"], data)

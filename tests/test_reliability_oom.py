@@ -60,7 +60,7 @@ def test_out_of_memory_in_chat_is_a_clear_message_and_the_app_keeps_working(srv)
         (reply, stats), error = chat(client, "What is the capital of France?")
         assert error is None and "Paris" in reply                          # same cap, same model, next request
         # through the chat tab's own handler: the same message as an error toast, the conversation rolled back
-        data = [DEFAULT_MODEL, "bf16", LONG, None, "", 8, 0.7, 0.9, 50, 1.0, -1, True]
+        data = [DEFAULT_MODEL, "bf16", LONG, None, "", 8, 0.7, 0.9, 50, 1.0, -1, True, "default"]
         res = queue_call(srv.url, ui, data)
         assert res.success is False and res.detail.startswith("out of memory while generating"), res.detail
         data[2] = "What is the capital of France?"

@@ -55,12 +55,21 @@ def test_chat_endpoint_takes_history_and_chinese(client):
     assert st2["prompt_tokens"] == stats["prompt_tokens"]
 
 
+def test_chat_endpoint_with_a_quantized_kv_cache(client):
+    reply, stats = client.predict(**chat_args(kv_cache="int4"), api_name="/chat")
+    assert "Paris" in reply
+    assert stats["kv_cache"] == "int4" and stats["kv_cache_gb"] > 0 and "KV int4" in stats["badge"]
+    _, plain = client.predict(**chat_args(), api_name="/chat")
+    assert plain["kv_cache"] == "default" and 0 < stats["kv_cache_gb"] < plain["kv_cache_gb"]
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(temperature=-1), "temperature must be in [0, 5]"),
     (dict(variant="int3"), "unknown variant 'int3'"),
     (dict(message="   "), "the message is empty"),
     (dict(max_new_tokens=2.5), "max_new_tokens must be an integer"),
     (dict(top_p=0), "top_p must be in (0, 1]"),
+    (dict(kv_cache="fp8"), "kv_cache must be one of default, int8, int4, int2"),
     (dict(model="./no/such/model"), "no such folder"),
     (dict(history=[{"text": "hi"}]), "history[0] must be a dict with role"),
     (dict(message="hello " * 9000), "has a context of 8192 tokens"),
@@ -102,6 +111,12 @@ def test_make_params_validates_widget_values():
         make_params(8, 0.7, 0.9, "many", 1.0, None, False)
     with pytest.raises(InvalidParameterError, match="repetition_penalty"):
         make_params(8, 0.7, 0.9, 50, 9.0, None, False)
+    assert make_params(8, 0.7, 0.9, 50, 1.0, None, False, "int8").kv_cache == "int8"
+    assert make_params(8, 0.7, 0.9, 50, 1.0, None, False, None).kv_cache == "default"
+    with pytest.raises(InvalidParameterError, match="kv_cache must be one of default, int8, int4, int2"):
+        make_params(8, 0.7, 0.9, 50, 1.0, None, False, "int3")
+    with pytest.raises(InvalidParameterError, match="kv_cache must be a name"):
+        make_params(8, 0.7, 0.9, 50, 1.0, None, False, 4)
 
 
 def test_compare_memory_plan_refuses_slots_over_budget():

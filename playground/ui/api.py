@@ -60,11 +60,12 @@ def register(ctx: UIContext) -> None:
     def chat(model: str, variant: str, message: str, history: list[dict] | None = None,
              system_prompt: str = "", max_new_tokens: int = 256, temperature: float = 0.7, top_p: float = 0.9,
              top_k: int = 50, repetition_penalty: float = 1.0, seed: int | None = None, greedy: bool = False,
-             request: gr.Request = None) -> tuple[str, dict]:
+             kv_cache: str = "default", request: gr.Request = None) -> tuple[str, dict]:
         """Reply to `message` after `history` with model × variant. Streams (reply_so_far, {}) then
         (reply, stats) where stats has ttft_s, decode_tok_s, new_tokens, peak_mem_gb, finish_reason, badge."""
         try:
-            params = make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy)
+            params = make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy,
+                                 kv_cache)
             if message is not None and not isinstance(message, str):
                 raise InvalidParameterError(f"message must be text, got {type(message).__name__} {message!r:.80}")
             if not (message or "").strip():

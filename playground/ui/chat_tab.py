@@ -132,8 +132,8 @@ def build_tab(ctx: UIContext) -> None:
 
         # gradio injects gr.Request / gr.Progress only into positional parameters: no *args here.
         def send(model_name, variant_name, text, hist, system_prompt, max_new_tokens, temperature, top_p, top_k,
-                 repetition_penalty, seed, greedy, request: gr.Request, progress=gr.Progress()):
-            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy)
+                 repetition_penalty, seed, greedy, kv_cache, request: gr.Request, progress=gr.Progress()):
+            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy, kv_cache)
             hist = list(hist or [])
             if not (text or "").strip():
                 gr.Warning("The message is empty: type something to send.")
@@ -143,8 +143,8 @@ def build_tab(ctx: UIContext) -> None:
             yield from run(model_name, variant_name, new, system_prompt, pv, request, progress, (hist, text), "")
 
         def regenerate(model_name, variant_name, hist, system_prompt, max_new_tokens, temperature, top_p, top_k,
-                       repetition_penalty, seed, greedy, request: gr.Request, progress=gr.Progress()):
-            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy)
+                       repetition_penalty, seed, greedy, kv_cache, request: gr.Request, progress=gr.Progress()):
+            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy, kv_cache)
             hist = list(hist or [])
             base = hist[:-1] if hist and hist[-1]["role"] == "assistant" else hist
             if not base or base[-1]["role"] != "user":

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from ..catalog import CATALOG
-from ..engine import GenerationParams, ReplyStats
+from ..engine import KV_CACHE_OPTIONS, GenerationParams, ReplyStats
 from ..endpoints import EndpointRegistry
 from ..errors import InvalidParameterError
 from ..manager import GB, LoadedModel, ModelManager
@@ -134,10 +134,11 @@ class ParamWidgets:
     repetition_penalty: gr.Slider
     seed: gr.Number
     greedy: gr.Checkbox
+    kv_cache: gr.Dropdown
 
     def as_list(self) -> list:
         return [self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.repetition_penalty,
-                self.seed, self.greedy]
+                self.seed, self.greedy, self.kv_cache]
 
 
 def params_accordion(prefix: str, max_new_tokens: int = 256, open: bool = False) -> ParamWidgets:
@@ -156,6 +157,10 @@ def params_accordion(prefix: str, max_new_tokens: int = 256, open: bool = False)
                            elem_id=f"{prefix}-seed"),
             greedy=gr.Checkbox(value=False, label="Greedy (deterministic, ignores sampling settings)",
                                elem_id=f"{prefix}-greedy"),
+            kv_cache=gr.Dropdown(choices=list(KV_CACHE_OPTIONS), value="default", label="KV cache",
+                                 info="int8/int4/int2: keys and values stored quantized (less memory for long "
+                                      "chats; decodes eagerly; not for sliding-window models such as Gemma 3)",
+                                 elem_id=f"{prefix}-kv-cache"),
         )
     return w
 
@@ -190,7 +195,8 @@ def _as_bool(name: str, value) -> bool:
     raise InvalidParameterError(f"{name} must be true or false, got {value!r:.80}")
 
 
-def make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy) -> GenerationParams:
+def make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy,
+                kv_cache="default") -> GenerationParams:
     """Widget or API values → validated GenerationParams (raises InvalidParameterError with a clear message)."""
     seed = None if seed is None or str(seed).strip() == "" else _as_int("seed", seed)
     if seed is not None and seed < 0:
@@ -199,7 +205,8 @@ def make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, s
                             temperature=_as_float("temperature", temperature),
                             top_p=_as_float("top_p", top_p), top_k=_as_int("top_k", top_k),
                             repetition_penalty=_as_float("repetition_penalty", repetition_penalty),
-                            seed=seed, greedy=_as_bool("greedy", greedy))
+                            seed=seed, greedy=_as_bool("greedy", greedy),
+                            kv_cache=_text_arg("kv_cache", kv_cache) or "default")
 
 
 # ---- text -------------------------------------------------------------------------------------------------------

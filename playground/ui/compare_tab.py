@@ -107,10 +107,10 @@ def build_tab(ctx: UIContext) -> None:
 
         # gradio injects gr.Request / gr.Progress only into positional parameters: no *args here.
         def run(text, n, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
-                greedy, model0, model1, model2, model3, variant0, variant1, variant2, variant3,
+                greedy, kv_cache, model0, model1, model2, model3, variant0, variant1, variant2, variant3,
                 request: gr.Request, progress=gr.Progress()):
             n = int(n)
-            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy)
+            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy, kv_cache)
             slots = list(zip((model0, model1, model2, model3), (variant0, variant1, variant2, variant3)))[:n]
             out_replies, out_badges = [gr.skip()] * MAX_SLOTS, [gr.skip()] * MAX_SLOTS
 
