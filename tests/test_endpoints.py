@@ -3,7 +3,8 @@ started by the tests on 127.0.0.1 (no mock server anywhere).
 
 Chat (streamed and not), a wrong model name, an unreachable URL, a Compare run with an endpoint slot beside a local
 bf16 slot, launch.py's --endpoint flag through gradio_client, the serving benchmark at concurrency 1 and 4, and the
-server killed mid-stream (then restarted). The API key is checked to stay out of results files, logs and the UI.
+server killed mid-stream (then restarted): under the engine, under a running launch.py, and under the serving
+benchmark. The API key is checked to stay out of results files, logs and the UI.
 """
 from __future__ import annotations
 
@@ -345,3 +346,64 @@ def test_server_killed_mid_stream_then_restarted(served):
     served.start()
     text, stats = chat_endpoint(ep, FRANCE, params=greedy(16))
     assert "Paris" in text and stats.finish_reason == "eos"
+
+
+def test_server_killed_mid_stream_through_the_app_and_during_a_serving_benchmark(served, tmp_path):
+    """The same crash seen by a user of the app (a clear error; the app keeps serving local models and the endpoint
+    once it is back) and by the serving benchmark (the cut and refused requests are recorded, not dropped)."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from benchmarks.serving import ServeConfig, run_serving
+
+    count = "Count from 1 to 200, separated by commas."
+    port = free_port()
+    cli = CliProcess("--port", str(port), "--endpoint", f"{served.url},model={served.model_dir},name=ts")
+    try:
+        cli.wait_for(["Running on local URL"], timeout=240)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        job = client.submit(model="endpoint:ts", variant="served", message=count, max_new_tokens=300, greedy=True,
+                            api_name="/chat")
+        seen = 0
+        for _ in job:
+            seen += 1
+            if seen == 3:
+                served.kill()
+        assert seen >= 3, "the reply ended before the server was killed"
+        with pytest.raises(AppError, match=r"was cut after \d+ text chunks"):
+            job.result()
+        reply, stats = client.predict(model=DEFAULT_MODEL, variant="bf16", message=FRANCE[0]["content"],
+                                      max_new_tokens=16, greedy=True, api_name="/chat")
+        assert "Paris" in reply and stats["variant"] == "bf16"          # the app goes on serving local models
+        with pytest.raises(AppError, match="cannot reach endpoint:ts"):   # the server is down: said so, at once
+            client.predict(model="endpoint:ts", variant="served", message="hi", api_name="/chat")
+        served.start()
+        reply, _ = client.predict(model="endpoint:ts", variant="served", message=FRANCE[0]["content"],
+                                  max_new_tokens=16, greedy=True, api_name="/chat")
+        assert "Paris" in reply                                          # and the endpoint again once it is back
+    finally:
+        cli.stop()
+
+    # the benchmark: the server dies after the first of 8 requests at concurrency 4 has finished
+    done = []
+
+    def on_request(rec):
+        done.append(rec)
+        if len(done) == 1:
+            served.kill()
+
+    cfg = ServeConfig(url=served.url, model=served.model_dir, concurrency=[4], requests=8, prompt_tokens=16,
+                      new_tokens=48, warmup=0, out=str(tmp_path / "killed"))
+    try:
+        data = run_serving(cfg, on_request=on_request)
+    finally:
+        served.start()
+    (row,) = data["rows"]
+    reqs = row["raw"]["requests"]
+    assert row["requests"] == 8 and len(reqs) == 8                       # every request is in the results
+    failed = [r for r in reqs if not r["ok"]]
+    assert row["errors"] == len(failed) >= 4, row["error"]               # at least the 4 sent after the kill
+    assert all(r["error"] for r in failed) and row["error"].startswith(f"{len(failed)} of 8 requests failed")
+    assert any("cannot reach" in r["error"] or "was cut" in r["error"] for r in failed), failed
+    saved = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert saved["rows"][0]["errors"] == row["errors"]
