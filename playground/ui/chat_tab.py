@@ -13,8 +13,8 @@ from ..endpoints import describe_endpoint, is_endpoint_name
 from ..engine import stream_reply
 from ..errors import PlaygroundError
 from ..manager import check_variant_available
-from .common import (PRIVATE, UIContext, badge_html, badge_text, describe_loaded, make_params, model_dropdown,
-                     params_accordion, session_id, user_error, variant_dropdown)
+from .common import (PRIVATE, UIContext, badge_html, badge_text, describe_loaded, device_busy_note, make_params,
+                     model_dropdown, params_accordion, session_id, user_error, variant_dropdown)
 from .served import endpoint_for, endpoint_status, model_choices, reply_events
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ def build_tab(ctx: UIContext) -> None:
                         lm = ctx.load(model_name, variant_name, progress)
                     described, events = describe_loaded(lm), stream_reply(lm, msgs, system_prompt, gen_params,
                                                                           cancel)
+                busy = device_busy_note()
+                described += f"  \n{busy}" if busy else ""
                 yield to_display(hist, pending=""), gr.skip(), box, described
                 event = None
                 for event in events:

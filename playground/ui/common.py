@@ -210,6 +210,15 @@ def make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, s
 
 
 # ---- text -------------------------------------------------------------------------------------------------------
+def device_busy_note() -> str:
+    """A line for the Chat/Compare status while the Benchmark tab's sweep runs (it shares the device); else ""."""
+    from benchmarks.runner import is_running
+    if not is_running():
+        return ""
+    return ("⏳ A benchmark is running on this machine: replies share the device with it (slower), and chatting "
+            "disturbs the benchmark's timings.")
+
+
 def badge_text(stats: ReplyStats) -> str:
     text = stats.badge()
     if stats.finish_reason == "stopped":

@@ -18,8 +18,8 @@ from ..engine import stream_reply
 from ..errors import PlaygroundError
 from ..manager import check_variant_available
 from ..variants import get_variant
-from .common import (PRIVATE, UIContext, badge_html, gb, make_params, model_dropdown, params_accordion,
-                     session_id, user_error, variant_dropdown)
+from .common import (PRIVATE, UIContext, badge_html, device_busy_note, gb, make_params, model_dropdown,
+                     params_accordion, session_id, user_error, variant_dropdown)
 from .served import endpoint_for, model_choices, reply_events
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def build_tab(ctx: UIContext) -> None:
                 gr.Warning(refusal.splitlines()[0])
                 yield frame("⛔ " + html.escape(refusal).replace("\n", "  \n"))
                 return
-            plan = "  \n".join(lines)
+            plan = "  \n".join(lines + [note for note in [device_busy_note()] if note])
             for i in range(MAX_SLOTS):
                 out_replies[i], out_badges[i] = ("*waiting…*" if i < n else "", "")
             yield frame(plan)
