@@ -151,20 +151,28 @@ def load_reference() -> list[dict]:
 
 def reference_ratios(rows: list[dict]) -> tuple[list[dict], str | None]:
     """Ratios to fp16 of the published table beside this run's own ratios (same variants, batch 1 only).
-    Uses this run's bf16 as the baseline when it has no fp16 row (and says so)."""
+    Uses this run's bf16 as the baseline when it has no fp16 row, and says so; says too where this run's
+    setting or metric differs from the published one's (the returned note, None when nothing differs)."""
     ref = [r for r in load_reference() if r["batch_size"] == "1"]
     ref_base = next(r for r in ref if r["variant"] == "fp16")
     setting = base_setting(rows)
     ok = [r for r in ok_rows(rows) if setting and (r["batch_size"], r["prompt_tokens"], r["new_tokens"]) == setting]
     mem_key, _ = mem_metric(ok) if ok else ("peak_rss_gb", "")
-    out, note = [], None
+    out, notes = [], []
+    ref_setting = (1, int(ref_base["prompt_tokens"]), int(ref_base["new_tokens"]))
+    if setting and setting != ref_setting:
+        notes.append(f"this run's ratios are at batch {setting[0]}, prompt {setting[1]}, {setting[2]} new tokens; "
+                     f"the published ones at batch 1, prompt {ref_setting[1]}, {ref_setting[2]} new tokens")
+    if ok:
+        notes.append("published tok/s is generate throughput (prefill included), this run's is decode tok/s; "
+                     f"published memory is the process-wide peak, this run's is {mem_key}")
     for model in _models(ok):
         mine = {r["variant"]: r for r in ok if model_label(r) == model}
         base_v = "fp16" if "fp16" in mine else ("bf16" if "bf16" in mine else None)
         if base_v is None:
             continue
-        if base_v == "bf16":
-            note = "this run has no fp16 row for some models: their ratios are to bf16"
+        if base_v == "bf16" and "no fp16" not in " ".join(notes):
+            notes.insert(0, "this run has no fp16 row for some models: their ratios are to bf16")
         base = mine[base_v]
         for r in ref:
             mr = mine.get(r["variant"])
@@ -175,7 +183,7 @@ def reference_ratios(rows: list[dict]) -> tuple[list[dict], str | None]:
                 "run_tok_s_ratio": (mr["decode_tok_s"] / base["decode_tok_s"]) if mr and base["decode_tok_s"] else None,
                 "run_mem_ratio": (mr[mem_key] / base[mem_key]) if mr and mr.get(mem_key) and base.get(mem_key) else None,
                 "baseline": base_v})
-    return out, note
+    return out, ("; ".join(notes) if out and notes else None)
 
 
 def reference_figure(rows: list[dict]):

@@ -155,3 +155,28 @@ def test_resume_keeps_a_row_per_decode_mode_and_kv_setting():
             dict(base, decode_mode="eager", kv_cache="int4"), dict(base, decode_mode="eager")]
     keep, _ = resume_plan({"config": cfg.to_dict(), "rows": rows}, cfg, "cpu")
     assert keep == rows[:3]
+
+
+def test_reference_overlay_ratios_to_fp16_beside_the_published_ones():
+    from benchmarks.plots import reference_ratios
+    from benchmarks.report import reference_table
+
+    def row(variant, tok_s, mem, p=512, n=1000):
+        return new_row("random:mistral-7b", variant, "cuda", 1, p, n, decode_tok_s=tok_s, peak_gpu_mem_gb=mem)
+    rows = [row("fp16", 40.0, 16.0), row("fp4", 30.0, 6.0), row("gptq", 44.0, 5.0), row("bf16", 41.0, 16.0)]
+    ratios, note = reference_ratios(rows)
+    by = {r["variant"]: r for r in ratios}
+    # published (optimum-benchmark, A100, bs 1): bnb 4-bit 23.0 / 35.3 tok/s and 7,960 / 17,066 MB of fp16's
+    assert by["fp4"]["ref_tok_s_ratio"] == pytest.approx(23.0 / 35.3)
+    assert by["fp4"]["ref_mem_ratio"] == pytest.approx(7960 / 17066)
+    assert by["gptq"]["ref_tok_s_ratio"] == pytest.approx(31.7 / 35.3) and by["fp16"]["ref_tok_s_ratio"] == 1
+    # this run's own, to its own fp16
+    assert by["fp4"]["run_tok_s_ratio"] == pytest.approx(0.75) and by["fp4"]["run_mem_ratio"] == pytest.approx(6 / 16)
+    assert by["gptq"]["run_tok_s_ratio"] == pytest.approx(1.1) and by["awq"]["run_tok_s_ratio"] is None
+    assert all(r["baseline"] == "fp16" for r in ratios)
+    assert "decode tok/s" in note and "peak_gpu_mem_gb" in note and "batch 1, prompt 512" not in note.split(";")[0]
+    # another setting, and no fp16 row: both said
+    ratios, note = reference_ratios([row("bf16", 40.0, 16.0, p=128, n=64), row("nf4", 20.0, 5.0, p=128, n=64)])
+    assert {r["baseline"] for r in ratios} == {"bf16"}
+    assert "ratios are to bf16" in note and "prompt 128, 64 new tokens" in note and "prompt 512, 1000" in note
+    assert "ratios are to bf16" in reference_table([row("bf16", 40.0, 16.0, p=128, n=64)])
