@@ -63,7 +63,7 @@ def test_sweep_all_variants_makes_complete_plausible_rows(tmp_path):
 
 def test_oom_and_failures_become_rows_and_the_sweep_continues(tmp_path):
     # 0.25 GB of address space above the worker's footprint: smollm2 in fp32 (0.54 GB of weights) cannot load,
-    # the 3M-parameter random model can. A folder that does not exist is an error row, not a dead run.
+    # the 2.2M-parameter random model can. A folder that does not exist is an error row, not a dead run.
     cfg = RunConfig(models=[SMOL, "/no/such/model-folder", "random:tiny-llama"], variants=["fp32"],
                     prompt_tokens=[16], new_tokens=[4], repeats=1, warmup=0, device="cpu",
                     memory_cap_gb=0.25, overhead_check=False, out=str(tmp_path / "oom"))
