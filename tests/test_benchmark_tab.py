@@ -7,6 +7,8 @@ import zipfile
 import gradio as gr
 import pytest
 
+from ui_support import ui_handler
+
 
 def test_tab_builds_standalone_and_in_the_app(manager):
     from playground.ui.benchmark_tab import build_benchmark_tab
@@ -25,13 +27,6 @@ def test_bad_settings_are_refused_with_a_message(manager):
         start_job(manager, ["smollm2-135m-instruct"], ["int3"], "1", "32", "8", 1, 0, "cpu", None, False)
     with pytest.raises(ValueError, match="batch sizes"):
         start_job(manager, ["smollm2-135m-instruct"], ["bf16"], "", "32", "8", 1, 0, "cpu", None, False)
-
-
-def _ui_fn(app, module: str, name: str):
-    for block_fn in app.fns.values():
-        if getattr(block_fn.fn, "__module__", "") == f"playground.ui.{module}" and block_fn.fn.__name__ == name:
-            return block_fn.fn
-    raise AssertionError(f"no {module}.{name} event handler")
 
 
 class _Request:
@@ -54,9 +49,9 @@ def test_background_sweep_fills_table_plots_and_zip(manager, smollm_bf16, tmp_pa
     while not runner.is_running() and time.monotonic() < deadline:   # the sweep's thread has started
         time.sleep(0.05)
     assert runner.is_running() and not job.done
-    frames = list(_ui_fn(app, "chat_tab", "send")("smollm2-135m-instruct", "bf16", "What is the capital of France?",
-                                                  [], "", 8, 0.7, 0.9, 50, 1.0, -1, True, "default", _Request(),
-                                                  lambda *a, **k: None))
+    send = ui_handler(app, "chat_tab", "send")
+    frames = list(send("smollm2-135m-instruct", "bf16", "What is the capital of France?", [], "", 8, 0.7, 0.9, 50, 1.0,
+                       -1, True, "default", _Request(), lambda *a, **k: None))
     history, status_line = frames[-1][1], frames[-1][3]
     assert "Paris" in history[-1]["content"]
     assert "A benchmark is running on this machine" in status_line, status_line
@@ -73,8 +68,8 @@ def test_background_sweep_fills_table_plots_and_zip(manager, smollm_bf16, tmp_pa
     names = zipfile.ZipFile(make_zip(job.out)).namelist()
     assert len(names) == 3 and tab.busy_banner(job) == ""
     # what the tab's timer shows once the run is over: the table, the plots and the zip to download
-    status, banner, run_btn, stop_btn, rows, compact, *figs, zip_path, version = _ui_fn(app, "benchmark_tab",
-                                                                                        "tick")(-1)
+    tick = ui_handler(app, "benchmark_tab", "tick")
+    status, banner, run_btn, stop_btn, rows, compact, *figs, zip_path, version = tick(-1)
     assert banner == "" and version == job.version and len(rows) == 2 and all(f is not None for f in figs)
     assert sorted(zipfile.ZipFile(zip_path).namelist()) == sorted(names)
     from playground.ui.common import device_busy_note

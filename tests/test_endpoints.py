@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ui_support import DEFAULT_MODEL, CliProcess, free_port
+from ui_support import DEFAULT_MODEL, CliProcess, free_port, ui_handler
 
 ROOT = Path(__file__).resolve().parents[1]
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -203,13 +203,6 @@ def test_wrong_model_name_is_a_clear_error(served):
     assert "no-such-model" in str(info.value) and SECRET not in str(info.value)
 
 
-def _ui_fn(app, module: str, name: str):
-    for block_fn in app.fns.values():
-        if getattr(block_fn.fn, "__module__", "") == f"playground.ui.{module}" and block_fn.fn.__name__ == name:
-            return block_fn.fn
-    raise AssertionError(f"no {module}.{name} event handler")
-
-
 class _Request:
     session_hash = "endpoint-test"
 
@@ -227,23 +220,24 @@ def test_chat_and_compare_with_an_endpoint_slot_beside_a_local_slot(served, mana
     dead = Endpoint(f"http://127.0.0.1:{free_port()}/v1", name="dead")
     app = build_app(manager, endpoints=[dead])
     ctx = app.playground_ctx
-    add = _ui_fn(app, "served", "add")
+    add = ui_handler(app, "served", "add")
     table, choice, key_box, note = add(served.url, served.model_dir, "ts", SECRET, _Request())
     assert key_box == "" and "endpoint:ts" in note and "✅ reachable" in note
     assert ctx.endpoints_of(_Request()).get("endpoint:ts").key() == SECRET
     # the endpoint (and its key) belongs to the session that added it: another user neither sees nor reaches it
     assert "endpoint:ts" not in ctx.endpoints_of(_OtherSession()).choices()
     assert "endpoint:dead" in ctx.endpoints_of(_OtherSession()).choices()          # launch-time: everyone's
+    send = ui_handler(app, "chat_tab", "send")
     with pytest.raises(Exception, match="no endpoint named 'ts'"):
-        list(_ui_fn(app, "chat_tab", "send")("endpoint:ts", "bf16", "Hi", [], "", 8, 0.7, 0.9, 50, 1.0, -1, True,
-                                             "default", _OtherSession(), lambda *a, **k: None))
-    remove = _ui_fn(app, "served", "remove")
+        list(send("endpoint:ts", "bf16", "Hi", [], "", 8, 0.7, 0.9, 50, 1.0, -1, True, "default", _OtherSession(),
+                  lambda *a, **k: None))
+    remove = ui_handler(app, "served", "remove")
     assert "cannot be removed here" in remove("endpoint:dead", _Request())[2]  # a user cannot drop a launch one
     assert "endpoint:dead" in ctx.endpoints.choices()
     visible = json.dumps([table, note, app.get_config_file()], default=str)
     assert "endpoint:ts" in visible and SECRET not in visible
 
-    send = _ui_fn(app, "chat_tab", "send")     # the Chat tab: same stream, badge under the reply
+    # the Chat tab: same stream, badge under the reply
     chat_frames = list(send("endpoint:ts", "bf16", "What is the capital of France?", [], "Be concise.", 12, 0.7,
                             0.9, 50, 1.0, -1, True, "default", _Request(), lambda *a, **k: None))
     history, status_line = chat_frames[-1][1], chat_frames[-1][3]
@@ -251,7 +245,7 @@ def test_chat_and_compare_with_an_endpoint_slot_beside_a_local_slot(served, mana
     assert "served" in history[-1]["badge"] and "endpoint:ts" in status_line
     assert SECRET not in json.dumps(chat_frames, default=str)
 
-    run = _ui_fn(app, "compare_tab", "run")
+    run = ui_handler(app, "compare_tab", "run")
     frames = list(run("What is the capital of France?", 3, "You are a concise assistant.", 16, 0.7, 0.9, 50, 1.0,
                       -1, True, "default", DEFAULT_MODEL, "endpoint:ts", "endpoint:dead", DEFAULT_MODEL,
                       "bf16", "int8", "bf16", "bf16", _Request(), lambda *a, **k: None))

@@ -81,6 +81,30 @@ def test_sliding_windows_match_chunked_losses(smollm_bf16, plain_bf16, english):
     assert overlapping.ppl < res.ppl * 1.02                # more context does not make it worse
 
 
+def test_overlapping_windows_match_the_hugging_face_recipe(smollm_bf16, plain_bf16, english):
+    """Overlapping windows against the transformers docs' sliding-window recipe, written out with plain transformers:
+    context tokens get label -100, the model's own loss (mean over the scored tokens) times their count."""
+    model, tok = plain_bf16
+    ids = tok("\n\n".join(english[:12]), return_tensors="pt")["input_ids"]
+    n, max_length, stride = ids.shape[1], 128, 48
+    total, scored, prev_end = 0.0, 0, 0
+    with torch.inference_mode():
+        for begin in range(0, n, stride):
+            end = min(begin + max_length, n)
+            window = ids[:, begin:end]
+            labels = window.clone()
+            labels[:, :-(end - prev_end)] = -100
+            count = int((labels[:, 1:] != -100).sum())       # the loss shifts labels by one
+            total += model(input_ids=window, labels=labels).loss.item() * count
+            scored += count
+            prev_end = end
+            if end == n:
+                break
+    res = q.perplexity(smollm_bf16.model, smollm_bf16.tokenizer, english[:12], max_length=max_length, stride=stride)
+    assert res.tokens == scored == n - 1
+    assert res.ppl == pytest.approx(math.exp(total / scored), rel=1e-3)
+
+
 def test_max_tokens_caps_tokens_scored(bf16_ppl):
     assert bf16_ppl.tokens == 1024
     assert 5 < bf16_ppl.ppl < 100

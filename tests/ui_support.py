@@ -23,6 +23,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+def ui_handler(app, module: str, name: str):
+    """The event handler function ``name`` of ``playground.ui.<module>`` in a built app (to call it in-process)."""
+    for block_fn in app.fns.values():
+        if getattr(block_fn.fn, "__module__", "") == f"playground.ui.{module}" and block_fn.fn.__name__ == name:
+            return block_fn.fn
+    raise AssertionError(f"no {module}.{name} event handler")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
