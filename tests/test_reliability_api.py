@@ -1,7 +1,8 @@
 """Hostile input through the API and the UI's own event handlers, against a real ``launch.py`` server.
 
 Property-based (hypothesis): message text (empty, control characters, mixed scripts, any Unicode), parameters out
-of range or of the wrong type, unknown model and variant names, histories of the wrong shape. Every case must end
+of range or of the wrong type, unknown model and variant names, histories of the wrong shape, through /chat, the
+Chat tab's send and the Compare tab's run. Every case must end
 in either a reply or a one-line validation message: never a traceback, never "unexpected error", never an HTTP
 500, never a broken event stream; and the server keeps answering. Plus what only a hand-written client can send
 (NaN, lone surrogates, unknown events, absurd nesting, huge bodies), a 1 MB message, and ``trust_remote_code``.
@@ -216,6 +217,36 @@ def test_ui_send_hostile_widget_values(srv, ui_events, name, value):
         value = 10 ** 6
     res = ui_send(srv, ui_events, **{name: value})
     assert_ui_answered(res, f"{name}={value!r}")
+
+
+COMPARE_INPUTS = ["prompt", "count", "system", *PARAMS, "model0", "model1", "model2", "model3",
+                  "variant0", "variant1", "variant2", "variant3"]
+
+
+def ui_compare(srv, ui_events, **changes):
+    """The Compare tab's run event with the page's values (two bf16 slots, 1 new token), ``changes`` applied."""
+    v = dict(prompt="Hi", count=2, system="", max_new_tokens=1, temperature=0.7, top_p=0.9, top_k=50,
+             repetition_penalty=1.0, seed=-1, greedy=True, kv_cache="default",
+             **{f"model{i}": DEFAULT_MODEL for i in range(4)}, **{f"variant{i}": "bf16" for i in range(4)})
+    v.update(changes)
+    return queue_call(srv.url, ui_events["run"], [v[k] for k in COMPARE_INPUTS])
+
+
+def test_ui_compare_answers_through_the_queue(srv, ui_events):
+    """The baseline of the property test below: the same call with the page's values answers in both slots."""
+    res = ui_compare(srv, ui_events, prompt="What is the capital of France?", max_new_tokens=8)
+    assert res.success, res.detail
+    assert str(res.output["data"][:2]).count("Paris") == 2, res.output["data"][:2]
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(name=st.sampled_from(["prompt", "count", "system", *PARAMS, "model0", "model1", "variant0", "variant1"]),
+       value=st.one_of(HOSTILE, NAMES))
+def test_ui_compare_hostile_widget_values(srv, ui_events, name, value):
+    if long_valid_count(name, value):
+        value = 10 ** 6
+    res = ui_compare(srv, ui_events, **{name: value})
+    assert_ui_answered(res, f"compare {name}={value!r}")
 
 
 def test_ui_one_megabyte_message(srv, ui_events):
