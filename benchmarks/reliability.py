@@ -320,6 +320,9 @@ def _series(cyc: list[dict], before: str, loaded: str, after: str) -> dict:
     return {"taken_mb_median": round(statistics.median(c[loaded] - c[before] for c in cyc), 1),
             "returned_fraction": round(returned / taken, 4) if taken > 0 else None,
             "net_growth_mb": round(cyc[-1][after] - cyc[0][before], 1),
+            # the typical level after an unload against the start: one noisy last sample cannot move it, and a
+            # leak of L per cycle still shows as ~3L over five cycles
+            "median_growth_mb": round(statistics.median(c[after] for c in cyc) - cyc[0][before], 1),
             "per_cycle_min": round(min(per), 4) if per else None, "per_cycle_max": round(max(per), 4) if per else None}
 
 

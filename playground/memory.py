@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 GB = 1024 ** 3
 
@@ -29,6 +30,41 @@ def tune_malloc_for_serving(arenas: int = 2, mmap_threshold: int = 256 * 1024) -
         if env not in os.environ and libc.mallopt(option, int(value)):
             applied[env] = value
     return applied
+
+
+_TRIMMER: threading.Thread | None = None
+
+
+def start_heap_trimmer(interval_s: float | None = None) -> bool:
+    """A daemon thread that hands glibc's free heap pages back to the OS every ``interval_s`` (``malloc_trim(0)``).
+
+    In a long-running server, freed small blocks leave whole pages free inside glibc's heaps, and they stay
+    resident: under the load test the server's bytes in use grew by ~1.6 MB over 160 chat requests while its RSS
+    grew by tens of MB, most of it such pages. ``malloc_trim(0)`` returns them (madvise) in every arena; it takes
+    a few ms for this server's heap. ``PLAYGROUND_HEAP_TRIM_S`` sets the interval (default 2 s; 0 turns it off).
+    Returns whether a trimmer runs (once per process; not on non-glibc systems)."""
+    import ctypes
+    import os
+    global _TRIMMER
+    if interval_s is None:
+        interval_s = float(os.environ.get("PLAYGROUND_HEAP_TRIM_S", "2"))
+    if interval_s <= 0:
+        return False
+    if _TRIMMER is not None:
+        return True
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval_s)
+            trim(0)
+
+    _TRIMMER = threading.Thread(target=loop, name="heap-trimmer", daemon=True)
+    _TRIMMER.start()
+    return True
 
 
 def rss_bytes() -> int:

@@ -9,9 +9,10 @@ Two views, because on CPU they differ:
   loads took comes back (measured: 99.8-100%);
 * the process RSS: one sample moves within a band of tens of MB from cycle to cycle with no trend (glibc keeps
   some freed pages resident in its arenas; fp32 over 14 cycles: 352-453 MB after unload). Judged over the five
-  cycles: the growth from before the first load to after the last unload must stay within 1% of all the loads
-  took or within that band (RSS_BAND_MB = 64), whichever is larger. A leak of one model copy per load (>= 65 MB
-  here for the smallest loads, x5) cannot hide in it.
+  cycles: the median RSS after an unload, against the RSS before the first load, must stay within 1% of all the
+  loads took or within that band (RSS_BAND_MB = 64), whichever is larger. The median, not the last sample: one
+  sample at the top of the band (fp32 once ended 81 MB up in a full test run) says nothing; a leak of one
+  model copy per load (>= 60 MB here for the smallest loads) raises the median by three copies and cannot hide.
 A one-time cost per variant (importing its library, its kernels' caches) is paid in a warm-up cycle first.
 """
 from __future__ import annotations
@@ -45,4 +46,4 @@ def test_load_unload_five_times_returns_the_memory():
         assert len(r["cycles"]) == 5 and r["rss"]["taken_mb_median"] > 20, r
         assert r["malloc"]["returned_fraction"] >= 0.99, (variant, r["malloc"])
         rss_taken = 5 * r["rss"]["taken_mb_median"]
-        assert r["rss"]["net_growth_mb"] <= max(0.01 * rss_taken, RSS_BAND_MB), (variant, r["rss"])
+        assert r["rss"]["median_growth_mb"] <= max(0.01 * rss_taken, RSS_BAND_MB), (variant, r["rss"])

@@ -95,8 +95,9 @@ def test_only_chat_is_a_public_api_endpoint(client):
     assert "/chat" in info["named_endpoints"]
     names = [p["parameter_name"] for p in info["named_endpoints"]["/chat"]["parameters"]]
     assert names == ["model", "variant", "message", "history", "system_prompt", "max_new_tokens", "temperature",
-                     "top_p", "top_k", "repetition_penalty", "seed", "greedy"]
-    ui_events = {"/send", "/regenerate", "/undo", "/stop", "/load", "/unload", "/run", "/refresh", "/unload_all"}
+                     "top_p", "top_k", "repetition_penalty", "seed", "greedy", "kv_cache"]
+    ui_events = {"/send", "/regenerate", "/undo", "/stop", "/load", "/unload", "/run", "/refresh", "/unload_all",
+                 "/refresh_models", "/show_selection", "/add", "/remove", "/tick", "/start"}
     assert not ui_events & set(info["named_endpoints"]) and not info["unnamed_endpoints"]
 
 

@@ -77,9 +77,10 @@ def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 78
     """Queue + launch with the app's CSS; local only (share links are made by launch.py, with a time limit)."""
     from starlette.middleware import Middleware
 
-    from ..memory import tune_malloc_for_serving
+    from ..memory import start_heap_trimmer, tune_malloc_for_serving
     from .guard import RequestGuard
     tune_malloc_for_serving()   # before the server's worker threads exist: see its docstring
+    start_heap_trimmer()
     app.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
     # RequestGuard: NaN/Infinity, lone surrogates, unknown fn_index, absurd nesting get a 4xx, never a 500
     return app.launch(server_name=host, server_port=port, auth=auth or None, share=False,
