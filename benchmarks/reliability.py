@@ -311,6 +311,14 @@ def malloc_in_use() -> int | None:
     return m.uordblks + m.hblkhd
 
 
+def _slope(ys: list[float]) -> float:
+    n = len(ys)
+    if n < 2:
+        return 0.0
+    mx, my = (n - 1) / 2, sum(ys) / n
+    return sum((x - mx) * (y - my) for x, y in enumerate(ys)) / sum((x - mx) ** 2 for x in range(n))
+
+
 def _series(cyc: list[dict], before: str, loaded: str, after: str) -> dict:
     taken = sum(c[loaded] - c[before] for c in cyc)
     returned = sum(c[loaded] - c[after] for c in cyc)
@@ -320,9 +328,11 @@ def _series(cyc: list[dict], before: str, loaded: str, after: str) -> dict:
     return {"taken_mb_median": round(statistics.median(c[loaded] - c[before] for c in cyc), 1),
             "returned_fraction": round(returned / taken, 4) if taken > 0 else None,
             "net_growth_mb": round(cyc[-1][after] - cyc[0][before], 1),
-            # the typical level after an unload against the start: one noisy last sample cannot move it, and a
-            # leak of L per cycle still shows as ~3L over five cycles
+            # the typical level after an unload against the start: one noisy last sample cannot move it
             "median_growth_mb": round(statistics.median(c[after] for c in cyc) - cyc[0][before], 1),
+            # a leak of L per load makes the level after each unload climb by L a cycle: the least-squares slope
+            # of those levels (a level that jumps between two values, as glibc's arenas make it, has none)
+            "trend_mb_per_cycle": round(_slope([c[after] for c in cyc]), 1),
             "per_cycle_min": round(min(per), 4) if per else None, "per_cycle_max": round(max(per), 4) if per else None}
 
 

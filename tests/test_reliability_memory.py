@@ -9,10 +9,11 @@ Two views, because on CPU they differ:
   loads took comes back (measured: 99.8-100%);
 * the process RSS: one sample moves within a band of tens of MB from cycle to cycle with no trend (glibc keeps
   some freed pages resident in its arenas; fp32 over 14 cycles: 352-453 MB after unload). Judged over the five
-  cycles: the median RSS after an unload, against the RSS before the first load, must stay within 1% of all the
-  loads took or within that band (RSS_BAND_MB = 64), whichever is larger. The median, not the last sample: one
-  sample at the top of the band (fp32 once ended 81 MB up in a full test run) says nothing; a leak of one
-  model copy per load (>= 60 MB here for the smallest loads) raises the median by three copies and cannot hide.
+  cycles by its trend: the least-squares slope of the RSS after each unload must stay under 1% of what a load
+  takes or half that band (RSS_BAND_MB = 64), whichever is larger, per cycle. A single sample says nothing:
+  fp32's level after an unload jumps between ~575 and ~630 MB from one cycle to the next (it once ended 81 MB
+  above the start in a full test run, and the median sat 63 MB above it), with no climb; a leak of one model copy
+  per load (>= 57 MB here for the smallest loads) climbs by that much every cycle and cannot hide.
 A one-time cost per variant (importing its library, its kernels' caches) is paid in a warm-up cycle first.
 """
 from __future__ import annotations
@@ -45,5 +46,5 @@ def test_load_unload_five_times_returns_the_memory():
         assert "error" not in r, r
         assert len(r["cycles"]) == 5 and r["rss"]["taken_mb_median"] > 20, r
         assert r["malloc"]["returned_fraction"] >= 0.99, (variant, r["malloc"])
-        rss_taken = 5 * r["rss"]["taken_mb_median"]
-        assert r["rss"]["median_growth_mb"] <= max(0.01 * rss_taken, RSS_BAND_MB), (variant, r["rss"])
+        assert r["rss"]["trend_mb_per_cycle"] <= max(0.01 * r["rss"]["taken_mb_median"], RSS_BAND_MB / 2), \
+            (variant, r["rss"])
