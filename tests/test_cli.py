@@ -52,7 +52,9 @@ def test_bad_arguments_exit_nonzero_with_one_line(args, reason):
 
 
 def test_interactive_session_in_a_terminal():
-    child = pexpect.spawn(CLI[0], CLI[1:] + ["--greedy", "--max-new-tokens", "40"], cwd=str(ROOT), env=ENV,
+    # 256 new tokens: the long story must still be streaming when Ctrl+C arrives (with 40, a quiet machine finished
+    # it, at 17 tok/s, before the interrupt and the test waited for a "[stopped]" that never came)
+    child = pexpect.spawn(CLI[0], CLI[1:] + ["--greedy", "--max-new-tokens", "256"], cwd=str(ROOT), env=ENV,
                           encoding="utf-8", timeout=240, dimensions=(40, 200))
     try:
         child.expect("commands: clear")
