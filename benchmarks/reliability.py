@@ -330,19 +330,52 @@ def _series(cyc: list[dict], before: str, loaded: str, after: str) -> dict:
             "net_growth_mb": round(cyc[-1][after] - cyc[0][before], 1),
             # the typical level after an unload against the start: one noisy last sample cannot move it
             "median_growth_mb": round(statistics.median(c[after] for c in cyc) - cyc[0][before], 1),
+            # the worst level after an unload against the level before the first load (the GPU criterion)
+            "max_growth_mb": round(max(c[after] for c in cyc) - cyc[0][before], 1),
             # a leak of L per load makes the level after each unload climb by L a cycle: the least-squares slope
             # of those levels (a level that jumps between two values, as glibc's arenas make it, has none)
             "trend_mb_per_cycle": round(_slope([c[after] for c in cyc]), 1),
             "per_cycle_min": round(min(per), 4) if per else None, "per_cycle_max": round(max(per), 4) if per else None}
 
 
-def memory_return(variants: list[str], cycles: int = 5, model: str = DEFAULT_MODEL, device: str = "cpu") -> dict:
+def resolve_model(model: str, device: str) -> str:
+    """A catalog key, Hugging Face id or folder as it is; ``random:<arch>`` built (once) into its folder."""
+    from .config import RANDOM_PREFIX
+    if model.startswith(RANDOM_PREFIX):
+        from .random_weights import ensure_random_model
+        return ensure_random_model(model[len(RANDOM_PREFIX):], device)[0]
+    return model
+
+
+def nvml_process_bytes() -> int | None:
+    """What the driver charges this process on its GPUs (nvidia-smi's figure), or the growth of the GPUs' used
+    memory since ``capture_nvml_baseline`` where the driver does not list processes; None without NVML."""
+    from .trackers import _BASELINE, Nvml, visible_nvml_indices
+    import torch
+    nvml = Nvml.get()
+    if nvml is None:
+        return None
+    used = nvml.process_used(os.getpid())
+    if used is not None:
+        return used
+    return max(0, nvml.device_used(visible_nvml_indices(torch.cuda.device_count())) - _BASELINE.get("used", 0))
+
+
+def memory_return(variants: list[str], cycles: int = 5, model: str = DEFAULT_MODEL, device: str = "cpu",
+                  fast_modes: tuple[str, ...] = ("auto",)) -> dict:
     """Load and unload each variant ``cycles`` times (after one warm-up cycle): process RSS and malloc's in-use
-    bytes on CPU, the CUDA allocator (torch.cuda.memory_allocated) on a GPU."""
+    bytes on CPU; on a GPU also the CUDA allocator (torch.cuda.memory_allocated) and what NVML charges the
+    process (``nvml``, nvidia-smi's figure, CUDA context included). With several ``fast_modes`` each variant is
+    cycled once per mode (rows ``<variant> fast=<mode>``)."""
     from playground.manager import ModelManager, release_memory
     from playground.memory import rss_bytes
+    from playground.variants import VariantOptions
 
     cuda = device.startswith("cuda")
+    if cuda:
+        from .trackers import capture_nvml_baseline
+        capture_nvml_baseline()
+    path = resolve_model(model, device)
 
     def sample() -> dict:
         d = {"rss": rss_bytes() / MB}
@@ -352,40 +385,53 @@ def memory_return(variants: list[str], cycles: int = 5, model: str = DEFAULT_MOD
         if cuda:
             import torch
             d["cuda"] = torch.cuda.memory_allocated() / MB
+            d["cuda_reserved"] = torch.cuda.memory_reserved() / MB
+            nv = nvml_process_bytes()
+            if nv is not None:
+                d["nvml"] = nv / MB
         return d
 
     mm = ModelManager(device=device, budget_bytes=1 << 62)
+    gpu_what = (", CUDA allocator (torch.cuda.memory_allocated, memory_reserved) and NVML (what the driver charges "
+                "the process: nvidia-smi)") if cuda else ""
     out = {"what": f"{model}: each variant loaded and unloaded {cycles} times through the ModelManager after one "
-                   f"warm-up cycle, in one process; process RSS, glibc malloc in-use bytes (mallinfo2)"
-                   f"{', CUDA allocator (torch.cuda.memory_allocated)' if cuda else ''}",
+                   f"warm-up cycle, in one process; process RSS, glibc malloc in-use bytes (mallinfo2){gpu_what}",
+           "model": model, "device": device, "fast_decode_modes": list(fast_modes),
            "rss_band_mb": RSS_BAND_MB, "variants": {}}
     for variant in variants:
-        t0 = time.perf_counter()
-        try:
-            mm.get(model, variant)              # warm-up: imports the variant's libraries, fills caches
-        except Exception as exc:  # noqa: BLE001 - a variant that cannot load here is reported, not fatal
-            out["variants"][variant] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-            continue
-        mm.unload(model, variant)
-        gc.collect()
-        cyc = []
-        for _ in range(cycles):
-            release_memory()
-            before = sample()
-            lm = mm.get(model, variant)
-            loaded = sample()
-            weights = lm.stats.weights_bytes
-            del lm
-            mm.unload(model, variant)           # drops the references, gc, empty_cache, malloc_trim
-            after = sample()
-            cyc.append({f"{k}_{when}_mb": round(v[k], 1) for when, v in (("before", before), ("loaded", loaded),
-                                                                         ("after", after)) for k in v})
-        row = {"weights_mb": round(weights / MB, 1), "seconds": round(time.perf_counter() - t0, 1)}
-        for k in cyc[0] and ("rss", "malloc", "cuda"):
-            if f"{k}_before_mb" in cyc[0]:
-                row[k] = _series(cyc, f"{k}_before_mb", f"{k}_loaded_mb", f"{k}_after_mb")
-        row["cycles"] = cyc
-        out["variants"][variant] = row
+        for mode in fast_modes:
+            key = variant if len(fast_modes) == 1 else f"{variant} fast={mode}"
+            options = VariantOptions(fast_decode=mode)
+            t0 = time.perf_counter()
+            try:
+                mm.get(path, variant, options=options)   # warm-up: imports the libraries, fills caches, compiles
+            except Exception as exc:  # noqa: BLE001 - a variant that cannot load here is reported, not fatal
+                out["variants"][key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                continue
+            mm.unload(path, variant)
+            gc.collect()
+            cyc, fast_mode = [], None
+            for _ in range(cycles):
+                release_memory()
+                before = sample()
+                lm = mm.get(path, variant, options=options)
+                loaded = sample()
+                weights, load_s = lm.stats.weights_bytes, lm.stats.load_s
+                fast_mode = lm.fast.info.mode if lm.fast is not None else "eager"
+                del lm
+                mm.unload(path, variant)           # drops the references, gc, empty_cache, malloc_trim
+                after = sample()
+                c = {f"{k}_{when}_mb": round(v[k], 1) for when, v in (("before", before), ("loaded", loaded),
+                                                                        ("after", after)) for k in v}
+                cyc.append(dict(c, load_s=round(load_s, 2)))
+            row = {"weights_mb": round(weights / MB, 1), "decoder": fast_mode,
+                   "seconds": round(time.perf_counter() - t0, 1),
+                   "unreturned": [f"{u.label}: {u.bytes / MB:.0f} MB held by {u.held_by}" for u in mm.unreturned]}
+            for k in ("rss", "malloc", "cuda", "cuda_reserved", "nvml"):
+                if f"{k}_before_mb" in cyc[0]:
+                    row[k] = _series(cyc, f"{k}_before_mb", f"{k}_loaded_mb", f"{k}_after_mb")
+            row["cycles"] = cyc
+            out["variants"][key] = row
     out["end"] = {k: round(v, 1) for k, v in sample().items()}
     return out
 
@@ -412,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="fp32,bf16,fp16,int8,nf4,fp4,gptq,awq")
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model", default=DEFAULT_MODEL,
+                    help="memory: a catalog key, Hugging Face id, folder or random:<arch> (default %(default)s)")
+    ap.add_argument("--fast-decode", default="auto",
+                    help="memory: comma-separated fast_decode modes to cycle each variant in (auto, on, off)")
     ap.add_argument("--print-only", action="store_true", help="print the JSON, do not write summary.json")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -421,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
             results["load_test"] = load_test(srv, args.sessions, args.turns, args.max_new_tokens, total=args.total)
     if args.what in ("memory", "all"):
         results["memory_return"] = memory_return([v for v in args.variants.split(",") if v], args.cycles,
-                                                 device=args.device)
+                                                 model=args.model, device=args.device,
+                                                 fast_modes=tuple(m for m in args.fast_decode.split(",") if m))
     for name, section in results.items():
         if args.print_only:
             print(json.dumps({name: section}, default=str))

@@ -147,6 +147,8 @@ class FastDecoder:
         return logits.clone() if graphs else logits   # a CUDA graph's output is overwritten by the next replay
 
     def _fall_back(self, exc: Exception) -> None:
+        from .retention import forget_frames
+        forget_frames(exc)          # its frames hold the model (retention.py)
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
         if self._fullgraph:
             self._fullgraph = False

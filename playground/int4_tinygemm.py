@@ -68,6 +68,47 @@ def unsupported_reason(layer) -> str | None:
     return None
 
 
+ROWS_PER_BLOCK = 2048     # input channels read per pass: the temporaries stay ~tens of MB even for 16k × 16k layers
+
+
+@torch.no_grad()
+def _integer_codes(layer, k: int, n: int, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's 4-bit codes shifted to 0..15 (uint8 [k, n]) and each group's lowest code (float [k/g, n]),
+    read block by block of input channels so that no k × k identity or float32 copy of the weight is ever whole."""
+    dev = layer.scales.device
+    scales = layer.scales.float().reshape(k // g, n)         # [groups, n] (GPTQ and AWQ alike)
+    bias = getattr(layer, "bias", None)
+    q = torch.empty(k, n, dtype=torch.uint8, device=dev)
+    lows = torch.empty(k // g, n, dtype=torch.float32, device=dev)
+    rows = max(g, ROWS_PER_BLOCK // g * g)
+    for r0 in range(0, k, rows):
+        r1 = min(k, r0 + rows)
+        eye = torch.zeros(r1 - r0, k, dtype=torch.bfloat16, device=dev)
+        eye[:, r0:r1].fill_diagonal_(1)
+        # gptqmodel compiles its dequantize step per layer instance: run it eagerly here (no compile at load)
+        with torch.compiler.set_stance("force_eager"):
+            w = layer(eye).float()                          # [rows, n]: row i is W[:, r0 + i] (+ bias)
+        del eye
+        if not torch.isfinite(w).all():
+            raise ValueError("cannot repack for tinygemm: the layer's own kernel gives non-finite weights")
+        if bias is not None:
+            w -= bias.float()
+        s_rows = scales[r0 // g:r1 // g].repeat_interleave(g, dim=0)
+        codes = torch.round(w / s_rows)                     # c = q - z, integers
+        err = (codes * s_rows - w).abs().max().item()
+        tol = 1e-2 * float(w.abs().max().clamp_min(1e-6))
+        if err > tol:
+            raise ValueError(f"cannot repack for tinygemm: scales do not explain the weights (max error {err:.3g})")
+        lo = codes.reshape(-1, g, n).amin(dim=1)            # [groups in block, n]
+        codes -= lo.repeat_interleave(g, dim=0)
+        if codes.min() < 0 or codes.max() > 15:
+            raise ValueError("cannot repack for tinygemm: a group spans more than 16 levels (not a 4-bit layer?)")
+        q[r0:r1] = codes.to(torch.uint8)
+        lows[r0 // g:r1 // g] = lo
+        del w, s_rows, codes
+    return q, lows
+
+
 @torch.no_grad()
 def repack(layer) -> TinyGemmInt4Linear:
     """A TinyGemmInt4Linear computing what ``layer`` (a gptqmodel GPTQ/AWQ QuantLinear) computes."""
@@ -75,43 +116,31 @@ def repack(layer) -> TinyGemmInt4Linear:
     if reason:
         raise ValueError(f"cannot repack for tinygemm: {reason}")
     k, n, g = int(layer.in_features), int(layer.out_features), int(layer.group_size)
-    dev = layer.scales.device
-    eye = torch.eye(k, dtype=torch.bfloat16, device=dev)
-    bias = getattr(layer, "bias", None)
-    w = layer(eye).float()                                  # [k, n]: row i is W[:, i] (+ bias)
-    if not torch.isfinite(w).all():
-        raise ValueError("cannot repack for tinygemm: the layer's own kernel gives non-finite weights")
-    if bias is not None:
-        w -= bias.float()
-    scales = layer.scales.float().reshape(k // g, n)         # [groups, n] (GPTQ and AWQ alike)
-    s_full = scales.repeat_interleave(g, dim=0)
-    codes = torch.round(w / s_full)                          # c = q - z, integers
-    lo = codes.reshape(k // g, g, n).amin(dim=1)             # [groups, n]
-    q = codes - lo.repeat_interleave(g, dim=0)
-    if q.min() < 0 or q.max() > 15:
-        raise ValueError("cannot repack for tinygemm: a group spans more than 16 levels (not a 4-bit layer?)")
-    recon = (codes * s_full)
-    err = (recon - w).abs().max().item()
-    tol = 1e-2 * float(w.abs().max().clamp_min(1e-6))
-    if err > tol:
-        raise ValueError(f"cannot repack for tinygemm: scales do not explain the weights (max error {err:.3g})")
-    zeros = (8 + lo) * scales
-    sz = torch.stack([scales, zeros], dim=2).to(torch.bfloat16).contiguous()   # [groups, n, 2]
-    q_nk = q.t().contiguous().to(torch.int32)                                 # [n, k]
+    q, lo = _integer_codes(layer, k, n, g)
+    scales = layer.scales.float().reshape(k // g, n)
+    sz = torch.stack([scales, (8 + lo) * scales], dim=2).to(torch.bfloat16).contiguous()   # [groups, n, 2]
+    del lo
+    q_nk = q.t().contiguous()                                                   # [n, k] uint8
+    del q
     tiles = _inner_k_tiles(k)
-    if dev.type == "cuda":
-        u8 = (q_nk[:, ::2] << 4 | q_nk[:, 1::2]).to(torch.uint8)
-        packed = torch.ops.aten._convert_weight_to_int4pack(u8, tiles)
+    if q_nk.is_cuda:
+        packed = torch.ops.aten._convert_weight_to_int4pack(q_nk[:, ::2] << 4 | q_nk[:, 1::2], tiles)
     else:
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q_nk, 1)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q_nk.to(torch.int32), 1)
+    bias = getattr(layer, "bias", None)
     return TinyGemmInt4Linear(packed, sz, g, k, n, bias)
 
 
 def convert_model(model, layers: list[tuple[str, nn.Module]]) -> tuple[int, list[str]]:
-    """Swap each (name, QuantLinear) for its tinygemm version; returns (converted, reasons left as they were)."""
+    """Swap each (name, QuantLinear) for its tinygemm version; returns (converted, reasons left as they were).
+
+    Layer by layer, and ``layers`` is emptied as it goes: each original is freed as soon as its packed copy is in
+    place, so the load never holds the model twice (it did: the list kept every original to the end)."""
     skipped = []
     done = 0
-    for name, layer in layers:
+    layers.reverse()
+    while layers:
+        name, layer = layers.pop()
         try:
             new = repack(layer)
         except ValueError as exc:
@@ -120,6 +149,8 @@ def convert_model(model, layers: list[tuple[str, nn.Module]]) -> tuple[int, list
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
-        del layer
+        del layer, new
         done += 1
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return done, skipped

@@ -11,6 +11,7 @@ import gc
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,8 @@ def quantized_layer_kinds(model) -> dict[str, int]:
 
 
 def release_memory() -> None:
+    from .retention import drop_stored_tracebacks
+    drop_stored_tracebacks()    # exceptions kept in module globals hold frames that hold models (retention.py)
     gc.collect()
     try:
         import torch
@@ -108,6 +111,19 @@ def release_memory() -> None:
             pass
 
 
+@dataclass
+class UnreturnedMemory:
+    """A model that was unloaded but is still alive: what it holds, and what holds it (``retention.held_by``)."""
+    label: str
+    bytes: int
+    held_by: str
+    model_ref: object = field(repr=False, default=None)   # weakref.ref to the model
+
+    @property
+    def still_held(self) -> bool:
+        return self.model_ref is not None and self.model_ref() is not None
+
+
 class ModelManager:
     """Loads, caches and unloads models; thread-safe; LRU eviction by a memory budget in bytes."""
 
@@ -119,6 +135,7 @@ class ModelManager:
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._loading: dict[tuple, threading.Event] = {}
+        self.unreturned: list[UnreturnedMemory] = []   # unloads whose model something else still holds
 
     def _default_budget(self) -> int:
         import psutil
@@ -247,6 +264,7 @@ class ModelManager:
                                     f"choose a smaller variant or unload other models") from exc
         model.eval()
         stats.load_s = time.perf_counter() - t0
+        release_memory()   # imports during the load may have stored tracebacks; loading leaves cached blocks
         stats.weights_bytes = weights_bytes(model)
         if kernel is None:
             kinds = quantized_layer_kinds(model)
@@ -258,6 +276,7 @@ class ModelManager:
         if options.wants_fast_decode(device):
             progress(0.9, f"compiling the decode step of {name} [{variant_name}] (once per load)")
             enable_fast_decode(lm)
+            release_memory()   # the warm-up's prefill buffers: what nvidia-smi shows is then weights + graphs
         elif options.fast_decode == "auto":
             stats.notes.append("fast decode (static KV cache + compiled step) is for CUDA: eager decoding here")
         progress(1.0, f"loaded {name} [{variant_name}] in {stats.load_s:.1f}s"
@@ -289,13 +308,20 @@ class ModelManager:
             return
         with lm.lock:  # wait for a reply in progress on this model to finish its current step
             compiled = lm.fast is not None
+            model_ref = weakref.ref(lm.model) if lm.model is not None else None
+            held = lm.stats.weights_bytes
             lm.model = None
             lm.tokenizer = None
             lm.fast = None
+        label = lm.label
         del lm
         if compiled:
             forget_compiled_graphs(self._models.values())
         release_memory()
+        self.unreturned = [u for u in self.unreturned if u.still_held]
+        if model_ref is not None and model_ref() is not None:
+            from .retention import held_by
+            self.unreturned.append(UnreturnedMemory(label, held, held_by(model_ref()), model_ref))
 
     def unload(self, name: str, variant: str, device: str | None = None) -> bool:
         with self._lock:
@@ -321,6 +347,8 @@ def enable_fast_decode(lm: LoadedModel, compile: bool = True):
         with lm.lock:
             lm.stats.warmup_s = fast.warm_up(context=lm.context_length)
     except Exception as exc:  # noqa: BLE001 - fast decoding is an optimisation: never a reason not to serve
+        from .retention import forget_frames
+        forget_frames(exc)
         release_memory()
         lm.stats.notes.append(f"fast decode unavailable ({type(exc).__name__}: {str(exc)[:200]}): eager decoding")
         return None

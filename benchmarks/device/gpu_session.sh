@@ -29,5 +29,16 @@ case $stage in
     arch=${stage#shape-}
     run 580 --model "random:$arch" --variants bf16,int8,nf4,gptq,awq --decode-modes eager --batch-sizes 1 \
         --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/$arch-bs1" ;;
+  gpu-tests)   # #13: the GPU test suite (tests/gpu, marker gpu), one command of at most ~9 minutes
+    timeout 570 python3 -m pytest tests/gpu -q -p no:cacheprovider -o addopts="" -rA --durations=10 2>&1 \
+      | grep -v "it/s\]\|step/s\]" | tee "$out/gpu-tests.log" | tail -80 ;;
+  memory-return)   # #13: load/unload each variant 3 times, allocator and NVML (results/gpu-h200-memory-return)
+    timeout 570 python3 -m benchmarks.reliability memory --device cuda --model "random:${ARCH:-glm-6b-class}" \
+      --variants "${VARIANTS:-bf16,fp16,int8,nf4,fp4,gptq,awq}" --cycles 3 --fast-decode "${FAST:-auto}" \
+      --out "$out/memory-return" 2>&1 | grep -v "it/s\]\|step/s\]" | tail -40 ;;
+  glm-bench)   # #13: the GLM-6B class, every variant, eager and fast, bs 1, prompt 512, 256 new tokens
+    run 570 --model random:glm-6b-class --variants "${VARIANTS:-bf16,fp16,int8,nf4,gptq,awq}" \
+        --decode-modes eager,fast --batch-sizes 1 --prompt-tokens 512 --new-tokens 256 --no-overhead-check \
+        --repeats "${REPEATS:-3}" --out "$out/glm6b-bs1" ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

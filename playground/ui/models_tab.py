@@ -29,6 +29,16 @@ def memory_line(ctx: UIContext) -> str:
             f"budget unloads the least recently used model first.")
 
 
+def unreturned_lines(ctx: UIContext) -> str:
+    """Unloads whose memory did not come back: what remains and what holds it (``ModelManager.unreturned``)."""
+    held = [u for u in ctx.manager.unreturned if u.still_held]
+    if not held:
+        return ""
+    return "\n".join(["**Warning: memory not returned.** These models were unloaded, but something still holds "
+                      "them, so their memory stays in use until the app restarts:"] +
+                     [f"- {u.label}: {gb(u.bytes)} held by {u.held_by}" for u in held])
+
+
 def labels(ctx: UIContext) -> list[str]:
     return [f"{lm.name} [{lm.variant}]" for lm in ctx.manager.loaded()]
 
@@ -36,6 +46,7 @@ def labels(ctx: UIContext) -> list[str]:
 def build_tab(ctx: UIContext) -> None:
     with gr.Tab("Models", id="models", elem_id="tab-models") as tab:
         memory = gr.Markdown(memory_line(ctx), elem_id="models-memory")
+        leaks = gr.Markdown(unreturned_lines(ctx), elem_id="models-unreturned")
         loaded = gr.Dataframe(value=table(ctx), headers=COLUMNS, interactive=False, wrap=True,
                               column_widths=WIDTHS,
                               elem_id="models-table", label="Loaded models")
@@ -51,7 +62,7 @@ def build_tab(ctx: UIContext) -> None:
         def refresh(note: str = ""):
             names = labels(ctx)
             return (memory_line(ctx), table(ctx), gr.Dropdown(choices=names, value=names[0] if names else None),
-                    note)
+                    note, unreturned_lines(ctx))
 
         def unload(label):
             for lm in ctx.manager.loaded():
@@ -67,7 +78,7 @@ def build_tab(ctx: UIContext) -> None:
             ctx.manager.unload_all()
             return refresh(f"⏏️ unloaded {n} model(s)")
 
-        outs = [memory, loaded, choice, message]
+        outs = [memory, loaded, choice, message, leaks]
         refresh_btn.click(refresh, None, outs, api_visibility=PRIVATE, queue=False)
         tab.select(refresh, None, outs, api_visibility=PRIVATE, queue=False)
         unload_btn.click(unload, [choice], outs, api_visibility=PRIVATE)
