@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.gpu,
 
 MB = 1024 ** 2
 GB = 1024 ** 3
-VARIANTS = ["bf16", "fp16", "int8", "nf4", "fp4", "gptq", "awq"]
+VARIANTS = ["int8", "gptq", "awq", "bf16", "fp16", "nf4", "fp4"]   # the ones that leaked first
 ALLOCATOR_SLACK_MB = 64
 NVML_SLACK_MB = 512
 SHAPE = os.environ.get("PLAYGROUND_GPU_TEST_SHAPE", "tinyllama-1.1b")        # memory return, replies
@@ -68,6 +68,46 @@ def check_reply(lm, fast: str) -> None:
         assert stats.decode_mode.startswith("compiled"), (stats.decode_mode, stats.notes)
     else:
         assert lm.fast is None and stats.decode_mode == "eager", stats.decode_mode
+
+
+def test_4bit_costs_about_half_of_fp16_in_nvidia_smi():
+    """GPTQ and AWQ NVML peak <= 0.55 x fp16's, at 6B size, bs 1, prompt 512 (each variant in a fresh process
+    as the benchmark runs them, so that one variant's leftovers cannot count against another)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import json, sys, torch\n"
+        "from benchmarks.trackers import capture_nvml_baseline, MemoryTracker\n"
+        "capture_nvml_baseline()\n"
+        "from benchmarks.random_weights import ensure_random_model\n"
+        "from playground.manager import ModelManager\n"
+        "from playground.variants import VariantOptions\n"
+        "from playground.engine import GenerationParams, chat\n"
+        f"path = ensure_random_model({RATIO_SHAPE!r}, 'cuda')[0]\n"
+        "torch.cuda.empty_cache()\n"
+        "mm = ModelManager(device='cuda', budget_bytes=1 << 62)\n"
+        "with MemoryTracker('cuda') as t:\n"
+        "    lm = mm.get(path, sys.argv[1], options=VariantOptions(fast_decode='off'))\n"
+        "    ids = torch.randint(10, 1000, (512,)).tolist()\n"
+        "    p = GenerationParams(max_new_tokens=32, min_new_tokens=32, greedy=True)\n"
+        "    from playground.engine import stream_reply\n"
+        "    for ev in stream_reply(lm, [], None, p, prompt_ids=ids): pass\n"
+        "print(json.dumps({'nvml_gb': t.result.peak_gpu_nvml_gb, 'allocated_gb': t.result.peak_gpu_mem_gb,\n"
+        "                  'weights_gb': lm.stats.weights_bytes / 2**30, 'tokens': ev.stats.new_tokens}))\n")
+    peaks = {}
+    for variant in ("fp16", "gptq", "awq"):
+        proc = subprocess.run([sys.executable, "-c", code, variant], cwd=root, capture_output=True, text=True,
+                              timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        peaks[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("\nNVML peaks", RATIO_SHAPE, json.dumps(peaks))
+    for variant in ("gptq", "awq"):
+        ratio = peaks[variant]["nvml_gb"] / peaks["fp16"]["nvml_gb"]
+        assert peaks[variant]["tokens"] == 32
+        assert ratio <= RATIO_LIMIT, (variant, round(ratio, 3), peaks)
 
 
 @pytest.mark.parametrize("fast", ["on", "off"])
@@ -135,43 +175,3 @@ def test_out_of_memory_while_loading_leaves_the_process_usable(model_path, manag
     check_reply(lm, "on")
     del lm
     manager.unload(model_path, "nf4")
-
-
-def test_4bit_costs_about_half_of_fp16_in_nvidia_smi():
-    """GPTQ and AWQ NVML peak <= 0.55 x fp16's, at 6B size, bs 1, prompt 512 (each variant in a fresh process
-    as the benchmark runs them, so that one variant's leftovers cannot count against another)."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[2]
-    code = (
-        "import json, sys, torch\n"
-        "from benchmarks.trackers import capture_nvml_baseline, MemoryTracker\n"
-        "capture_nvml_baseline()\n"
-        "from benchmarks.random_weights import ensure_random_model\n"
-        "from playground.manager import ModelManager\n"
-        "from playground.variants import VariantOptions\n"
-        "from playground.engine import GenerationParams, chat\n"
-        f"path = ensure_random_model({RATIO_SHAPE!r}, 'cuda')[0]\n"
-        "torch.cuda.empty_cache()\n"
-        "mm = ModelManager(device='cuda', budget_bytes=1 << 62)\n"
-        "with MemoryTracker('cuda') as t:\n"
-        "    lm = mm.get(path, sys.argv[1], options=VariantOptions(fast_decode='off'))\n"
-        "    ids = torch.randint(10, 1000, (512,)).tolist()\n"
-        "    p = GenerationParams(max_new_tokens=32, min_new_tokens=32, greedy=True)\n"
-        "    from playground.engine import stream_reply\n"
-        "    for ev in stream_reply(lm, [], None, p, prompt_ids=ids): pass\n"
-        "print(json.dumps({'nvml_gb': t.result.peak_gpu_nvml_gb, 'allocated_gb': t.result.peak_gpu_mem_gb,\n"
-        "                  'weights_gb': lm.stats.weights_bytes / 2**30, 'tokens': ev.stats.new_tokens}))\n")
-    peaks = {}
-    for variant in ("fp16", "gptq", "awq"):
-        proc = subprocess.run([sys.executable, "-c", code, variant], cwd=root, capture_output=True, text=True,
-                              timeout=400)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        peaks[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-    print("\nNVML peaks", RATIO_SHAPE, json.dumps(peaks))
-    for variant in ("gptq", "awq"):
-        ratio = peaks[variant]["nvml_gb"] / peaks["fp16"]["nvml_gb"]
-        assert peaks[variant]["tokens"] == 32
-        assert ratio <= RATIO_LIMIT, (variant, round(ratio, 3), peaks)
