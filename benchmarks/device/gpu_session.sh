@@ -30,7 +30,9 @@ case $stage in
     run 580 --model "random:$arch" --variants bf16,int8,nf4,gptq,awq --decode-modes eager --batch-sizes 1 \
         --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/$arch-bs1" ;;
   gpu-tests)   # #13: the GPU test suite (tests/gpu, marker gpu), one command of at most ~9 minutes
-    timeout 570 python3 -m pytest tests/gpu -q -p no:cacheprovider -o addopts="" -rA --durations=10 2>&1 \
+    # SIGINT at the limit: pytest stops and still prints the failures so far
+    timeout -s INT "${LIMIT:-540}" python3 -m pytest tests/gpu -v -s -p no:cacheprovider -o addopts="" --tb=short \
+      --durations=20 ${K:+-k "$K"} 2>&1 \
       | grep -v "it/s\]\|step/s\]" | tee "$out/gpu-tests.log" | tail -80 ;;
   memory-return)   # #13: load/unload each variant 3 times, allocator and NVML (results/gpu-h200-memory-return)
     timeout 570 python3 -m benchmarks.reliability memory --device cuda --model "random:${ARCH:-glm-6b-class}" \
