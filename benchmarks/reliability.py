@@ -362,11 +362,12 @@ def nvml_process_bytes() -> int | None:
 
 
 def memory_return(variants: list[str], cycles: int = 5, model: str = DEFAULT_MODEL, device: str = "cpu",
-                  fast_modes: tuple[str, ...] = ("auto",)) -> dict:
+                  fast_modes: tuple[str, ...] = ("auto",), on_variant=None) -> dict:
     """Load and unload each variant ``cycles`` times (after one warm-up cycle): process RSS and malloc's in-use
     bytes on CPU; on a GPU also the CUDA allocator (torch.cuda.memory_allocated) and what NVML charges the
     process (``nvml``, nvidia-smi's figure, CUDA context included). With several ``fast_modes`` each variant is
-    cycled once per mode (rows ``<variant> fast=<mode>``)."""
+    cycled once per mode (rows ``<variant> fast=<mode>``). ``on_variant(out)`` is called after each row (the CLI
+    writes the summary then, so that a run stopped at a time limit keeps the rows it finished)."""
     from playground.manager import ModelManager, release_memory
     from playground.memory import rss_bytes
     from playground.variants import VariantOptions
@@ -432,6 +433,8 @@ def memory_return(variants: list[str], cycles: int = 5, model: str = DEFAULT_MOD
                     row[k] = _series(cyc, f"{k}_before_mb", f"{k}_loaded_mb", f"{k}_after_mb")
             row["cycles"] = cyc
             out["variants"][key] = row
+            if on_variant is not None:
+                on_variant(out)
     out["end"] = {k: round(v, 1) for k, v in sample().items()}
     return out
 
@@ -472,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("memory", "all"):
         results["memory_return"] = memory_return([v for v in args.variants.split(",") if v], args.cycles,
                                                  model=args.model, device=args.device,
-                                                 fast_modes=tuple(m for m in args.fast_decode.split(",") if m))
+                                                 fast_modes=tuple(m for m in args.fast_decode.split(",") if m),
+                                                 on_variant=None if args.print_only else
+                                                 lambda part: write_section(Path(args.out), "memory_return", part))
     for name, section in results.items():
         if args.print_only:
             print(json.dumps({name: section}, default=str))
