@@ -35,5 +35,17 @@ def bound_cpu_kernel_caches(entries: int = 16) -> None:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(entries))
 
 
+def return_freed_gpu_pages() -> None:
+    """Let the CUDA caching allocator give back freed pages inside a segment (before CUDA starts; yours wins).
+
+    Measured on an H200 (GLM-6B class, random weights, fast decode off): a loaded GPTQ model held 3.9 GB of
+    tensors while nvidia-smi charged the process 7.6 GB (AWQ 6.0 GB). The tinygemm repack frees each original
+    layer after its packed copy is made; the holes that leaves sit in segments that also hold packed layers, and
+    ``empty_cache`` can only release whole segments. With expandable segments the allocator maps memory in 2 MB
+    pages and releases free pages wherever they are, so what nvidia-smi shows follows what the tensors need."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+
 bound_cpu_kernel_caches()
+return_freed_gpu_pages()
 quiet_libraries()

@@ -36,7 +36,7 @@ case $stage in
       | grep -v "it/s\]\|step/s\]" | tee "$out/gpu-tests.log" | tail -80 ;;
   memory-return)   # #13: load/unload each variant 3 times, allocator and NVML (results/gpu-h200-memory-return)
     timeout 570 python3 -m benchmarks.reliability memory --device cuda --model "random:${ARCH:-glm-6b-class}" \
-      --variants "${VARIANTS:-bf16,fp16,int8,nf4,fp4,gptq,awq}" --cycles 3 --fast-decode "${FAST:-auto}" \
+      --variants "${VARIANTS:-bf16,fp16,int8,nf4,fp4,gptq,awq}" --cycles "${CYCLES:-3}" --fast-decode "${FAST:-auto}" \
       --out "$out/memory-return" 2>&1 | grep -v "it/s\]\|step/s\]" | tail -40 ;;
   glm-bench)   # #13: the GLM-6B class, every variant, eager and fast, bs 1, prompt 512, 256 new tokens
     run 570 --model random:glm-6b-class --variants "${VARIANTS:-bf16,fp16,int8,nf4,gptq,awq}" \

@@ -14,6 +14,8 @@ import os
 import weakref
 
 import pytest
+
+import playground  # noqa: F401 - sets the CUDA allocator's configuration before CUDA starts
 import torch
 
 pytestmark = [pytest.mark.gpu,
