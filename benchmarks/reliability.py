@@ -53,13 +53,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def machine() -> dict:
     import psutil
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
+
+    from .environment import git_info
+    git = git_info()      # PLAYGROUND_GIT_COMMIT on a copy of the tree (the GPU machine's .git, if any, is stale)
+    commit, dirty = git["commit"], git["dirty"]
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

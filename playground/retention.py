@@ -1,7 +1,8 @@
 """What keeps an unloaded model alive, and how to let it go.
 
 An unload drops the manager's references; the model's memory comes back only if nothing else refers to it. Two
-things did, both found with the probe below (``held_by``) on the CPU and confirmed on an H200:
+things did, both found with the probe below (``held_by``) on the CPU, and checked on an H200
+(results/gpu-h200-memory-return):
 
 * **Exceptions kept in module globals.** Optional-import guards store the ``ImportError`` they caught (gptqmodel
   7.6's ``nn_modules/qlinear/gguf_cpp.py`` keeps ``_LLAMA_CPP_IMPORT_ERROR``). The exception's traceback holds
@@ -10,8 +11,10 @@ things did, both found with the probe below (``held_by``) on the CPU and confirm
   4-bit weights, 3.9 GB for a 6B model) stayed in memory for the life of the process. ``drop_stored_tracebacks``
   clears those tracebacks (the message stays) after every load and unload.
 * **Frames of a compile failure.** An exception raised while compiling (the fast decoder's full-graph attempt
-  falling back to graph breaks, as with bitsandbytes' int8 matmul) carries frames whose locals include the
-  model; ``forget_frames`` clears them before the exception is dropped.
+  falling back to graph breaks) carries frames whose locals include the model; ``forget_frames`` clears them
+  before the exception is dropped. The issue's int8 + fast decode leak (a whole model per cycle on an H200) is
+  gone with these two changes (``tests/gpu``: the allocator back to the MB); which of the two fixed it was not
+  isolated on the GPU.
 
 ``held_by`` walks ``gc.get_referrers`` from a leaked object to the first owner that explains it (a module global, a
 traceback, a class attribute) and says so in one line: the Models tab shows it for a model whose unload could not
@@ -116,6 +119,9 @@ def held_by(obj, max_nodes: int = 20000) -> str:
             chain.append(_describe(ref))
         key = up
     chain.append(type(obj).__name__)
-    out = " → ".join(dict.fromkeys(chain))
+    parts = list(dict.fromkeys(chain))
+    if len(parts) > 7:          # import machinery in between says nothing: keep the owner and the model's end
+        parts = parts[:3] + ["…"] + parts[-3:]
+    out = " → ".join(parts)
     del parent, queue
     return out
