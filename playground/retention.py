@@ -9,7 +9,7 @@ things did, both found with the probe below (``held_by``) on the CPU, and checke
   the frame of every function on the stack when the import ran, and a frame keeps its locals after it returns:
   gptqmodel is first imported inside a model load, so the first GPTQ/AWQ model loaded in a process (all its
   4-bit weights, 3.9 GB for a 6B model) stayed in memory for the life of the process. ``drop_stored_tracebacks``
-  clears those tracebacks (the message stays) after every load and unload.
+  clears those tracebacks (the message stays) at every unload, before the garbage collection.
 * **Frames of a compile failure.** An exception raised while compiling (the fast decoder's full-graph attempt
   falling back to graph breaks) carries frames whose locals include the model; ``forget_frames`` clears them
   before the exception is dropped. The issue's int8 + fast decode leak (a whole model per cycle on an H200) is
