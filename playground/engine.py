@@ -237,13 +237,14 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                             logits = fast.prefill(ids, cache)
                         else:
                             logits = fast.step(ids, cache)
-                    if step < params.min_new_tokens and stop_list:
-                        logits[:, stop_list] = -float("inf")
                     if params.sampling or len(procs):
                         logits = logits.float()
-                        if not torch.isfinite(logits).all():
+                        if not torch.isfinite(logits).all():   # before the -inf of the stop tokens below
                             raise _non_finite(lm, step)
-                        logits = procs(all_ids, logits) if len(procs) else logits
+                    if step < params.min_new_tokens and stop_list:
+                        logits[:, stop_list] = -float("inf")
+                    if len(procs):
+                        logits = procs(all_ids, logits)
                     if params.sampling:
                         probs = torch.softmax(logits, dim=-1).cpu()
                         next_id = int(torch.multinomial(probs, 1, generator=gen)[0, 0])

@@ -175,3 +175,12 @@ def test_remote_code_needs_opt_in(tmp_path, manager):
     with pytest.raises(PlaygroundError, match="trust_remote_code"):
         manager.get(str(tmp_path), "bf16")
     assert not marker.exists(), "custom code ran without opt-in"
+
+
+@pytest.mark.parametrize("extra", [{"greedy": True, "repetition_penalty": 1.2}, {"temperature": 0.7, "seed": 1}])
+def test_min_new_tokens_with_a_logits_processor_is_not_mistaken_for_an_overflow(smollm_bf16, extra):
+    """The stop tokens are masked with -inf until min_new_tokens; the overflow check ran after that mask whenever a
+    logits processor or sampling was on, so every such reply failed with "NaN/inf logits" at its first token."""
+    params = GenerationParams(max_new_tokens=8, min_new_tokens=8, **extra)
+    text, stats = chat(smollm_bf16, FRANCE, params=params)
+    assert stats.new_tokens == 8 and text.strip(), (stats, text)
