@@ -71,7 +71,7 @@ class UIContext:
             reg = self.session_endpoints.get(sid)
             if reg is None and create:
                 reg = self.session_endpoints[sid] = EndpointRegistry(parent=self.endpoints)
-        return reg or self.endpoints
+        return reg if reg is not None else self.endpoints   # an empty registry is falsy (__len__)
 
     def drop_session(self, request: gr.Request | None) -> None:
         """A browser tab closed: forget its stop signals and the endpoints (and API keys) it added."""
