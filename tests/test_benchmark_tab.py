@@ -7,7 +7,64 @@ import zipfile
 import gradio as gr
 import pytest
 
-from ui_support import ui_handler
+from ui_support import by_elem_id, ui_event, ui_handler
+
+
+# the Run button's inputs, in the order the click passes them: component elem_id → start_job's parameter
+RUN_INPUTS = {"bench-models": "models", "bench-variants": "variants", "bench-bs": "batch_sizes",
+              "bench-prompt": "prompt_tokens", "bench-new": "new_tokens", "bench-repeats": "repeats",
+              "bench-warmup": "warmup", "bench-device": "device", "bench-cap": "memory_cap_gb",
+              "bench-unload": "unload_first", "bench-quality": "quality"}
+
+
+def _check_benchmark_wiring(blocks):
+    """The tab's components (by elem_id, with their kinds and starting values) and the run/stop/timer wiring."""
+    import inspect
+
+    from playground.catalog import DEFAULT_MODEL
+    from playground.ui import benchmark_tab as tab
+    from playground.variants import VARIANTS
+    kinds = {"bench-banner": gr.HTML, "bench-models": gr.Dropdown, "bench-variants": gr.CheckboxGroup,
+             "bench-bs": gr.Textbox, "bench-prompt": gr.Textbox, "bench-new": gr.Textbox, "bench-repeats": gr.Number,
+             "bench-warmup": gr.Number, "bench-device": gr.Dropdown, "bench-cap": gr.Number,
+             "bench-unload": gr.Checkbox, "bench-quality": gr.Checkbox, "bench-run": gr.Button,
+             "bench-stop": gr.Button, "bench-status": gr.Markdown, "bench-table": gr.Dataframe,
+             "bench-compact": gr.HTML, "bench-bars": gr.Plot, "bench-scatter": gr.Plot, "bench-sweep": gr.Plot,
+             "bench-download": gr.File}
+    c = {elem_id: by_elem_id(blocks, elem_id) for elem_id in kinds}
+    for elem_id, kind in kinds.items():
+        assert type(c[elem_id]) is kind, (elem_id, type(c[elem_id]))
+    assert c["bench-models"].multiselect and c["bench-models"].value == [DEFAULT_MODEL]
+    assert [v for v, _ in c["bench-variants"].choices] == list(VARIANTS)
+    assert c["bench-variants"].value == ["bf16", "int8", "nf4"]
+    assert (c["bench-bs"].value, c["bench-prompt"].value, c["bench-new"].value) == ("1", "128", "64")
+    assert (c["bench-repeats"].value, c["bench-warmup"].value, c["bench-cap"].value) == (3, 1, 0)
+    assert c["bench-unload"].value is False and c["bench-quality"].value is False
+    assert c["bench-stop"].interactive is False and c["bench-table"].headers == tab.TABLE_COLS
+    assert c["bench-download"].interactive is False
+
+    # ▶ Run: start(...) gets the 11 settings in start_job's order and updates status, banner, both buttons, seen
+    run = ui_event(blocks, "bench-run")
+    assert run.fn.__name__ == "start" and run.fn.__module__ == "playground.ui.benchmark_tab"
+    assert [i.elem_id for i in run.inputs] == list(RUN_INPUTS)
+    params = list(inspect.signature(tab.start_job).parameters)
+    assert params[1:] == list(RUN_INPUTS.values()), params       # after the manager, the same order
+    assert [o.elem_id for o in run.outputs[:4]] == ["bench-status", "bench-banner", "bench-run", "bench-stop"]
+    assert len(run.outputs) == 5 and isinstance(run.outputs[4], gr.State)
+    seen = run.outputs[4]
+    # ■ Stop: no inputs, answers at once (not queued behind the sweep), updates the status
+    stop = ui_event(blocks, "bench-stop")
+    assert stop.fn.__name__ == "stop" and stop.inputs == [] and stop.queue is False
+    assert [o.elem_id for o in stop.outputs] == ["bench-status"]
+    # the timer polls the job into the status, banner, buttons, table, plots and the zip
+    ticks = [f for f in blocks.fns.values()
+             if f.name == "tick" and getattr(f.fn, "__module__", "") == "playground.ui.benchmark_tab"]
+    assert len(ticks) == 1 and ticks[0].inputs == [seen]
+    assert isinstance(blocks.blocks[ticks[0].targets[0][0]], gr.Timer) and ticks[0].targets[0][1] == "tick"
+    assert [getattr(o, "elem_id", None) for o in ticks[0].outputs] == [
+        "bench-status", "bench-banner", "bench-run", "bench-stop", "bench-table", "bench-compact", "bench-bars",
+        "bench-scatter", "bench-sweep", "bench-download", None]
+    assert ticks[0].outputs[-1] is seen
 
 
 def test_tab_builds_standalone_and_in_the_app(manager):
@@ -15,10 +72,16 @@ def test_tab_builds_standalone_and_in_the_app(manager):
     with gr.Blocks() as demo:
         with gr.Tab("Benchmark"):
             build_benchmark_tab(manager)
-    assert demo is not None
+    _check_benchmark_wiring(demo)
     from playground.ui.app import build_app
     app = build_app(manager)
-    assert "bench-run" in str(app.config)
+    _check_benchmark_wiring(app)
+    tab, node = by_elem_id(app, "tab-benchmark"), by_elem_id(app, "bench-run")
+    assert isinstance(tab, gr.Tab) and tab.label == "Benchmark"
+    while node is not None and node is not tab:       # the Run button sits inside the app's Benchmark tab
+        node = node.parent
+    assert node is tab
+    assert ui_handler(app, "benchmark_tab", "start") is ui_event(app, "bench-run").fn
 
 
 def test_bad_settings_are_refused_with_a_message(manager):

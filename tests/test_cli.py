@@ -27,11 +27,33 @@ def test_one_shot_prints_the_reply_and_exits_0():
     assert "Traceback" not in r.stderr
 
 
-def test_one_shot_system_prompt_and_temperature():
-    r = run_cli("--prompt", "Name one fruit.", "--system", "You answer in one word.", "--temperature", "0.5",
-                "--seed", "7", "--max-new-tokens", "8")
+def test_one_shot_system_prompt_and_temperature(smollm_bf16):
+    """--system and --temperature (with --seed) reach the model: the CLI's reply is exactly the engine's reply for
+    that system prompt, temperature and seed (seeded sampling is reproducible), and each of them changes the reply:
+    the same request without the system prompt, greedy, or at another temperature gives another reply (so a CLI that
+    dropped either option could not match). Seen on CPU: French system prompt at 0.5 → "La Firma - Açaiba …",
+    no system prompt → "One fruit is not a specific fruit …", greedy → "La ferre, or the …", 1.5 → "Bienvenue! …"."""
+    from playground.cli import build_parser
+    from playground.engine import GenerationParams, chat
+    system, prompt = "You always answer in French.", "Name one fruit."
+    r = run_cli("--prompt", prompt, "--system", system, "--temperature", "0.5", "--seed", "7",
+                "--max-new-tokens", "8", "--device", "cpu")          # on the device of the reference below
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip()
+    reply = r.stdout.strip()
+    assert reply
+
+    defaults = build_parser().parse_args([])          # the CLI's other sampling settings (top-p, top-k)
+    msgs = [{"role": "user", "content": prompt}]
+
+    def engine(system_prompt, **kw):
+        params = dict(max_new_tokens=8, temperature=0.5, seed=7, top_p=defaults.top_p, top_k=defaults.top_k,
+                      repetition_penalty=defaults.repetition_penalty)
+        return chat(smollm_bf16, msgs, system_prompt, GenerationParams(**{**params, **kw}))[0].strip()
+    assert reply == engine(system), (reply, engine(system))
+    others = {"no system prompt": engine(None), "greedy": engine(system, greedy=True),
+              "temperature 1.5": engine(system, temperature=1.5)}
+    for what, text in others.items():
+        assert text and text != reply, (what, text, reply)
 
 
 @pytest.mark.parametrize("args,reason", [

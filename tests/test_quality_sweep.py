@@ -93,26 +93,50 @@ def test_sweep_with_quality_real_and_random_weights(tmp_path):
     assert main(["report", str(out)]) == 0 and "Quality vs memory" in (out / "report.html").read_text()
 
 
-def test_benchmark_tab_checkbox_reaches_the_run_config(manager, monkeypatch, tmp_path):
+def test_benchmark_tab_checkbox_reaches_the_run_config(monkeypatch, tmp_path):
+    """The Benchmark tab's ▶ Run event, as the page sends it (one value per input component, in the listener's
+    input order, preprocessed and passed to the handler by gradio): the quality checkbox turns quality on in the
+    sweep's RunConfig, and off when unchecked. The 'unload first' checkbox sits next to it with the opposite value
+    each time, so inputs swapped in the wiring (or a handler reading the wrong position) fail here."""
+    import asyncio
     import time
 
     import gradio as gr
+    from gradio.state_holder import SessionState
 
     import benchmarks.runner
+    from playground.manager import ModelManager
     from playground.ui import benchmark_tab as tab
-    with gr.Blocks() as demo:
-        tab.build_benchmark_tab(manager)
-    boxes = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "bench-quality"]
-    assert len(boxes) == 1 and isinstance(boxes[0], gr.Checkbox) and boxes[0].value is False
-    assert "Measure quality (perplexity + accuracy)" == boxes[0].label
+    from playground.ui.app import build_app
+    from ui_support import by_elem_id, ui_event
+
+    manager = ModelManager(device="cpu")      # its own (empty) manager: 'unload first' must not touch the session's
+    unloads = []
+    monkeypatch.setattr(manager, "unload_all", lambda: unloads.append(True))
+    app = build_app(manager)
+    box = by_elem_id(app, "bench-quality")
+    assert isinstance(box, gr.Checkbox) and box.value is False
+    assert "Measure quality (perplexity + accuracy)" == box.label
     seen = []
     monkeypatch.setattr(benchmarks.runner, "run_sweep", lambda cfg, **kw: seen.append(cfg) or [])
     monkeypatch.setattr(tab, "RESULTS_ROOT", tmp_path)
-    for quality in (True, False):
-        job = tab.start_job(manager, [SMOL], ["bf16"], "1", "16", "4", 1, 0, "cpu", None, False, quality)
-        for _ in range(100):
-            if job.done:
-                break
+    run = ui_event(app, "bench-run")
+    for quality, unload in ((True, False), (False, True)):
+        page = {"bench-models": [SMOL], "bench-variants": ["bf16"], "bench-bs": "1", "bench-prompt": "16",
+                "bench-new": "4", "bench-repeats": 1, "bench-warmup": 0, "bench-device": "cpu", "bench-cap": 0,
+                "bench-unload": unload, "bench-quality": quality}
+        assert sorted(i.elem_id for i in run.inputs) == sorted(page)
+        before = len(seen)
+        out = asyncio.run(app.process_api(run, [page[i.elem_id] for i in run.inputs], state=SessionState(app)))
+        job = tab.current_job()
+        assert job is not None and job.out.startswith(str(tmp_path)), job
+        assert "Results folder" in out["data"][0]              # the status line of the job it started
+        deadline = time.monotonic() + 30
+        while not job.done and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert job.done and seen[-1].quality is quality
+        assert job.done and job.error is None and len(seen) == before + 1, (job, seen)
+        cfg = seen[-1]
+        assert cfg.quality is quality, (quality, cfg)
+        assert (cfg.models, cfg.variants, cfg.device) == ([SMOL], ["bf16"], "cpu")
+        assert unloads == ([True] if not quality else []), unloads
     assert "perplexity" in tab.TABLE_COLS and "accuracy" in tab.TABLE_COLS

@@ -274,30 +274,59 @@ def test_models_tab_lists_and_unloads(page, server):
 
 
 def test_time_to_first_token_browser_vs_engine(page, server):
-    """TTFT seen in the page (click → first reply text rendered) vs the engine's own TTFT, same prompt."""
+    """TTFT three ways for the same request (FRANCE, the default system prompt, greedy, 16 new tokens), on the same
+    loaded model, in this one process, interleaved so that all three see the same load on the machine:
+
+    * engine: ``stream_reply``'s own TTFT, called here directly, once right before each request from the page;
+    * badge: the TTFT the reply's badge shows: the same ``ReplyStats.ttft_s``, measured by the same ``stream_reply``
+      inside the app's chat handler (a Gradio worker thread);
+    * browser: click on Send → the first reply text rendered in the page (a MutationObserver), which also notes
+      when the badge (the end of the reply) is rendered.
+
+    Asserted over 5 requests (a busy machine only ever adds time: the fastest of 5 is the least disturbed sample,
+    the median the typical one):
+    * the page's request is the engine's request: the same number of prompt tokens (the status line);
+    * the badge measures what the engine measures: the fastest badge is within 3x either way of the fastest engine
+      TTFT (measured: 0.65-1.25x, also with the machine overloaded; medians can be 4x apart when other load hits
+      the app's requests and not the engine's). A badge in another unit, or one that times the whole reply, the
+      queue wait or a model load, is out of it;
+    * each browser TTFT is >= its badge's (the engine's interval lies inside the page's), so a badge that timed the
+      whole reply instead of the first token fails here too;
+    * the reply streams: the first text is on the page before the badge (a reply shown only when complete fails);
+    * the UI + network overhead (browser - badge, median) is at most the engine's median TTFT + 500 ms: Gradio's
+      queue, the SSE stream and the Chatbot rendering the first token, which a busy CPU slows as it slows the engine
+      (measured: medians of 60-350 ms against engine TTFTs of 80-400 ms; one second of lag in the UI fails)."""
     from playground.engine import GenerationParams, stream_reply
 
     lm = server[2].get(DEFAULT_MODEL, "bf16")
     system = "You are a helpful assistant."
+    assert page.locator("#chat-system textarea").input_value() == system      # the page's default preset
     msgs = [{"role": "user", "content": FRANCE}]
-    engine = []
-    for _ in range(3):
+
+    def engine_ttft() -> tuple[float, int]:
         for event in stream_reply(lm, msgs, system, GenerationParams(max_new_tokens=16, greedy=True)):
             pass
-        engine.append(event.stats.ttft_s * 1000)
+        return event.stats.ttft_s * 1000, event.stats.prompt_tokens
+
     set_params(page, "chat", 16)
-    browser_ms, badge_ms = [], []
-    for i in range(3):
+    engine_ttft()          # warm-up: the first forward passes of a freshly loaded model are slower
+    engine, browser_ms, done_ms, badge_ms, badge_tokens, engine_prompt, page_prompt = [], [], [], [], [], [], []
+    for i in range(5):
+        ms, n_prompt = engine_ttft()
+        engine.append(ms)
+        engine_prompt.append(n_prompt)
         page.locator("#chat-clear").click()
         expect(user(page)).to_have_count(0)
         page.locator("#chat-input textarea").fill(FRANCE)
         page.evaluate("""() => {
-            window.__ttft = null;
+            window.__ttft = null; window.__done = null;
             const root = document.querySelector('#chat-chatbot');
             const obs = new MutationObserver(() => {
+                const now = performance.now() - window.__t0;
                 const b = root.querySelectorAll('[data-testid="bot"]');
                 const text = b.length ? b[b.length - 1].innerText.trim() : '';
-                if (text && text !== '…') { window.__ttft = performance.now() - window.__t0; obs.disconnect(); }
+                if (window.__ttft === null && text && text !== '…') window.__ttft = now;
+                if (root.querySelector('.reply-badge')) { window.__done = now; obs.disconnect(); }
             });
             obs.observe(root, {childList: true, subtree: true, characterData: true});
             window.__t0 = performance.now();
@@ -305,13 +334,27 @@ def test_time_to_first_token_browser_vs_engine(page, server):
         }""")
         expect(badges(page)).to_have_count(1, timeout=REPLY_TIMEOUT)
         browser_ms.append(page.evaluate("window.__ttft"))
-        badge_ms.append(int(re.search(r"TTFT (\d+) ms", badges(page).first.inner_text()).group(1)))
-    result = {"engine_ttft_ms": engine, "browser_ttft_ms": browser_ms, "badge_ttft_ms": badge_ms}
+        done_ms.append(page.evaluate("window.__done"))
+        badge = badges(page).first.inner_text()
+        badge_ms.append(int(re.search(r"TTFT (\d+) ms", badge).group(1)))
+        badge_tokens.append(int(re.search(r"(\d+) tokens", badge).group(1)))
+        status = page.locator("#chat-status").inner_text()
+        page_prompt.append(int(re.search(r"last reply: (\d+) prompt tokens", status).group(1)))
+    result = {"engine_ttft_ms": engine, "browser_ttft_ms": browser_ms, "badge_ttft_ms": badge_ms,
+              "browser_done_ms": done_ms}
     SCREENS.mkdir(parents=True, exist_ok=True)
     (SCREENS / "ttft.json").write_text(json.dumps(result, indent=2))
     print("\nTTFT", json.dumps(result))
-    assert all(b and b > 0 for b in browser_ms)
+
+    def median(xs):
+        return sorted(xs)[len(xs) // 2]
+    assert len(set(engine_prompt + page_prompt)) == 1, (engine_prompt, page_prompt)    # the same request
+    assert all(n >= 2 for n in badge_tokens), badge_tokens       # more than one token: streaming can show
+    assert all(e > 0 for e in engine) and all(b > 0 for b in badge_ms), result
+    assert all(b is not None and d is not None for b, d in zip(browser_ms, done_ms)), result
+    assert min(engine) / 3 <= min(badge_ms) <= 3 * min(engine), result
     # the page cannot show a token before the engine made it (the engine's interval lies inside the page's)
-    assert all(b >= e for b, e in zip(browser_ms, badge_ms))
-    overhead = sorted(b - e for b, e in zip(browser_ms, badge_ms))[1]   # median UI + network overhead
-    assert overhead < 5000
+    assert all(b >= e for b, e in zip(browser_ms, badge_ms)), result
+    assert median([d - b for b, d in zip(browser_ms, done_ms)]) > 0, result     # first text before the end
+    overhead = median([b - e for b, e in zip(browser_ms, badge_ms)])   # UI + network overhead
+    assert overhead <= median(engine) + 500, (overhead, result)

@@ -31,6 +31,22 @@ def ui_handler(app, module: str, name: str):
     raise AssertionError(f"no {module}.{name} event handler")
 
 
+def by_elem_id(blocks, elem_id: str):
+    """The one component of a built ``gr.Blocks`` with this ``elem_id`` (fails on none or several)."""
+    found = [b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == elem_id]
+    assert len(found) == 1, f"{len(found)} components with elem_id {elem_id!r}"
+    return found[0]
+
+
+def ui_event(blocks, elem_id: str, event: str = "click"):
+    """The event listener (a gradio BlockFunction: ``.fn``, ``.inputs``, ``.outputs``) that the ``event`` of the
+    component ``elem_id`` triggers, as the page would call it (fails on none or several)."""
+    target = by_elem_id(blocks, elem_id)._id
+    found = [f for f in blocks.fns.values() if any(t[0] == target and t[1] == event for t in f.targets or [])]
+    assert len(found) == 1, f"{len(found)} {event} listeners on {elem_id!r}"
+    return found[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,3 +136,16 @@ class CliProcess:
                 self.proc.wait(10)
         self._reader.join(5)
         return self.proc.returncode
+
+
+@contextmanager
+def launched_app(*args: str, timeout: float = 600):
+    """The real CLI, ``python launch.py --host 127.0.0.1 --port <free> ARGS``, in its own process; yields
+    (url, CliProcess) once it serves, and stops it afterwards (its output is in the CliProcess, for messages)."""
+    port = free_port()
+    proc = CliProcess("--host", "127.0.0.1", "--port", str(port), *args)
+    try:
+        proc.wait_for(["* Running on local URL"], timeout)
+        yield f"http://127.0.0.1:{port}/", proc
+    finally:
+        proc.stop()
