@@ -71,10 +71,24 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _quantization_state(param) -> list:
+    """Tensors bitsandbytes keeps beside a quantized weight, not as parameters or buffers: a 4-bit weight's
+    ``quant_state`` (absmax, code, and with double quantization the nested ``state2``), an int8 weight's ``SCB``."""
+    import torch
+    found = [getattr(param, "SCB", None)]
+    state = getattr(param, "quant_state", None)
+    while state is not None:
+        found += [getattr(state, name, None) for name in ("absmax", "code", "offset")]
+        state = getattr(state, "state2", None)
+    return [t for t in found if isinstance(t, torch.Tensor)]
+
+
 def weights_bytes(model) -> int:
-    """Bytes held by parameters and buffers (quantized tensors count at their packed size)."""
+    """Bytes held by parameters and buffers (quantized tensors count at their packed size), and bitsandbytes'
+    quantization state (nf4's scales are ~6% of its weights; double quantization shrinks them)."""
     seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
+    params = list(model.parameters())
+    for t in params + list(model.buffers()) + [s for p in params for s in _quantization_state(p)]:
         if t.data_ptr() in seen:
             continue
         seen.add(t.data_ptr())

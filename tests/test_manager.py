@@ -63,3 +63,18 @@ def test_budget_too_small_for_one_model_is_a_clear_error():
     mm = ModelManager(device="cpu", budget_bytes=10 * MB)
     with pytest.raises(MemoryBudgetError, match="memory budget is 0.01 GB"):
         mm.get(DEFAULT_MODEL, "bf16")
+
+
+def test_weights_bytes_counts_bitsandbytes_quantization_state(manager):
+    """nf4's absmax scales live on the weight's quant_state, not as parameters: they count, and double
+    quantization (8-bit scales of the scales) makes them smaller."""
+    from playground.manager import weights_bytes
+    from playground.variants import VariantOptions
+    plain = manager.get(DEFAULT_MODEL, "nf4")
+    packed = sum(p.numel() * p.element_size() for p in plain.model.parameters())
+    absmax = sum(m.weight.quant_state.absmax.numel() * m.weight.quant_state.absmax.element_size()
+                 for m in plain.model.modules() if type(m).__name__ == "Linear4bit")
+    assert absmax > 1e6 and weights_bytes(plain.model) >= packed + absmax
+    double = manager.get(DEFAULT_MODEL, "nf4", options=VariantOptions(double_quant=True))
+    assert weights_bytes(double.model) < weights_bytes(plain.model)
+    manager.unload(DEFAULT_MODEL, "nf4")
