@@ -217,7 +217,9 @@ def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[di
                           ", ".join(f"{k} (was {old_cfg.get(k)!r}, now {new_cfg.get(k)!r})" for k in differ) +
                           "; use the same settings, another --out, or --overwrite")
     covered = {(m, v, device, *c) for m in config.models for v in config.variants for c in config.combos()}
-    keep, done, seen = [], set(), set()
+    per_combo = len(config.decode_modes) * len(config.kv_cache)      # the worker writes a row for each
+    ok: dict[tuple, list[dict]] = {}
+    keep, seen = [], set()
     for r in previous.get("rows", []):
         key = _row_key(r)
         if r.get("status") == "ok":
@@ -227,11 +229,15 @@ def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[di
             if full in seen:
                 continue                         # never two rows for one measurement
             seen.add(full)
-            done.add(key)
+            ok.setdefault(key, []).append(r)
             keep.append(r)
         elif key not in covered:
             keep.append(r)
-    return keep, done
+    # a combo the run was stopped in the middle of (its eager row written, its fast row not) is measured again,
+    # all of its rows, so that none is missing and none is there twice
+    partial = {k for k, rs in ok.items() if k in covered and len(rs) < per_combo}
+    keep = [r for r in keep if not (r.get("status") == "ok" and _row_key(r) in partial)]
+    return keep, set(ok) - partial
 
 
 def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,

@@ -153,8 +153,22 @@ def test_resume_keeps_a_row_per_decode_mode_and_kv_setting():
                 new_tokens=256, status="ok")
     rows = [dict(base, decode_mode="eager"), dict(base, decode_mode="compiled (inductor)"),
             dict(base, decode_mode="eager", kv_cache="int4"), dict(base, decode_mode="eager")]
-    keep, _ = resume_plan({"config": cfg.to_dict(), "rows": rows}, cfg, "cpu")
-    assert keep == rows[:3]
+    keep, done = resume_plan({"config": cfg.to_dict(), "rows": rows}, cfg, "cpu")
+    assert keep == rows[:3] and len(done) == 1
+
+
+def test_resume_measures_again_a_combo_stopped_between_its_decode_modes():
+    """A run killed after a combo's eager row and before its fast row: the combo is measured again (both rows),
+    not left without its fast row."""
+    from benchmarks.config import RunConfig
+    from benchmarks.runner import resume_plan
+    cfg = RunConfig(models=["m"], variants=["bf16", "nf4"], decode_modes=["eager", "fast"], device="cpu")
+    base = dict(model="m", device="cpu", batch_size=1, prompt_tokens=512, new_tokens=256, status="ok")
+    rows = [dict(base, variant="bf16", decode_mode="eager"), dict(base, variant="bf16", decode_mode="compiled"),
+            dict(base, variant="nf4", decode_mode="eager")]
+    keep, done = resume_plan({"config": cfg.to_dict(), "rows": rows}, cfg, "cpu")
+    assert keep == rows[:2]
+    assert done == {("m", "bf16", "cpu", 1, 512, 256)}
 
 
 def test_reference_overlay_ratios_to_fp16_beside_the_published_ones():

@@ -31,16 +31,22 @@ case $stage in
         --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/$arch-bs1" ;;
   gpu-tests)   # #13: the GPU test suite (tests/gpu, marker gpu), one command of at most ~9 minutes
     # SIGINT at the limit: pytest stops and still prints the failures so far
-    timeout -s INT "${LIMIT:-540}" python3 -m pytest tests/gpu -v -s -p no:cacheprovider -o addopts="" --tb=short \
-      --durations=20 ${K:+-k "$K"} 2>&1 \
+    # 4 worker processes share the GPU (each test measures its own process: allocator and NVML per pid); tests
+    # are handed out one at a time in file order, slowest first; -rP prints each passed test's measurements
+    timeout -s INT "${LIMIT:-540}" python3 -m pytest tests/gpu -v -n "${WORKERS:-4}" --maxschedchunk 1 -rP \
+      -p no:cacheprovider -o addopts="" --tb=short --durations=20 ${K:+-k "$K"} 2>&1 \
       | grep -v "it/s\]\|step/s\]" | tee "$out/gpu-tests.log" | tail -80 ;;
   memory-return)   # #13: load/unload each variant 3 times, allocator and NVML (results/gpu-h200-memory-return)
     timeout 570 python3 -m benchmarks.reliability memory --device cuda --model "random:${ARCH:-glm-6b-class}" \
       --variants "${VARIANTS:-bf16,fp16,int8,nf4,fp4,gptq,awq}" --cycles "${CYCLES:-3}" --fast-decode "${FAST:-auto}" \
       --out "$out/memory-return" 2>&1 | grep -v "it/s\]\|step/s\]" | tail -40 ;;
-  glm-bench)   # #13: the GLM-6B class, every variant, eager and fast, bs 1, prompt 512, 256 new tokens
-    run 570 --model random:glm-6b-class --variants "${VARIANTS:-bf16,fp16,int8,nf4,gptq,awq}" \
+  glm-bench)   # #13: the GLM-6B class, every variant, eager and fast, bs 1, prompt 512, 256 new tokens.
+    # Written into the tree's results/ folder with --resume: a second call (that folder copied back into the tree
+    # first) continues where a call stopped at its time limit; the folder comes back under $out.
+    dest=results/gpu-h200-${ARCH:-glm-6b-class}-bs1
+    run 550 --model "random:${ARCH:-glm-6b-class}" --variants "${VARIANTS:-bf16,fp16,int8,nf4,gptq,awq}" \
         --decode-modes eager,fast --batch-sizes 1 --prompt-tokens 512 --new-tokens 256 --no-overhead-check \
-        --repeats "${REPEATS:-3}" --out "$out/glm6b-bs1" ;;
+        --repeats "${REPEATS:-3}" --resume --out "$dest"
+    cp -r "$dest" "$out/" ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -112,8 +112,7 @@ def test_4bit_costs_about_half_of_fp16_in_nvidia_smi():
         assert ratio <= RATIO_LIMIT, (variant, round(ratio, 3), peaks)
 
 
-@pytest.mark.parametrize("fast", ["on", "off"])
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant,fast", [(v, f) for f in ("on", "off") for v in VARIANTS])   # slowest first
 def test_load_reply_unload_gives_every_byte_back(model_path, manager, variant, fast):
     """Three load/reply/unload cycles (the first pays one-time costs: imports, cuBLAS workspaces, gptqmodel's
     buffers); the level after each later unload is within the slack of the level after the first, so a leak of
