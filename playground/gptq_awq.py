@@ -534,10 +534,29 @@ def _pick_backend(method: str, qcfg: dict, path: Path, device: str) -> Optional[
 
 # ---- random-weight models: a checkpoint of the real shapes with random 4-bit codes ---------------------------
 RANDOM_MARKER = "benchmark_random_weights.json"     # written by benchmarks/random_weights.py
+RANDOM_CHECKPOINT_FORMAT = 2     # 2: AWQ checkpoints carry the activation scales of ungated MLPs (1 left them out)
 
 
 def is_random_weights(folder: str) -> bool:
     return (Path(folder) / RANDOM_MARKER).is_file()
+
+
+def awq_activation_scales(skeleton, model_type: str) -> dict:
+    """The ``<mlp>.act.scales`` an AWQ checkpoint of an ungated-MLP model carries (GPT-NeoX, Falcon, GPT-J,
+    BLOOM, ...: AWQ folds its MLP scale into the activation, which then divides by it). All ones: no folded scale.
+    Left out, the loader leaves them uninitialised and the model divides by zeros (NaN at the first token)."""
+    import torch
+    from transformers.integrations.awq import AWQ_SCALES_MAPPINGS
+
+    mapping = AWQ_SCALES_MAPPINGS.get(model_type)
+    if mapping is None:
+        return {}
+    scales = {}
+    for name, module in skeleton.named_modules():
+        before = getattr(module, mapping["layer_before_act"], None)
+        if hasattr(module, mapping["act"]) and isinstance(before, torch.nn.Linear):
+            scales[f"{name}.{mapping['act']}.scales"] = torch.ones(before.out_features, dtype=torch.float16)
+    return scales
 
 
 def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int = 4, group_size: int = 128,
@@ -585,6 +604,8 @@ def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int =
             tensors[f"{name}.bias"] = torch.zeros(n, dtype=torch.float16)
         if i % 16 == 0:
             progress(0.7 * i / len(linears), f"random {method} codes: {i}/{len(linears)} layers")
+    if method == "awq":
+        tensors.update(awq_activation_scales(skeleton, config.model_type))
     quantized_weights = {f"{n}.weight" for n in linears} | {f"{n}.bias" for n in linears}
     for f in sorted(src.glob("*.safetensors")):
         with safe_open(str(f), "pt") as st:

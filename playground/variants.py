@@ -169,6 +169,9 @@ def quantized_cache_dir(source: ModelSource, method: str, options: VariantOption
     """Cache folder keyed by model + every setting that changes the checkpoint."""
     key = {"model": source.path, "method": method, "bits": options.bits, "group_size": options.group_size,
            "calibration_samples": options.calibration_samples, "calibration_sha": _calibration_sha()}
+    from .gptq_awq import RANDOM_CHECKPOINT_FORMAT, is_random_weights
+    if is_random_weights(source.path):
+        key["random_checkpoint_format"] = RANDOM_CHECKPOINT_FORMAT   # a fixed writer makes a new folder
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     label = Path(source.path).name if source.local else source.path.replace("/", "--")
     return cache_root() / "quantized" / f"{label}-{method}-w{options.bits}g{options.group_size}-{digest}"

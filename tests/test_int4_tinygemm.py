@@ -56,9 +56,12 @@ def test_layers_tinygemm_cannot_take_are_refused_with_the_reason():
     assert "act-order" in unsupported_reason(Fake(256, 64, 128, act_order=True))
 
 
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-neox"])
 @pytest.mark.parametrize("method", ["gptq", "awq"])
-def test_random_weight_models_get_random_4bit_checkpoints_that_load_and_run(tmp_path, monkeypatch, method):
-    """Architecture-only models skip calibration: random codes of the real shapes, loaded like any checkpoint."""
+def test_random_weight_models_get_random_4bit_checkpoints_that_load_and_run(tmp_path, monkeypatch, method, arch):
+    """Architecture-only models skip calibration: random codes of the real shapes, loaded like any checkpoint.
+    tiny-neox is GLM-6B class's architecture (GPT-NeoX, ungated GELU MLP): its AWQ checkpoint must carry the
+    activation scales AWQ divides by (without them the first token was NaN on an H200 and here)."""
     import torch
 
     monkeypatch.setenv("PLAYGROUND_CACHE", str(tmp_path))
@@ -66,7 +69,7 @@ def test_random_weight_models_get_random_4bit_checkpoints_that_load_and_run(tmp_
     from playground.manager import ModelManager
     from playground.variants import VariantOptions
 
-    path, _ = ensure_random_model("tiny-llama", "cpu")
+    path, _ = ensure_random_model(arch, "cpu")
     mm = ModelManager(device="cpu")
     for kernel in (None, "tinygemm"):
         lm = mm.get(path, method, options=VariantOptions(kernel=kernel))
@@ -78,4 +81,7 @@ def test_random_weight_models_get_random_4bit_checkpoints_that_load_and_run(tmp_
         assert torch.isfinite(logits).all() and logits.std() > 0
         if kernel:
             assert lm.kernel == "TinyGemmInt4Linear"
+        scaled = [m for m in lm.model.modules() if type(m).__name__ == "ScaledActivation"]
+        assert len(scaled) == (4 if (method, arch) == ("awq", "tiny-neox") else 0)
+        assert all(torch.equal(m.scales, torch.ones_like(m.scales)) for m in scaled)
         mm.unload_all()
