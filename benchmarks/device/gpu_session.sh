@@ -44,7 +44,7 @@ case $stage in
     # Written into the tree's results/ folder with --resume: a second call (that folder copied back into the tree
     # first) continues where a call stopped at its time limit; the folder comes back under $out.
     dest=results/gpu-h200-${ARCH:-glm-6b-class}-bs1
-    run 550 --model "random:${ARCH:-glm-6b-class}" --variants "${VARIANTS:-bf16,fp16,int8,nf4,gptq,awq}" \
+    run "${BENCH_LIMIT:-550}" --model "random:${ARCH:-glm-6b-class}" --variants "${VARIANTS:-bf16,fp16,nf4,gptq,awq,int8}" \
         --decode-modes eager,fast --batch-sizes 1 --prompt-tokens 512 --new-tokens 256 --no-overhead-check \
         --repeats "${REPEATS:-3}" --resume --out "$dest"
     cp -r "$dest" "$out/" ;;
