@@ -274,7 +274,8 @@ def measure_bandwidth(device: str) -> float | None:
 def use_fast(lm, mode: str, device: str, row: dict, ev: Events) -> bool:
     """Whether this row decodes through the fast decoder (starting it, timed, on first use)."""
     from playground.manager import enable_fast_decode
-    fast = mode == "fast" or (mode == "auto" and device.startswith("cuda"))
+    from playground.variants import fast_decode_by_default
+    fast = mode == "fast" or (mode == "auto" and fast_decode_by_default(lm.variant, device))
     if not fast:
         row["decode_mode"] = "eager"
         return False

@@ -295,10 +295,12 @@ class ModelManager:
             tokenizer.pad_token = tokenizer.eos_token
         lm = LoadedModel(key=key, name=name, variant=variant_name, device=device, model=model,
                          tokenizer=tokenizer, source=source, options=options, stats=stats, kernel=kernel)
-        if options.wants_fast_decode(device):
+        if options.wants_fast_decode(device, variant_name):
             progress(0.9, f"compiling the decode step of {name} [{variant_name}] (once per load)")
             enable_fast_decode(lm)
             give_back_cached_gpu_memory()   # the warm-up's prefill buffers: nvidia-smi then shows weights + graphs
+        elif options.fast_decode == "auto" and str(device).startswith("cuda"):
+            stats.notes.append(variant.eager_note)
         elif options.fast_decode == "auto":
             stats.notes.append("fast decode (static KV cache + compiled step) is for CUDA: eager decoding here")
         progress(1.0, f"loaded {name} [{variant_name}] in {stats.load_s:.1f}s"
