@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -462,7 +463,7 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
         kwargs["quantization_config"] = (GPTQConfig(bits=bits, backend=chosen) if method == "gptq"
                                          else AwqConfig(bits=bits, backend=chosen))
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), awq_loads_in(method, dtype if tinygemm else None):
         # expected when we pass a backend: "You passed `quantization_config` ... already has a `quantization_config`"
         warnings.filterwarnings("ignore", message="You passed `quantization_config`", category=UserWarning)
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
@@ -505,6 +506,30 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
 
 
 TINYGEMM = "tinygemm"
+
+
+_AWQ_LOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def awq_loads_in(method: str, dtype):
+    """While an AWQ checkpoint loads, transformers' AWQ quantizer keeps ``dtype`` (None: leave it alone). On CUDA
+    it turns bf16 into fp16 for AWQ's own CUDA kernels; the tinygemm path only runs gptqmodel's plain torch kernel
+    to read the weights and then computes in bf16, so an fp16 load had to be cast back afterwards, holding an fp16
+    and a bf16 copy of the embedding at once (1.07 GB each at GLM-6B size; AWQ's load peaked 1.9 GB above its
+    weights, GPTQ's 0.3). The patch is on the class, so AWQ loads take turns (a lock) while it is in place."""
+    if method != "awq":
+        yield
+        return
+    from transformers.quantizers.quantizer_awq import AwqQuantizer
+    with _AWQ_LOAD_LOCK:
+        original = AwqQuantizer.update_dtype
+        if dtype is not None:
+            AwqQuantizer.update_dtype = lambda self, asked: dtype
+        try:
+            yield
+        finally:
+            AwqQuantizer.update_dtype = original
 
 
 def quantized_linears(model) -> list[tuple[str, Any]]:

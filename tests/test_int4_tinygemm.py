@@ -117,3 +117,21 @@ def test_the_replaced_layers_hold_no_memory_after_the_repack(tmp_path, monkeypat
     held = sum(t.numel() * t.element_size() for o in left for t in tensors(o))
     assert held == 0, f"{len(left)} replaced {method} layers still hold {held / 2**20:.1f} MB"
     mm.unload_all()
+
+
+def test_awq_for_tinygemm_loads_in_bf16_even_where_transformers_would_pick_fp16(monkeypatch):
+    """On CUDA transformers turns an AWQ load's bf16 into fp16; the tinygemm path then cast the model back, holding
+    both copies of the embedding (on the H200 AWQ's load peaked 1.9 GB above its weights, GPTQ's 0.3 GB).
+    Checked with CUDA made to look available (the quantizer only looks at that)."""
+    import torch
+    from transformers.quantizers.quantizer_awq import AwqQuantizer
+
+    from playground.gptq_awq import awq_loads_in
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    quantizer = AwqQuantizer.__new__(AwqQuantizer)
+    assert quantizer.update_dtype(torch.bfloat16) == torch.float16          # what transformers does on CUDA
+    with awq_loads_in("awq", torch.bfloat16):
+        assert quantizer.update_dtype(torch.bfloat16) == torch.bfloat16
+    with awq_loads_in("awq", None), awq_loads_in("gptq", torch.bfloat16):  # another kernel: its fp16 stays
+        assert quantizer.update_dtype(torch.bfloat16) == torch.float16
+    assert quantizer.update_dtype(torch.bfloat16) == torch.float16          # restored
