@@ -162,10 +162,13 @@ class RunConfig:
         """Every (batch_size, prompt_tokens, new_tokens) measured for one (model, variant)."""
         return list(itertools.product(self.batch_sizes, self.prompt_tokens, self.new_tokens))
 
+    def units_per_variant(self) -> int:
+        """Progress steps of one (model, variant): its load, then a row per combo × decode mode × KV cache."""
+        return 1 + len(self.combos()) * len(self.decode_modes) * len(self.kv_cache)
+
     def units(self) -> int:
-        """Progress steps of the whole sweep: one load plus one per combo, for each (model, variant)."""
-        return len(self.models) * len(self.variants) * (1 + len(self.combos()) * len(self.decode_modes)
-                                                                 * len(self.kv_cache))
+        """Progress steps of the whole sweep."""
+        return len(self.models) * len(self.variants) * self.units_per_variant()
 
     def to_dict(self) -> dict:
         return asdict(self)

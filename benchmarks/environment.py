@@ -18,7 +18,7 @@ PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "gptqmodel", 
             "safetensors", "plotly", "gradio", "psutil")
 
 
-def _version(pkg: str) -> str | None:
+def package_version(pkg: str) -> str | None:
     try:
         return importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:
@@ -79,7 +79,7 @@ def collect_environment(device: str, argv: list[str] | None = None) -> dict:
         "ram_gb": round(psutil.virtual_memory().total / 1024 ** 3, 2),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
-        "versions": {p: _version(p) for p in PACKAGES},
+        "versions": {p: package_version(p) for p in PACKAGES},
         "git": git_info(),
         "env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
                                                  "PLAYGROUND_CACHE") if k in os.environ},

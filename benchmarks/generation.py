@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from playground.engine import eos_token_ids, input_device
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_FILES = (ROOT / "playground" / "data" / "calibration.txt", Path(__file__).parent / "data" / "prompt_text.txt")
 
@@ -39,20 +41,7 @@ def make_prompt_ids(tokenizer, prompt_tokens: int, batch_size: int = 1) -> list[
 
 def stop_token_ids(model, tokenizer) -> list[int]:
     """Ids that would end a reply; masked while generating so every run makes exactly ``new_tokens`` tokens."""
-    ids = set()
-    for src in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(src, int):
-            ids.add(src)
-        elif src:
-            ids.update(int(i) for i in src)
-    return sorted(ids)
-
-
-def input_device(model):
-    try:
-        return model.get_input_embeddings().weight.device
-    except Exception:  # pragma: no cover - exotic models
-        return next(model.parameters()).device
+    return sorted(eos_token_ids(model, tokenizer))
 
 
 def batched_greedy(model, prompts: list[list[int]], new_tokens: int, stop_ids: list[int], tracker,

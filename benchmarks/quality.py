@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from playground.engine import input_device
+
 DATA = Path(__file__).resolve().parent / "data" / "quality"
 ENGLISH_FILE = DATA / "flores_eng.txt"        # FLORES+ devtest, English
 CHINESE_FILE = DATA / "hsk_zh.txt"            # HSK graded sentences, Mandarin
@@ -52,14 +54,6 @@ def load_lines(path: str | Path) -> tuple[str, ...]:
 def load_mc_items(path: str | Path = MC_FILE) -> tuple[dict, ...]:
     """Items ``{"id", "question", "choices": [str, ...], "answer": int}``."""
     return tuple(json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
-
-
-def input_device(model) -> torch.device:
-    """Where input ids must go: the device of the input embeddings (device_map / quantized models)."""
-    try:
-        return model.get_input_embeddings().weight.device
-    except (AttributeError, NotImplementedError):
-        return next(model.parameters()).device
 
 
 def _bos_id(tokenizer) -> int | None:

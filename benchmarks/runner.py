@@ -98,7 +98,7 @@ def _log_tail(path: Path, chars: int = 6000) -> str:
 
 
 def _death_row_status(rc: int, tail: str, timed_out: bool, timeout_s) -> tuple[str, str]:
-    from .worker import OOM_PATTERNS
+    from playground.errors import mentions_out_of_memory
     lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
     last = lines[-1][:300] if lines else "no output"
     if timed_out:
@@ -107,9 +107,9 @@ def _death_row_status(rc: int, tail: str, timed_out: bool, timeout_s) -> tuple[s
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
         if -rc in OOM_SIGNALS:
             return "oom", f"worker killed by {name} (most likely the kernel's out-of-memory killer); last output: {last}"
-        status = "oom" if any(p in tail.lower() for p in OOM_PATTERNS) else "error"
+        status = "oom" if mentions_out_of_memory(tail) else "error"
         return status, f"worker died from {name}: {last}"
-    status = "oom" if any(p in tail.lower() for p in OOM_PATTERNS) else "error"
+    status = "oom" if mentions_out_of_memory(tail) else "error"
     return status, f"worker exited with code {rc}: {last}"
 
 
@@ -260,7 +260,7 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
             "previous_finished": previous.get("finished"), "previous_rows": len(previous.get("rows", [])),
             "kept_rows": len(kept), "environment": previous.get("environment")}]
     total, done_units = config.units(), 0
-    per_mv = 1 + len(config.combos())
+    per_mv = config.units_per_variant()
     say = progress or (lambda f, m: None)
 
     def save(with_report: bool) -> None:
@@ -305,6 +305,7 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
                     for row in failed_rows(config, model, variant, device, "unsupported", reason, done=[
                             c for c in config.combos() if c not in missing]):
                         add(row)
+                    done_units = base + per_mv
                     continue
                 # resumed with some combos already measured: the worker does the smallest grid that covers
                 # the missing ones; rows it makes for combos already kept are dropped

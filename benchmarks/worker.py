@@ -22,8 +22,6 @@ from .results import LONG_TOKENS, SHORT_TOKENS, e2e_for, failed_rows, median, ne
 from .results import QUALITY_COLUMNS, RANDOM_QUALITY_NOTE
 
 GB = 1024 ** 3
-OOM_PATTERNS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "memoryerror",
-                "not enough memory", "errno 12", "failed to map segment")
 
 
 class Events:
@@ -53,13 +51,9 @@ def _chain(exc: BaseException):
 
 def classify(exc: BaseException) -> str:
     """ok/oom/error/unsupported for an exception, looking through its causes (the manager wraps OSErrors)."""
-    from playground.errors import VariantUnsupportedError
+    from playground.errors import VariantUnsupportedError, is_out_of_memory, mentions_out_of_memory
     for e in _chain(exc):
-        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
-            return "oom"
-        if isinstance(e, OSError) and e.errno == 12:
-            return "oom"
-        if any(p in str(e).lower() for p in OOM_PATTERNS):
+        if is_out_of_memory(e) or mentions_out_of_memory(str(e)):
             return "oom"
     if isinstance(exc, VariantUnsupportedError):
         return "unsupported"

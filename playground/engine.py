@@ -125,17 +125,23 @@ def build_prompt(lm: LoadedModel, messages: list[dict], system: str | None) -> t
     return list(ids), "completion"
 
 
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """The end-of-sequence ids of the model's generation config and of its tokenizer."""
+    ids = set()
+    for src in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(src, int):
+            ids.add(src)
+        elif src:
+            ids.update(int(i) for i in src)
+    return ids
+
+
 def _stop_ids(lm: LoadedModel) -> set[int]:
     """End-of-turn token ids, computed once per loaded model (``get_vocab`` is slow on big vocabularies)."""
     cached = getattr(lm, "_stop_ids", None)
     if cached is not None:
         return cached
-    ids = set()
-    for src in (lm.model.generation_config.eos_token_id, lm.tokenizer.eos_token_id):
-        if isinstance(src, int):
-            ids.add(src)
-        elif src:
-            ids.update(int(i) for i in src)
+    ids = eos_token_ids(lm.model, lm.tokenizer)
     vocab = lm.tokenizer.get_vocab()
     for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>"):
         if special in vocab:
@@ -199,7 +205,7 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
     if params.sampling:
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(params.seed) if params.seed is not None else int(time.time_ns() % 2 ** 63))
-    input_device = _input_device(model)
+    ids_device = input_device(model)
     fast, cache = _fast_path(lm, params, n_prompt + max_new, stats)
     if fast is None:
         cache = make_kv_cache(model, params.kv_cache)    # None (a DynamicCache on the first call) or quantized
@@ -217,7 +223,7 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
     def grad_ctx():
         return torch.no_grad() if fast is not None else torch.inference_mode()
     with peak:
-        ids = torch.tensor([prompt_ids], device=input_device)
+        ids = torch.tensor([prompt_ids], device=ids_device)
         all_ids = ids
         past = cache
         try:
@@ -248,7 +254,7 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                     if params.sampling:
                         probs = torch.softmax(logits, dim=-1).cpu()
                         next_id = int(torch.multinomial(probs, 1, generator=gen)[0, 0])
-                        ids = torch.tensor([[next_id]], device=input_device)
+                        ids = torch.tensor([[next_id]], device=ids_device)
                     else:
                         # one device→host sync per token: the max (NaN/inf propagate into it) and its index together
                         best = logits.max(dim=-1)
@@ -390,7 +396,8 @@ def kv_cache_bytes(cache) -> int:
     return total
 
 
-def _input_device(model):
+def input_device(model):
+    """Where input ids must go: the device of the input embeddings (device_map / quantized models)."""
     try:
         return model.get_input_embeddings().weight.device
     except Exception:  # pragma: no cover - exotic models

@@ -29,7 +29,13 @@ class MemoryBudgetError(PlaygroundError):
     """The model cannot fit the configured memory budget even after unloading others."""
 
 
-_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "not enough memory")
+OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "memoryerror",
+            "not enough memory", "errno 12", "failed to map segment")
+
+
+def mentions_out_of_memory(text: str) -> bool:
+    """True when an error message or a dead process's last output says it ran out of memory."""
+    return any(t in text.lower() for t in OOM_TEXT)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -40,4 +46,4 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
         return True
-    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
+    return isinstance(exc, RuntimeError) and mentions_out_of_memory(str(exc))

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from benchmarks.reliability import Server, server  # noqa: F401  (re-exported for the tests)
+from benchmarks.experiments.reliability import Server, server  # noqa: F401  (re-exported for the tests)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from playground.catalog import DEFAULT_MODEL  # noqa: F401 - imported by the reliability tests from here
 
 
 def event_ids(url: str, auth_cookies=None) -> dict[str, int]:

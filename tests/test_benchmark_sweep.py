@@ -126,3 +126,16 @@ def test_harness_overhead_is_measured_against_a_bare_generate(tmp_path):
     assert len(wall) == 3 and all(t > 0 for t in gen + wall)
     # the overhead is the least-disturbed engine run over the least-disturbed generate, as the report states
     assert row["harness_overhead"] == pytest.approx(min(wall) / min(gen) - 1.0)
+
+
+def test_progress_never_goes_backwards_with_several_decode_modes(tmp_path):
+    """A row per combo x decode mode: the count of steps per (model, variant) counted combos only, so after each
+    variant the bar jumped back (2 decode modes: 5 of 9 steps done after the first variant, then 3)."""
+    seen = []
+    cfg = RunConfig(models=["random:tiny-llama"], variants=["bf16", "fp32"], prompt_tokens=[16], new_tokens=[4],
+                    batch_sizes=[1, 2], decode_modes=["eager", "auto"], repeats=1, warmup=0, device="cpu",
+                    overhead_check=False, out=str(tmp_path / "p"))
+    rows = run_sweep(cfg, progress=lambda f, msg: seen.append(f))
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows), _explain(rows)
+    assert all(b >= a - 1e-9 for a, b in zip(seen, seen[1:])), seen
+    assert seen[-1] == 1.0 and cfg.units() == 10

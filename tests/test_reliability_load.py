@@ -4,7 +4,7 @@ memory after 200 requests is within 5% of what it was after 20 (requests 1-20 co
 the first sample is taken after the server has already served overlapping chats on several threads).
 
 Set RELIABILITY_RESULTS=DIR to also write the figures into DIR/summary.json (the committed figures in
-results/reliability-cpu/ come from ``python -m benchmarks.reliability all``, which runs the same code)."""
+results/reliability-cpu/ come from ``python -m benchmarks.experiments.reliability all``, which runs the same code)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from benchmarks.reliability import load_test, write_section
+from benchmarks.experiments.reliability import load_test, write_section
 from reliability_support import server
 
 pytestmark = pytest.mark.slow

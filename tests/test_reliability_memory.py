@@ -1,6 +1,6 @@
 """Unload and switch: loading and unloading a variant 5 times gives back the memory the loads took.
 
-Runs ``python -m benchmarks.reliability memory`` in a fresh process (a clean heap) on one variant per loading
+Runs ``python -m benchmarks.experiments.reliability memory`` in a fresh process (a clean heap) on one variant per loading
 path: dtype conversion (fp32), a checkpoint that stays memory-mapped (bf16), bitsandbytes (int8) and gptqmodel
 (gptq). Every variant, 5 cycles each, is in the committed results/reliability-cpu/summary.json.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.reliability import RSS_BAND_MB
+from benchmarks.experiments.reliability import RSS_BAND_MB
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["fp32", "bf16", "int8", "gptq"]
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_load_unload_five_times_returns_the_memory():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.reliability", "memory", "--variants", ",".join(VARIANTS),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.experiments.reliability", "memory", "--variants", ",".join(VARIANTS),
                            "--cycles", "5", "--print-only"], cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -17,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.experiments.common import free_port, stop_process  # noqa: F401 - free_port is the tests' too
+from playground.catalog import DEFAULT_MODEL  # noqa: F401 - imported by the UI tests from here
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = "smollm2-135m-instruct"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -45,12 +46,6 @@ def ui_event(blocks, elem_id: str, event: str = "click"):
     found = [f for f in blocks.fns.values() if any(t[0] == target and t[1] == event for t in f.targets or [])]
     assert len(found) == 1, f"{len(found)} {event} listeners on {elem_id!r}"
     return found[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -127,15 +122,9 @@ class CliProcess:
         return self.output
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        code = stop_process(self.proc)
         self._reader.join(5)
-        return self.proc.returncode
+        return code
 
 
 @contextmanager

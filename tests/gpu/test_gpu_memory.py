@@ -48,7 +48,7 @@ def manager():
 
 
 def levels() -> dict:
-    from benchmarks.reliability import nvml_process_bytes
+    from benchmarks.experiments.reliability import nvml_process_bytes
     torch.cuda.synchronize()
     nv = nvml_process_bytes()
     return {"cuda_mb": torch.cuda.memory_allocated() / MB, "nvml_mb": (nv or 0) / MB}

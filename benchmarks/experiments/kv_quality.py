@@ -1,4 +1,4 @@
-"""Perplexity cost of a quantized KV cache: ``python -m benchmarks.kv_quality --model M --variant bf16
+"""Perplexity cost of a quantized KV cache: ``python -m benchmarks.experiments.kv_quality --model M --variant bf16
 --kv-cache default,int4 --context-tokens 1024 --scored-tokens 256 [--out DIR]``.
 
 Each KV setting scores the same FLORES+ tokens, decoded through its cache after the same prefilled context
@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.kv_quality")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.experiments.kv_quality")
     ap.add_argument("--model", required=True)
     ap.add_argument("--variant", default="bf16")
     ap.add_argument("--device", default="cpu")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         kvs.insert(0, "default")
     from playground.manager import ModelManager
 
-    from .quality import kv_cache_perplexity
+    from ..quality import kv_cache_perplexity
     lm = ModelManager(device=args.device).get(args.model, args.variant)
     rows = []
     for kv in kvs:

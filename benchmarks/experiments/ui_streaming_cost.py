@@ -1,7 +1,7 @@
 """What streaming a reply through the web UI costs in decode speed, against the engine alone (issue #7).
 
-    python -m benchmarks.ui_streaming_cost                       # 5 pairs, 64 tokens → results/ui-streaming-cost-cpu
-    python -m benchmarks.ui_streaming_cost --pairs 10 --out /tmp/x
+    python -m benchmarks.experiments.ui_streaming_cost                       # 5 pairs, 64 tokens → results/ui-streaming-cost-cpu
+    python -m benchmarks.experiments.ui_streaming_cost --pairs 10 --out /tmp/x
 
 Both paths run the same model (smollm2-135m-instruct, bf16, CPU) on the same prompt with greedy decoding, in the
 same run, alternating A, B, A, B, … (one unmeasured warm-up of each first):
@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,24 +30,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from ..results import percentile
+from .common import DEFAULT_MODEL, ROOT, LaunchedApp, git_commit_label, machine_facts
+
 DEFAULT_OUT = ROOT / "results" / "ui-streaming-cost-cpu"
 PROMPT = ("Write a long, detailed essay about the history of the Roman Empire, from the founding of Rome to the "
           "fall of Constantinople. Use many paragraphs.")
 
 
 # ---- small helpers ----------------------------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default), q in [0, 100]."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * q / 100.0
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
-
-
 def summarize(values: list[float]) -> dict:
     return {"median": statistics.median(values), "p90": percentile(values, 90), "min": min(values),
             "max": max(values), "n": len(values)}
@@ -61,23 +49,6 @@ def rate(times: list[float], tokens: int) -> float:
     if tokens < 2 or len(times) < 2 or times[-1] <= times[0]:
         return float("nan")
     return (tokens - 1) / (times[-1] - times[0])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except Exception:       # not a checkout
-        return "unknown"
 
 
 class LoadSampler:
@@ -107,46 +78,16 @@ class LoadSampler:
         return {"load1_min": min(s), "load1_median": statistics.median(s), "load1_max": max(s), "samples": len(s)}
 
 
-class Server:
-    """``python launch.py --model M --variant V --device cpu --port P`` with its output in a log file."""
-
-    def __init__(self, model: str, variant: str, log_path: Path, threads: int = 0, timeout: float = 300.0):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log_path = log_path
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
-        if threads > 0:     # torch's intra-op thread count follows OMP_NUM_THREADS in the server
-            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        self._log = open(log_path, "w", encoding="utf-8")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "launch.py"), "--model", model, "--variant", variant, "--device", "cpu",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
-        while "Running on local URL" not in self.output():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"launch.py exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"launch.py did not start in {timeout:.0f} s:\n{self.output()[-3000:]}")
-            time.sleep(0.3)
-        if "Could not preload" in self.output():
-            self.stop()
-            raise RuntimeError(f"launch.py could not preload {model} [{variant}]:\n{self.output()[-3000:]}")
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+def launch_server(model: str, variant: str, log_path: Path, threads: int = 0) -> LaunchedApp:
+    """``launch.py --model M --variant V --device cpu`` on loopback, its output in ``log_path``, the model loaded."""
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads > 0 else {}
+    # torch's intra-op thread count follows OMP_NUM_THREADS in the server
+    server = LaunchedApp("--model", model, "--variant", variant, "--device", "cpu", "--host", "127.0.0.1",
+                         env=env, log_path=log_path)
+    if "Could not preload" in server.output:
+        server.stop()
+        raise RuntimeError(f"launch.py could not preload {model} [{variant}]:\n{server.output[-3000:]}")
+    return server
 
 
 # ---- the two paths ----------------------------------------------------------------------------------------------
@@ -215,7 +156,7 @@ def measure(pairs: int = 5, max_new_tokens: int = 64, model: str = DEFAULT_MODEL
         log(f"loading {model} [{variant}] in this process and starting launch.py …")
         manager = ModelManager(device="cpu")
         lm = manager.get(model, variant)
-        server = Server(model, variant, Path(tmp) / "launch.log", threads=threads)
+        server = launch_server(model, variant, Path(tmp) / "launch.log", threads=threads)
         try:
             client = Client(server.url, verbose=False)
             for _ in range(warmup):
@@ -264,33 +205,12 @@ def measure(pairs: int = 5, max_new_tokens: int = 64, model: str = DEFAULT_MODEL
         "texts_identical": texts_match,
         "target": "cost <= 5%", "meets_target": (1 - ratio_medians) <= 0.05,
         "runs": runs,
-        "machine": {"platform": platform.platform(), "processor": _cpu_model(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads(), "gradio": _version("gradio"),
-                    "gradio_client": _version("gradio_client"), "transformers": _version("transformers")},
+        "machine": machine_facts(),
         "load_average": load.summary(),
         "started_utc": started.isoformat(timespec="seconds"),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
+        "git_commit": git_commit_label(),
     }
-
-
-def _version(pkg: str) -> str:
-    try:
-        from importlib.metadata import version
-        return version(pkg)
-    except Exception:
-        return "?"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def readme(s: dict) -> str:
@@ -301,7 +221,7 @@ def readme(s: dict) -> str:
     return f"""# UI streaming cost on CPU ({s['model']} {s['variant']})
 
 Issue #7: "Streaming in the chat UI costs ≤ 5% of decode speed vs the engine alone (measure it)."
-Made by `python -m benchmarks.ui_streaming_cost` ({s['started_utc']} → {s['finished_utc']}, commit
+Made by `python -m benchmarks.experiments.ui_streaming_cost` ({s['started_utc']} → {s['finished_utc']}, commit
 `{s['git_commit']}`).
 
 | path | median tok/s | p90 tok/s | min | max |
@@ -359,7 +279,7 @@ def write(summary: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ui_streaming_cost", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.experiments.ui_streaming_cost", description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--warmup", type=int, default=1)

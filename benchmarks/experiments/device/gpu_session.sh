@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU runs behind results/gpu-*: run on the lent GPU machine (a copy of this tree, wheels in .whl/, no .git).
-#   bash benchmarks/device/gpu_session.sh STAGE OUT_DIR
+#   bash benchmarks/experiments/device/gpu_session.sh STAGE OUT_DIR
 # Each stage is one command of at most ~9 minutes. The machine has torch/transformers/accelerate; bitsandbytes,
 # gptqmodel, optimum, ... travel as wheels (.whl/, see README "Benchmarks on a GPU").
 set -uo pipefail
@@ -37,7 +37,7 @@ case $stage in
       -p no:cacheprovider -o addopts="" --tb=short --durations=20 ${K:+-k "$K"} 2>&1 \
       | grep -v "it/s\]\|step/s\]" | tee "$out/gpu-tests.log" | tail -80 ;;
   memory-return)   # #13: load/unload each variant 3 times, allocator and NVML (results/gpu-h200-memory-return)
-    timeout 570 python3 -m benchmarks.reliability memory --device cuda --model "random:${ARCH:-glm-6b-class}" \
+    timeout 570 python3 -m benchmarks.experiments.reliability memory --device cuda --model "random:${ARCH:-glm-6b-class}" \
       --variants "${VARIANTS:-bf16,fp16,int8,nf4,fp4,gptq,awq}" --cycles "${CYCLES:-3}" --fast-decode "${FAST:-auto}" \
       --out "$out/memory-return" 2>&1 | grep -v "it/s\]\|step/s\]" | tail -40 ;;
   glm-bench)   # #13: the GLM-6B class, every variant, eager and fast, bs 1, prompt 512, 256 new tokens.

@@ -1,8 +1,8 @@
 """Reliability measurements of the web app (issue #8): a load test through gradio_client and memory return.
 
-    python -m benchmarks.reliability load   --out results/reliability-cpu    # 16 sessions x 10 turns + leak check
-    python -m benchmarks.reliability memory --out results/reliability-cpu    # load/unload every variant 5 times
-    python -m benchmarks.reliability all    --out results/reliability-cpu
+    python -m benchmarks.experiments.reliability load   --out results/reliability-cpu    # 16 sessions x 10 turns + leak check
+    python -m benchmarks.experiments.reliability memory --out results/reliability-cpu    # load/unload every variant 5 times
+    python -m benchmarks.experiments.reliability all    --out results/reliability-cpu
 
 ``load`` starts ``launch.py`` (the default model, smollm2-135m-instruct in bf16, default flags) on a free loopback
 port and drives its ``/chat`` endpoint with one ``gradio_client.Client`` per session: 20 requests from 4 sessions
@@ -24,115 +24,42 @@ import gc
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from ..environment import cpu_model, git_info
+from ..results import percentile
+from .common import DEFAULT_MODEL, LaunchedApp
+
 MB = 1024 ** 2
-DEFAULT_MODEL = "smollm2-135m-instruct"
 # 10 short user turns: replies are capped at a few tokens, so the prompt grows by ~15 tokens per turn
 TURNS = ["Hi! Who are you?", "What is the capital of France?", "And of Japan?", "Name a prime number.",
          "What colour is the sky?", "Say hello in Spanish.", "What is 2 + 2?", "Name a fruit.",
          "Thank you!", "Goodbye."]
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    vals = sorted(values)
-    if not vals:
-        return None
-    pos = (len(vals) - 1) * q / 100.0
-    lo, hi = int(pos), min(int(pos) + 1, len(vals) - 1)
-    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
-
-
 def machine() -> dict:
     import psutil
-
-    from .environment import git_info
-    git = git_info()      # PLAYGROUND_GIT_COMMIT on a copy of the tree (the GPU machine's .git, if any, is stale)
-    commit, dirty = git["commit"], git["dirty"]
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": commit, "git_dirty": dirty,
-            "cpu": cpu, "cpu_cores_logical": psutil.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
+
+    git = git_info()      # PLAYGROUND_GIT_COMMIT on a copy of the tree (the GPU machine's .git, if any, is stale)
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git["commit"], "git_dirty": git["dirty"],
+            "cpu": cpu_model(), "cpu_cores_logical": psutil.cpu_count(),
+            "ram_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(), "torch": torch.__version__}
 
 
 # ---- the server ------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+Server = LaunchedApp        # ``with server(*launch_args) as srv``: srv.url, srv.rss(), srv.output
 
 
-class Server:
-    """``python launch.py ARGS --port P`` as a subprocess on loopback; its merged output is collected."""
-
-    def __init__(self, *args: str, env: dict | None = None, timeout: float = 300):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        full_env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), PYTHONUNBUFFERED="1",
-                        **(env or {}))
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--port", str(self.port), *args],
-                                     cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        self._out: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while "Running on local URL" not in self.output:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"launch.py did not start:\n{self.output[-4000:]}")
-            time.sleep(0.2)
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self._out.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self._out)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def rss(self) -> int:
-        import psutil
-        return psutil.Process(self.pid).memory_info().rss
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-@contextmanager
-def server(*args: str, env: dict | None = None):
-    s = Server(*args, env=env)
-    try:
-        yield s
-    finally:
-        s.stop()
+def server(*args: str, env: dict | None = None) -> LaunchedApp:
+    return LaunchedApp(*args, env=env)
 
 
 # ---- load test ---------------------------------------------------------------------------------------------------
@@ -263,7 +190,7 @@ def load_test(srv: Server, sessions: int = 16, turns: int = 10, max_new_tokens: 
                 f"of these {len(concurrent)} requests), after {warm} requests from 4 sessions at once and before "
                 f"{len(records) - warm - len(concurrent)} more ({len(records)} in all; RSS after the warm-up and at "
                 f"the end)",
-        "server": f"launch.py default flags (concurrency limit 2, queue 64) on loopback, pid RSS via psutil",
+        "server": "launch.py default flags (concurrency limit 2, queue 64) on loopback, pid RSS via psutil",
         "requests": len(records), "concurrent_requests": len(concurrent), "errors": len(errors),
         "error_samples": errors[:5],
         "latency_s": {"p50": rnd(percentile(lat, 50)), "p90": rnd(percentile(lat, 90)), "max": rnd(max(lat, default=None))},
@@ -337,7 +264,7 @@ def _series(cyc: list[dict], before: str, loaded: str, after: str) -> dict:
 
 def resolve_model(model: str, device: str) -> str:
     """A catalog key, Hugging Face id or folder as it is; ``random:<arch>`` built (once) into its folder."""
-    from .config import RANDOM_PREFIX
+    from ..config import RANDOM_PREFIX
     if model.startswith(RANDOM_PREFIX):
         from .random_weights import ensure_random_model
         return ensure_random_model(model[len(RANDOM_PREFIX):], device)[0]
@@ -347,7 +274,7 @@ def resolve_model(model: str, device: str) -> str:
 def nvml_process_bytes() -> int | None:
     """What the driver charges this process on its GPUs (nvidia-smi's figure), or the growth of the GPUs' used
     memory since ``capture_nvml_baseline`` where the driver does not list processes; None without NVML."""
-    from .trackers import _BASELINE, Nvml, visible_nvml_indices
+    from ..trackers import _BASELINE, Nvml, visible_nvml_indices
     import torch
     nvml = Nvml.get()
     if nvml is None:
@@ -438,7 +365,7 @@ def memory_return(variants: list[str], cycles: int = 5, model: str = DEFAULT_MOD
 
 # ---- summary file ------------------------------------------------------------------------------------------------
 def write_section(out_dir: Path, name: str, section: dict) -> Path:
-    from .results import atomic_write
+    from ..results import atomic_write
     path = Path(out_dir) / "summary.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     section = dict(section, measured_on=machine())
@@ -448,7 +375,7 @@ def write_section(out_dir: Path, name: str, section: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.reliability", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.experiments.reliability", description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["load", "memory", "all"])
     ap.add_argument("--out", default="results/reliability-cpu")
     ap.add_argument("--sessions", type=int, default=16)
@@ -484,5 +411,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())
