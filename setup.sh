@@ -26,6 +26,8 @@ else
 fi
 echo "setup: installing requirements.txt"
 "${PIP[@]}" -r requirements.txt
+echo "setup: installing the playground itself (editable; commands playground, playground-chat, playground-bench)"
+"${PIP[@]}" --no-deps -e .
 echo "setup: building optimum-quanto's C++ unpack extension (quantized KV cache; once, about a minute)"
 "$VPY" -c "from optimum.quanto.library.extensions.cpp import ext; ext.lib" >/dev/null 2>&1 \
   || echo "setup: warning: the quanto extension did not build (no g++?): kv_cache int4/int2 may fail or be slower"

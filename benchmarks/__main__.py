@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--random-weights", action="store_true", help="read every --model as an architecture name")
     r.add_argument("--no-overhead-check", action="store_true", help="skip the bare model.generate comparison")
     r.add_argument("--decode-modes", type=_csv, default=["auto"],
-                   help="comma list of auto (fast on CUDA except int8, eager on CPU), fast (static cache + compiled step), "
+                   help="comma list of auto (fast on CUDA except int8, eager on CPU), "
+                        "fast (static cache + compiled step), "
                         "eager; each gives its own rows, e.g. eager,fast")
     r.add_argument("--kv-cache", type=_csv, default=["default"],
                    help="comma list of KV-cache storage: default (model dtype), int8 (HQQ), int4, int2 (quanto); "

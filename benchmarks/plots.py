@@ -181,7 +181,8 @@ def reference_ratios(rows: list[dict]) -> tuple[list[dict], str | None]:
                 "ref_tok_s_ratio": float(r["generate_tok_s"]) / float(ref_base["generate_tok_s"]),
                 "ref_mem_ratio": float(r["generate_peak_mb"]) / float(ref_base["generate_peak_mb"]),
                 "run_tok_s_ratio": (mr["decode_tok_s"] / base["decode_tok_s"]) if mr and base["decode_tok_s"] else None,
-                "run_mem_ratio": (mr[mem_key] / base[mem_key]) if mr and mr.get(mem_key) and base.get(mem_key) else None,
+                "run_mem_ratio": ((mr[mem_key] / base[mem_key]) if mr and mr.get(mem_key) and base.get(mem_key)
+                                  else None),
                 "baseline": base_v})
     return out, ("; ".join(notes) if out and notes else None)
 

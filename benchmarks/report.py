@@ -6,13 +6,8 @@ import json
 from pathlib import Path
 
 from . import plots
+from .html_parts import CSS, figure_html, fmt_cell, html_table
 from .results import COLUMNS, LONG_TOKENS, SHORT_TOKENS, atomic_write, load_results, model_label
-
-CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1400px;color:#222}
-table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
-text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}.oom{background:#fde2e1}.error{background:#fbe3c6}
-.unsupported{background:#eee;color:#777}.warn{background:#fff4ce;border:1px solid #e0c36a;padding:8px 12px;margin:10px 0}
-.small{font-size:12px;color:#555}pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}"""
 
 FULL_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status", "kernel", "repeats",
              "ttft_ms", "ttft_ms_p90", "decode_tok_s", "decode_tok_s_p90", "itl_p50_ms", "itl_p90_ms", "e2e_s",
@@ -20,30 +15,6 @@ FULL_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "s
              "peak_gpu_nvml_gb", "weights_gb", "load_s", "load_read_s", "load_quantize_s", "convert_s",
              "harness_overhead", "decode_mode", "warmup_s", "read_bandwidth_gb_s", "roofline_tok_s",
              "roofline_fraction", "error"]
-
-
-def _fmt(v, col: str = "") -> str:
-    if v is None or v == "":
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if col == "harness_overhead":
-            return f"{v * 100:+.1f}%"
-        if col in ("perplexity", "perplexity_zh", "accuracy"):   # variants differ in the 3rd-4th digit
-            return f"{v:.3f}" if col == "accuracy" else f"{v:.2f}"
-        return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
-    return html.escape(str(v))
-
-
-def _table(header: list[str], body: list[list[str]], classes: list[str] | None = None, left=()) -> str:
-    th = "".join(f'<th class="{"l" if i in left else ""}">{html.escape(h)}</th>' for i, h in enumerate(header))
-    trs = []
-    for k, row in enumerate(body):
-        cls = f' class="{classes[k]}"' if classes and classes[k] else ""
-        tds = "".join(f'<td class="{"l" if i in left else ""}">{c}</td>' for i, c in enumerate(row))
-        trs.append(f"<tr{cls}>{tds}</tr>")
-    return f"<table><tr>{th}</tr>{''.join(trs)}</table>"
 
 
 def compact_table(rows: list[dict]) -> str:
@@ -59,19 +30,20 @@ def compact_table(rows: list[dict]) -> str:
         body, classes = [], []
         for r in mrows:
             if r["status"] != "ok":
-                body.append([html.escape(r["variant"]), f"{r['status']}: {html.escape(str(r.get('error') or ''))[:160]}",
-                             "", "", "", ""] + [_fmt(r.get(c), c) for c in qcols])
+                body.append([html.escape(r["variant"]),
+                             f"{r['status']}: {html.escape(str(r.get('error') or ''))[:160]}",
+                             "", "", "", ""] + [fmt_cell(r.get(c), c) for c in qcols])
                 classes.append(r["status"])
                 continue
             vram = r.get("peak_gpu_nvml_gb") or r.get("peak_gpu_mem_gb")
-            load = _fmt(r.get("load_read_s")) + " s"
+            load = fmt_cell(r.get("load_read_s")) + " s"
             if r.get("load_quantize_s"):
                 load += f" (+{r['load_quantize_s']:.0f} s one-time quantization)"
-            body.append([html.escape(r["variant"]), _fmt(r.get("peak_rss_gb")) + " GB",
-                         (_fmt(vram) + " GB") if vram else "–", load, _fmt(r.get("e2e_short_s")) + " s",
-                         _fmt(r.get("e2e_long_s")) + " s"] + [_fmt(r.get(c), c) for c in qcols])
+            body.append([html.escape(r["variant"]), fmt_cell(r.get("peak_rss_gb")) + " GB",
+                         (fmt_cell(vram) + " GB") if vram else "–", load, fmt_cell(r.get("e2e_short_s")) + " s",
+                         fmt_cell(r.get("e2e_long_s")) + " s"] + [fmt_cell(r.get(c), c) for c in qcols])
             classes.append("")
-        out.append(f"<h3>{html.escape(model)}</h3>" + _table(
+        out.append(f"<h3>{html.escape(model)}</h3>" + html_table(
             ["variant", "RAM (peak RSS)", "VRAM (peak)", "load", f"short answer ({SHORT_TOKENS} tok)",
              f"long answer ({LONG_TOKENS} tok)"] + [QUALITY_HEADERS[c] for c in qcols], body, classes, left=(0, 1)))
     bs, p, n = setting
@@ -97,46 +69,44 @@ def quality_section(rows: list[dict], cfg: dict) -> str:
         parts.append('<p class="warn">Models with random weights (“[random weights]”) have no quality numbers: '
                      "their weights are noise, so their perplexity and accuracy would only measure the noise. "
                      "Their speed and memory are real.</p>")
-    parts.append(_fig_html(plots.quality_figure(rows)))
+    parts.append(figure_html(plots.quality_figure(rows)))
     seen, body, classes = set(), [], []
     for r in rows:
         key = (model_label(r), r["variant"])
         if key in seen or r.get("random_weights"):
             continue
         seen.add(key)
-        body.append([html.escape(key[0]), html.escape(r["variant"]), _fmt(r.get("perplexity"), "perplexity"),
-                     _fmt(r.get("perplexity_zh"), "perplexity_zh"), _fmt(r.get("accuracy"), "accuracy"),
-                     _fmt(r.get("weights_gb")),
-                     _fmt(r.get("quality_tokens")), _fmt(r.get("quality_items")), _fmt(r.get("quality_s")),
-                     _fmt(r.get("quality_error") or ("" if r.get("perplexity") is not None or r["status"] == "ok"
+        body.append([html.escape(key[0]), html.escape(r["variant"]), fmt_cell(r.get("perplexity"), "perplexity"),
+                     fmt_cell(r.get("perplexity_zh"), "perplexity_zh"), fmt_cell(r.get("accuracy"), "accuracy"),
+                     fmt_cell(r.get("weights_gb")),
+                     fmt_cell(r.get("quality_tokens")), fmt_cell(r.get("quality_items")), fmt_cell(r.get("quality_s")),
+                     fmt_cell(r.get("quality_error") or ("" if r.get("perplexity") is not None or r["status"] == "ok"
                                                      else f"not loaded ({r['status']})"))])
         classes.append("error" if r.get("quality_error") else "")
     if body:
-        parts.append(_table(["model", "variant", "ppl en", "ppl zh", "ARC-Easy acc", "weights GB",
+        parts.append(html_table(["model", "variant", "ppl en", "ppl zh", "ARC-Easy acc", "weights GB",
                              "tokens scored", "MC items", "quality s", "quality error"], body, classes,
                             left=(0, 1, 9)))
     return "".join(parts)
 
 
 def full_table(rows: list[dict]) -> str:
-    body = [[_fmt(model_label(r) if c == "model" else r.get(c), c) for c in FULL_COLS] for r in rows]
+    body = [[fmt_cell(model_label(r) if c == "model" else r.get(c), c) for c in FULL_COLS] for r in rows]
     classes = [r["status"] if r["status"] != "ok" else "" for r in rows]
-    return _table(FULL_COLS, body, classes, left=(0, 1, 5, 6, len(FULL_COLS) - 1))
+    return html_table(FULL_COLS, body, classes, left=(0, 1, 5, 6, len(FULL_COLS) - 1))
 
 
 def reference_table(rows: list[dict]) -> str:
     ratios, note = plots.reference_ratios(rows)
     if not ratios:
         return "<p>No fp16/bf16 baseline in this run: nothing to put beside the published ratios.</p>"
-    body = [[html.escape(r["model"]), r["variant"], html.escape(r["reference"]), _fmt(r["ref_tok_s_ratio"]),
-             _fmt(r["run_tok_s_ratio"]), _fmt(r["ref_mem_ratio"]), _fmt(r["run_mem_ratio"])] for r in ratios]
+    body = [[html.escape(r["model"]), r["variant"], html.escape(r["reference"]), fmt_cell(r["ref_tok_s_ratio"]),
+             fmt_cell(r["run_tok_s_ratio"]), fmt_cell(r["ref_mem_ratio"]), fmt_cell(r["run_mem_ratio"])]
+            for r in ratios]
     extra = f'<p class="warn">{html.escape(note)}</p>' if note else ""
-    return extra + _table(["model", "variant", "published as", "tok/s ÷ fp16 (published)", "tok/s ÷ fp16 (this run)",
-                           "peak mem ÷ fp16 (published)", "peak mem ÷ fp16 (this run)"], body, left=(0, 1, 2))
-
-
-def _fig_html(fig) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}) if fig else ""
+    return extra + html_table(["model", "variant", "published as", "tok/s ÷ fp16 (published)",
+                               "tok/s ÷ fp16 (this run)", "peak mem ÷ fp16 (published)",
+                               "peak mem ÷ fp16 (this run)"], body, left=(0, 1, 2))
 
 
 def with_decode_label(r: dict) -> dict:
@@ -182,7 +152,8 @@ def render(data: dict) -> str:
             f"{env.get('ram_gb')} GB RAM, load average at start {env.get('load_average_at_start')})<br>"
             f"torch {env.get('versions', {}).get('torch')} · transformers {env.get('versions', {}).get('transformers')}"
             f" · git {html.escape(str(env.get('git', {}).get('commit')))[:12]} · repeats {cfg.get('repeats')}, "
-            f"warm-up {cfg.get('warmup')}, seed {cfg.get('seed')}<br><code>{html.escape(str(env.get('command')))}</code></p>"
+            f"warm-up {cfg.get('warmup')}, seed {cfg.get('seed')}<br>"
+            f"<code>{html.escape(str(env.get('command')))}</code></p>"
             + (f"<p>Harness overhead (engine + trackers vs a bare <code>model.generate</code>, same tokens, "
                f"interleaved): median <b>{ov * 100:+.1f}%</b>, max {s.get('harness_overhead_max', 0) * 100:+.1f}% "
                f"(target &lt; 3%).</p>" if ov is not None else ""))
@@ -190,13 +161,13 @@ def render(data: dict) -> str:
         [plots.sweep_figure(rows, a) for a in ("batch_size", "prompt_tokens", "new_tokens")]
     body = [f"<h1>Benchmark: {html.escape(name)}</h1>", head,
             *[f'<div class="warn">{w}</div>' for w in warns],
-            "<h2>At a glance</h2>", compact_table(rows), "<h2>Plots</h2>", *[_fig_html(f) for f in figs if f],
+            "<h2>At a glance</h2>", compact_table(rows), "<h2>Plots</h2>", *[figure_html(f) for f in figs if f],
             "<h2>Quality</h2>", quality_section(rows, cfg),
             "<h2>Against published numbers</h2>",
             '<p class="small">optimum-benchmark, Mistral-7B-v0.1 on an A100-80GB, prompt 512, 1000 new tokens, '
             "batch 1 (<code>benchmarks/references/optimum_benchmark_mistral7b_a100.csv</code>). Only ratios are "
             "comparable: hardware, model size, kernels and versions differ.</p>",
-            _fig_html(plots.reference_figure(rows)), reference_table(rows),
+            figure_html(plots.reference_figure(rows)), reference_table(rows),
             "<h2>All rows</h2>", full_table(rows),
             '<p class="small">ttft = prompt in → first new token; decode tok/s = tokens after the first ÷ their '
             "time (summed over the batch for batch &gt; 1); itl = gaps between tokens (all repeats pooled); p90 "
@@ -205,7 +176,9 @@ def render(data: dict) -> str:
             "(<code>stream_reply</code>), larger batches through a bare greedy loop. Each (model, variant) runs "
             "in its own process. GB = 2<sup>30</sup> bytes. Per-repeat values are in results.json.</p>",
             "<h2>Environment and settings</h2>",
-            f"<pre>{html.escape(json.dumps({'environment': env, 'config': cfg, 'prompt_source': data.get('prompt_source')}, indent=1, default=str))}</pre>"]
+            "<pre>" + html.escape(json.dumps({'environment': env, 'config': cfg,
+                                              'prompt_source': data.get('prompt_source')},
+                                             indent=1, default=str)) + "</pre>"]
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Benchmark {html.escape(name)}</title>"
             f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>{''.join(body)}</body></html>")
 

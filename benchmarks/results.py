@@ -118,7 +118,8 @@ def rows_to_csv(rows: list[dict]) -> str:
 
 
 def summarize(rows: list[dict]) -> dict:
-    overheads = [r["harness_overhead"] for r in rows if r.get("status") == "ok" and r.get("harness_overhead") is not None]
+    overheads = [r["harness_overhead"] for r in rows
+                 if r.get("status") == "ok" and r.get("harness_overhead") is not None]
     counts = {s: sum(1 for r in rows if r.get("status") == s) for s in STATUSES}
     return {"rows": len(rows), "status_counts": counts,
             "harness_overhead_median": median(overheads), "harness_overhead_max": max(overheads, default=None),

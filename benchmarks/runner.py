@@ -106,7 +106,8 @@ def _death_row_status(rc: int, tail: str, timed_out: bool, timeout_s) -> tuple[s
     if rc < 0:
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
         if -rc in OOM_SIGNALS:
-            return "oom", f"worker killed by {name} (most likely the kernel's out-of-memory killer); last output: {last}"
+            return "oom", (f"worker killed by {name} (most likely the kernel's out-of-memory killer); "
+                           f"last output: {last}")
         status = "oom" if mentions_out_of_memory(tail) else "error"
         return status, f"worker died from {name}: {last}"
     status = "oom" if mentions_out_of_memory(tail) else "error"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import json
 
-from .report import CSS, _fig_html, _fmt, _table
+from .html_parts import CSS, figure_html, fmt_cell, html_table
 
 SERVE_COLS = ["concurrency", "request_rate", "requests", "errors", "req_s", "tok_s", "ttft_ms", "ttft_ms_p90",
               "ttft_ms_p99", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s",
@@ -68,20 +68,22 @@ def render_serving(data: dict) -> str:
             f"average at start {env.get('load_average_at_start')}) · git "
             f"{html.escape(str(env.get('git', {}).get('commit')))[:12]}<br>"
             f"<code>{html.escape(str(env.get('command')))}</code></p>")
-    body = [[_fmt(r.get(c), c) for c in SERVE_COLS] for r in rows]
+    body = [[fmt_cell(r.get(c), c) for c in SERVE_COLS] for r in rows]
     classes = [r["status"] if r["status"] != "ok" else ("error" if r.get("errors") else "") for r in rows]
     parts = [f"<h1>Serving benchmark: {html.escape(name)}</h1>", head,
              *[f'<div class="warn">{w}</div>' for w in warns],
              "<h2>Levels</h2>",
-             _table([HEADERS.get(c, c) for c in SERVE_COLS], body, classes, left=(len(SERVE_COLS) - 1,)),
+             html_table([HEADERS.get(c, c) for c in SERVE_COLS], body, classes, left=(len(SERVE_COLS) - 1,)),
              '<p class="small">All times are measured by the client: TTFT = request sent → first streamed text '
              "chunk (queueing and network included); ITL = gaps between streamed chunks (pooled over the level's "
              "requests); e2e = request sent → stream end. req/s and out tok/s = successful requests and their "
              "output tokens ÷ the level's wall time. Output tokens are the server's <code>usage</code> count when "
              "it sends one, else streamed chunks (column “tokens from”). Failed requests count in errors, not in "
              "the percentiles.</p>",
-             "<h2>Plots</h2>", _fig_html(_figures(rows)),
+             "<h2>Plots</h2>", figure_html(_figures(rows)),
              "<h2>Environment and settings</h2>",
-             f"<pre>{html.escape(json.dumps({'environment': env, 'config': cfg, 'prompt_source': data.get('prompt_source')}, indent=1, default=str))}</pre>"]
+             "<pre>" + html.escape(json.dumps({'environment': env, 'config': cfg,
+                                               'prompt_source': data.get('prompt_source')},
+                                              indent=1, default=str)) + "</pre>"]
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Serving benchmark {html.escape(name)}</title>"
             f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>{''.join(parts)}</body></html>")

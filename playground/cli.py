@@ -84,7 +84,10 @@ def one_shot(args) -> int:
 
 def interactive(args) -> int:
     from .engine import stream_reply
-    color = (lambda c: "" if args.no_color or not sys.stdout.isatty() else c)
+
+    def color(c):
+        return "" if args.no_color or not sys.stdout.isatty() else c
+
     params = _params(args)
     lm = _load(args)
     streaming = not args.no_stream

@@ -314,7 +314,8 @@ def _non_finite(lm: LoadedModel, step: int) -> GenerationError:
 
 
 def _fast_path(lm: LoadedModel, params: GenerationParams, needed: int, stats: ReplyStats):
-    """(decoder, cache) for this reply, or (None, None) for eager decoding; notes say why when asked for but not used."""
+    """(decoder, cache) for this reply, or (None, None) for eager decoding; notes say why when asked for but not
+    used."""
     if params.decode == "eager":
         return None, None
     if params.kv_cache != "default":

@@ -33,7 +33,8 @@ class VariantOptions:
     group_size: int = 128                # gptq / awq (-1: one group per row)
     calibration_samples: int = 32        # gptq / awq, paragraphs of playground/data/calibration.txt
     kernel: str | None = None            # gptq / awq backend to force (e.g. "torch", "marlin"); None: auto
-    fast_decode: str = "auto"            # static KV cache + compiled decode step: "auto" (on for CUDA, int8 aside), "on", "off"
+    fast_decode: str = "auto"            # static KV cache + compiled decode step: "auto" (on for CUDA, int8 aside),
+                                         # "on", "off"
 
     def __post_init__(self):
         if self.compute_dtype not in DTYPES:
@@ -90,7 +91,8 @@ class Variant:
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
         if missing:
             raise VariantUnsupportedError(
-                f"variant {self.name} needs the Python package(s) {', '.join(missing)}: pip install -r requirements.txt")
+                f"variant {self.name} needs the Python package(s) {', '.join(missing)}: "
+                "pip install -r requirements.txt")
         if device.startswith("cuda"):
             import torch
             if not torch.cuda.is_available():
@@ -230,6 +232,7 @@ def _gptqmodel_plan(method: str):
 
 
 register_variant("gptq", description="GPTQ 4-bit (gptqmodel), group size 128, calibrated on repo text",
-                 weight_bits=4, layer_classes=("BaseQuantLinear",), requires=("gptqmodel", "optimum"))(_gptqmodel_plan("gptq"))
+                 weight_bits=4, layer_classes=("BaseQuantLinear",),
+                 requires=("gptqmodel", "optimum"))(_gptqmodel_plan("gptq"))
 register_variant("awq", description="AWQ 4-bit (gptqmodel), group size 128, calibrated on repo text",
                  weight_bits=4, layer_classes=("BaseQuantLinear",), requires=("gptqmodel",))(_gptqmodel_plan("awq"))

@@ -115,14 +115,16 @@ def test_endpoint_settings_are_validated_and_the_key_is_hidden(tmp_path, monkeyp
     from playground.errors import InvalidParameterError, ModelNotFoundError
 
     ep = Endpoint("127.0.0.1:8000", model="m", api_key=SECRET)
-    assert ep.url == "http://127.0.0.1:8000/v1" and ep.name == "127.0.0.1:8000" and ep.choice == "endpoint:127.0.0.1:8000"
+    assert (ep.url == "http://127.0.0.1:8000/v1" and ep.name == "127.0.0.1:8000"
+            and ep.choice == "endpoint:127.0.0.1:8000")
     assert Endpoint("http://h:1/v1/chat/completions").url == "http://h:1/v1"
     assert Endpoint("https://h/openai/v1/").url == "https://h/openai/v1"
     for shown in (repr(ep), str(ep), json.dumps(ep.to_dict())):
         assert SECRET not in shown
     assert ep.to_dict()["api_key"] == "***" and ep.headers()["Authorization"] == f"Bearer {SECRET}"
     assert ep.redact(f"invalid key {SECRET}") == "invalid key ***"
-    for bad, msg in [(dict(url="ftp://h"), "http:// or https://"), (dict(url="http://u:p@h"), "not in the endpoint URL"),
+    for bad, msg in [(dict(url="ftp://h"), "http:// or https://"),
+                     (dict(url="http://u:p@h"), "not in the endpoint URL"),
                      (dict(url="http://h?key=1"), "query string"), (dict(url="h", name="a b"), "endpoint name"),
                      (dict(url="h", timeout_s=0), "timeout_s"), (dict(url="h", key_env="1X"), "key_env"),
                      (dict(url="h", api_key="k", key_env="K"), "not both"), (dict(url=""), "needs a URL")]:

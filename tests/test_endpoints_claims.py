@@ -224,7 +224,7 @@ def test_endpoints_file_is_picked_up_at_launch_and_answers_through_the_chat_api(
         assert SECRET not in cli.output and FILE_SECRET not in cli.output
 
 
-# ---- 5. benchmarks serve --request-rate / --ignore-eos / --tokenizer ---------------------------------------------------
+# ---- 5. benchmarks serve --request-rate / --ignore-eos / --tokenizer ------------------------------------------------
 @pytest.mark.slow
 def test_serving_benchmark_request_rate_ignore_eos_and_tokenizer(served, smollm_bf16, tmp_path):
     from transformers import AutoTokenizer
@@ -258,8 +258,9 @@ def test_serving_benchmark_request_rate_ignore_eos_and_tokenizer(served, smollm_
     assert max(r["start_s"] for r in reqs) < min(r["end_s"] for r in reqs), reqs
     # --tokenizer: every prompt is the same number of tokens, so the server's count (chat template included) is
     # one number: prompt_tokens + the template's own tokens
-    template = len(tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
-                                           tokenize=True, return_dict=False)) - len(tok("x", add_special_tokens=False)["input_ids"])
+    template = (len(tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=False))
+                - len(tok("x", add_special_tokens=False)["input_ids"]))
     counts = {r["prompt_tokens"] for row in (rated, unlimited) for r in row["raw"]["requests"]}
     assert counts == {prompt_tokens + template}, (counts, prompt_tokens, template)
 
@@ -353,7 +354,8 @@ def test_stream_without_usage_counts_tokens_from_chunks(tmp_path):
 
         # the same stream with a usage block: the server's count wins over the chunk count
         last = list(stream_endpoint_reply(Endpoint(url=with_usage.url, model="m"), FRANCE, None, greedy(32)))[-1]
-        assert last.stats.token_count == "usage" and last.stats.new_tokens == 11 and "(chunks)" not in last.stats.badge()
+        assert (last.stats.token_count == "usage" and last.stats.new_tokens == 11
+                and "(chunks)" not in last.stats.badge())
 
         # and in the serving benchmark: every request counted from its chunks, the row says so
         cfg = ServeConfig(url=loop.url, model="m", concurrency=[2], requests=4, prompt_tokens=16, new_tokens=32,

@@ -1,4 +1,5 @@
-"""Quantized KV cache (GenerationParams.kv_cache): transformers' QuantizedCache with quanto (int4/int2) or HQQ (int8)."""
+"""Quantized KV cache (GenerationParams.kv_cache): transformers' QuantizedCache with quanto (int4/int2) or HQQ
+(int8)."""
 from __future__ import annotations
 
 import pytest

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from benchmarks.config import ConfigError, RunConfig
-from benchmarks.results import COLUMNS, QUALITY_COLUMNS, RANDOM_QUALITY_NOTE, load_results
+from benchmarks.results import COLUMNS, QUALITY_COLUMNS, RANDOM_QUALITY_NOTE
 
 SMOL = "smollm2-135m-instruct"
 

@@ -76,7 +76,8 @@ def test_first_gptq_and_awq_quantization_time_is_reported_apart_from_the_load(tm
         assert not any("random weights" in n for n in st.notes), st.notes
         # a real calibration ran (gptqmodel's sidecar), and the reported time is the one stored with the checkpoint
         sidecar = json.loads((ckpt / SIDECAR).read_text())
-        assert sidecar["method"] == variant and sidecar["calibration_samples"] > 0 and sidecar["seconds"]["quantize"] > 0
+        assert (sidecar["method"] == variant and sidecar["calibration_samples"] > 0
+                and sidecar["seconds"]["quantize"] > 0)
         recorded = json.loads((ckpt / "playground_quantization.json").read_text())
         assert recorded["quantize_s"] == round(st.quantize_s, 2)
         assert lm.kernel, "the gptqmodel kernel that runs the layers is recorded"

@@ -193,7 +193,7 @@ def test_api_one_megabyte_message_is_refused_with_the_context_length(client):
     assert time.monotonic() - t0 < 60
 
 
-# ---- the UI's own event handlers (what the page sends, but hostile) ----------------------------------------------------
+# ---- the UI's own event handlers (what the page sends, but hostile) -------------------------------------------------
 def ui_send(srv, ui_events, message="Hi", model=DEFAULT_MODEL, variant="bf16", system="", **params):
     p = dict(max_new_tokens=1, temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.0, seed=-1, greedy=True,
              kv_cache="default")
@@ -256,7 +256,7 @@ def test_ui_one_megabyte_message(srv, ui_events):
     assert "has a context of 8192 tokens" in res.detail, res.detail
 
 
-# ---- what only a hand-written client can send ---------------------------------------------------------------------------
+# ---- what only a hand-written client can send -----------------------------------------------------------------------
 def chat_body(api_index: int, data_json: str) -> bytes:
     return ('{"data": %s, "fn_index": %d, "session_hash": "hostile1", "event_data": null}'
             % (data_json, api_index)).encode()

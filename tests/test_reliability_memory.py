@@ -1,8 +1,8 @@
 """Unload and switch: loading and unloading a variant 5 times gives back the memory the loads took.
 
-Runs ``python -m benchmarks.experiments.reliability memory`` in a fresh process (a clean heap) on one variant per loading
-path: dtype conversion (fp32), a checkpoint that stays memory-mapped (bf16), bitsandbytes (int8) and gptqmodel
-(gptq). Every variant, 5 cycles each, is in the committed results/reliability-cpu/summary.json.
+Runs ``python -m benchmarks.experiments.reliability memory`` in a fresh process (a clean heap) on one variant per
+loading path: dtype conversion (fp32), a checkpoint that stays memory-mapped (bf16), bitsandbytes (int8) and
+gptqmodel (gptq). Every variant, 5 cycles each, is in the committed results/reliability-cpu/summary.json.
 
 Two views, because on CPU they differ:
 * glibc's in-use bytes (mallinfo2, the CPU counterpart of torch.cuda.memory_allocated): >= 99% of what the five
@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_load_unload_five_times_returns_the_memory():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.experiments.reliability", "memory", "--variants", ",".join(VARIANTS),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.experiments.reliability", "memory",
+                           "--variants", ",".join(VARIANTS),
                            "--cycles", "5", "--print-only"], cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]

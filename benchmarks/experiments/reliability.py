@@ -1,7 +1,9 @@
 """Reliability measurements of the web app (issue #8): a load test through gradio_client and memory return.
 
-    python -m benchmarks.experiments.reliability load   --out results/reliability-cpu    # 16 sessions x 10 turns + leak check
-    python -m benchmarks.experiments.reliability memory --out results/reliability-cpu    # load/unload every variant 5 times
+    # 16 sessions x 10 turns + leak check
+    python -m benchmarks.experiments.reliability load   --out results/reliability-cpu
+    # load/unload every variant 5 times
+    python -m benchmarks.experiments.reliability memory --out results/reliability-cpu
     python -m benchmarks.experiments.reliability all    --out results/reliability-cpu
 
 ``load`` starts ``launch.py`` (the default model, smollm2-135m-instruct in bf16, default flags) on a free loopback
@@ -193,7 +195,8 @@ def load_test(srv: Server, sessions: int = 16, turns: int = 10, max_new_tokens: 
         "server": "launch.py default flags (concurrency limit 2, queue 64) on loopback, pid RSS via psutil",
         "requests": len(records), "concurrent_requests": len(concurrent), "errors": len(errors),
         "error_samples": errors[:5],
-        "latency_s": {"p50": rnd(percentile(lat, 50)), "p90": rnd(percentile(lat, 90)), "max": rnd(max(lat, default=None))},
+        "latency_s": {"p50": rnd(percentile(lat, 50)), "p90": rnd(percentile(lat, 90)),
+                      "max": rnd(max(lat, default=None))},
         "queue_wait_s": {"p50": rnd(percentile(wait, 50)), "p90": rnd(percentile(wait, 90)),
                          "max": rnd(max(wait, default=None))},
         "first_output_s": {"p50": rnd(percentile(first, 50)), "p90": rnd(percentile(first, 90))},
@@ -375,7 +378,8 @@ def write_section(out_dir: Path, name: str, section: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.experiments.reliability", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.experiments.reliability",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["load", "memory", "all"])
     ap.add_argument("--out", default="results/reliability-cpu")
     ap.add_argument("--sessions", type=int, default=16)

@@ -1,6 +1,6 @@
 """What streaming a reply through the web UI costs in decode speed, against the engine alone (issue #7).
 
-    python -m benchmarks.experiments.ui_streaming_cost                       # 5 pairs, 64 tokens → results/ui-streaming-cost-cpu
+    python -m benchmarks.experiments.ui_streaming_cost  # 5 pairs, 64 tokens → results/ui-streaming-cost-cpu
     python -m benchmarks.experiments.ui_streaming_cost --pairs 10 --out /tmp/x
 
 Both paths run the same model (smollm2-135m-instruct, bf16, CPU) on the same prompt with greedy decoding, in the
@@ -227,7 +227,8 @@ Made by `python -m benchmarks.experiments.ui_streaming_cost` ({s['started_utc']}
 | path | median tok/s | p90 tok/s | min | max |
 |---|---|---|---|---|
 | A engine alone (`stream_reply` in-process) | {a['median']:.2f} | {a['p90']:.2f} | {a['min']:.2f} | {a['max']:.2f} |
-| B UI (`launch.py` + gradio_client `/chat` stream) | {b['median']:.2f} | {b['p90']:.2f} | {b['min']:.2f} | {b['max']:.2f} |
+| B UI (`launch.py` + gradio_client `/chat` stream) | {b['median']:.2f} | {b['p90']:.2f} | {b['min']:.2f} \
+| {b['max']:.2f} |
 
 B/A of the medians **{s['ratio_B_over_A_of_medians']:.3f}** → cost **{s['cost_of_medians'] * 100:.1f}%**
 (per-pair B/A: median {s['ratio_B_over_A_per_pair']['median']:.3f}, min {s['ratio_B_over_A_per_pair']['min']:.3f},
@@ -279,7 +280,8 @@ def write(summary: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.experiments.ui_streaming_cost", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.experiments.ui_streaming_cost",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--warmup", type=int, default=1)

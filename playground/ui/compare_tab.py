@@ -39,7 +39,8 @@ def memory_plan(ctx: UIContext, slots: list[tuple[str, str]], request: gr.Reques
         key = ((name or "").strip(), variant)
         if is_endpoint_name(key[0]):   # served elsewhere: no local memory
             try:
-                lines.append(f"slot {i}: {ctx.endpoints_of(request).get(key[0]).label}: served remotely (no local memory)")
+                lines.append(f"slot {i}: {ctx.endpoints_of(request).get(key[0]).label}: "
+                             "served remotely (no local memory)")
             except PlaygroundError as exc:
                 problems.append(f"slot {i} ({key[0]}): {exc}")
             continue

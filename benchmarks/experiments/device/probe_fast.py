@@ -35,7 +35,8 @@ def main(regional: bool, layers: int | None):
         with torch.inference_mode():
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
             past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-            torch.cuda.synchronize(); t = time.perf_counter()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
             for _ in range(N - 1):
                 out = model(input_ids=nxt, past_key_values=past, use_cache=True)
                 past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
@@ -51,7 +52,8 @@ def main(regional: bool, layers: int | None):
         cache = fd.acquire(1, 512 + N)
         with torch.no_grad():
             nxt = fd.prefill(ids, cache).argmax(-1, keepdim=True)
-            torch.cuda.synchronize(); t = time.perf_counter()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
             for _ in range(N - 1):
                 nxt = fd.step(nxt, cache).argmax(-1, keepdim=True)
                 int(nxt)
@@ -63,7 +65,11 @@ def main(regional: bool, layers: int | None):
     x = torch.ones(int(4e9 / 4), device="cuda")
     best = 1e9
     for _ in range(8):
-        s, e = torch.cuda.Event(True), torch.cuda.Event(True); s.record(); x.sum(); e.record(); e.synchronize()
+        s, e = torch.cuda.Event(True), torch.cuda.Event(True)
+        s.record()
+        x.sum()
+        e.record()
+        e.synchronize()
         best = min(best, s.elapsed_time(e) / 1000)
     bw = 4e9 / best
     log("bandwidth GB/s", bw / 1e9, "roofline tok/s", bw / wb)
@@ -72,7 +78,8 @@ def main(regional: bool, layers: int | None):
         log(compile_times(repr="str", aggregate=True)[:3000])
     except Exception as exc:  # noqa: BLE001
         log("compile_times", exc)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
+                                            torch.profiler.ProfilerActivity.CPU]) as prof:
         fast()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
 

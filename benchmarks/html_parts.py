@@ -1,0 +1,39 @@
+"""The pieces both HTML reports are made of (the sweep's, report.py, and the serving run's, serving_report.py)."""
+from __future__ import annotations
+
+import html
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1400px;color:#222}
+table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}.oom{background:#fde2e1}.error{background:#fbe3c6}
+.unsupported{background:#eee;color:#777}.warn{background:#fff4ce;border:1px solid #e0c36a;\
+padding:8px 12px;margin:10px 0}
+.small{font-size:12px;color:#555}pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}"""
+
+
+def fmt_cell(v, col: str = "") -> str:
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if col == "harness_overhead":
+            return f"{v * 100:+.1f}%"
+        if col in ("perplexity", "perplexity_zh", "accuracy"):   # variants differ in the 3rd-4th digit
+            return f"{v:.3f}" if col == "accuracy" else f"{v:.2f}"
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
+    return html.escape(str(v))
+
+
+def html_table(header: list[str], body: list[list[str]], classes: list[str] | None = None, left=()) -> str:
+    th = "".join(f'<th class="{"l" if i in left else ""}">{html.escape(h)}</th>' for i, h in enumerate(header))
+    trs = []
+    for k, row in enumerate(body):
+        cls = f' class="{classes[k]}"' if classes and classes[k] else ""
+        tds = "".join(f'<td class="{"l" if i in left else ""}">{c}</td>' for i, c in enumerate(row))
+        trs.append(f"<tr{cls}>{tds}</tr>")
+    return f"<table><tr>{th}</tr>{''.join(trs)}</table>"
+
+
+def figure_html(fig) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}) if fig else ""
