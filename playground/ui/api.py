@@ -13,10 +13,9 @@ import logging
 
 import gradio as gr
 
-from ..engine import stream_reply
 from ..errors import InvalidParameterError, PlaygroundError
 from .common import UIContext, make_params, session_id, user_error
-from .served import endpoint_for, reply_events
+from .reply import reply_source
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +72,10 @@ def register(ctx: UIContext) -> None:
             if system_prompt is not None and not isinstance(system_prompt, str):
                 raise InvalidParameterError(f"system_prompt must be text, got {system_prompt!r:.80}")
             msgs = normalize_history(history) + [{"role": "user", "content": message}]
-            ep = endpoint_for(ctx, model, request)   # endpoint:<name>: a served model (its variant is ignored)
-            lm = None if ep is not None else ctx.find(model, variant) or ctx.load(model, variant)
+            source = reply_source(ctx, model, variant, request)   # endpoint:<name>: its variant is ignored
+            source.load()
             cancel = ctx.cancels.start(session_id(request), "api")
-            events = (reply_events(ep, msgs, system_prompt or None, params, cancel) if ep is not None
-                      else stream_reply(lm, msgs, system_prompt or None, params, cancel))
+            events = source.stream(msgs, system_prompt or None, params, cancel)
             for event in events:
                 if event.done:
                     stats = event.stats.to_dict()

@@ -9,13 +9,13 @@ import logging
 
 import gradio as gr
 
-from ..endpoints import describe_endpoint, is_endpoint_name
-from ..engine import stream_reply
+from ..endpoints import is_endpoint_name
 from ..errors import PlaygroundError
 from ..manager import check_variant_available
 from .common import (PRIVATE, UIContext, badge_html, badge_text, describe_loaded, device_busy_note, make_params,
                      model_dropdown, params_accordion, session_id, user_error, variant_dropdown)
-from .served import endpoint_for, endpoint_status, model_choices, reply_events
+from .reply import reply_source
+from .served import endpoint_status, model_choices
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +96,12 @@ def build_tab(ctx: UIContext) -> None:
             try:
                 gen_params = make_params(*pv)
                 msgs = [{"role": m["role"], "content": m["content"]} for m in hist]
-                ep = endpoint_for(ctx, model_name, request)
-                if ep is not None:   # a served model: no loading, the same stream of events
-                    described, events = describe_endpoint(ep), reply_events(ep, msgs, system_prompt, gen_params,
-                                                                            cancel)
-                else:
-                    lm = ctx.find(model_name, variant_name)
-                    if lm is None:
-                        yield (to_display(hist, pending=""), gr.skip(), box,
-                               f"⏳ loading {model_name} [{variant_name}] …")
-                        lm = ctx.load(model_name, variant_name, progress)
-                    described, events = describe_loaded(lm), stream_reply(lm, msgs, system_prompt, gen_params,
-                                                                          cancel)
+                source = reply_source(ctx, model_name, variant_name, request)
+                if source.needs_load:
+                    yield (to_display(hist, pending=""), gr.skip(), box,
+                           f"⏳ loading {model_name} [{variant_name}] …")
+                    source.load(progress)
+                described, events = source.describe(), source.stream(msgs, system_prompt, gen_params, cancel)
                 busy = device_busy_note()
                 described += f"  \n{busy}" if busy else ""
                 yield to_display(hist, pending=""), gr.skip(), box, described

@@ -14,13 +14,13 @@ import gradio as gr
 
 from ..catalog import resolve
 from ..endpoints import is_endpoint_name
-from ..engine import stream_reply
 from ..errors import PlaygroundError
 from ..manager import check_variant_available
 from ..variants import get_variant
 from .common import (PRIVATE, UIContext, badge_html, device_busy_note, gb, make_params, model_dropdown,
                      params_accordion, session_id, user_error, variant_dropdown)
-from .served import endpoint_for, model_choices, reply_events
+from .reply import reply_source
+from .served import model_choices
 
 log = logging.getLogger(__name__)
 
@@ -143,16 +143,12 @@ def build_tab(ctx: UIContext) -> None:
                     out_replies[i] = "*skipped (stopped)*"
                     continue
                 try:
-                    ep = endpoint_for(ctx, name, request)
-                    if ep is not None:   # a served slot: the same events, measured on this side
-                        events = reply_events(ep, msgs, system_prompt, gen_params, cancel)
-                    else:
-                        lm = ctx.find(name, variant)
-                        if lm is None:
-                            out_replies[i] = f"*loading {html.escape(name)} [{variant}] …*"
-                            yield frame(plan + f"  \n⏳ slot {i + 1}: loading")
-                            lm = ctx.load(name, variant, progress)
-                        events = stream_reply(lm, msgs, system_prompt, gen_params, cancel)
+                    source = reply_source(ctx, name, variant, request)
+                    if source.needs_load:
+                        out_replies[i] = f"*loading {html.escape(name)} [{variant}] …*"
+                        yield frame(plan + f"  \n⏳ slot {i + 1}: loading")
+                        source.load(progress)
+                    events = source.stream(msgs, system_prompt, gen_params, cancel)
                     yield frame(plan + f"  \n▶️ slot {i + 1}: generating")
                     for event in events:
                         out_replies[i] = event.text or "…"

@@ -10,14 +10,13 @@ import logging
 
 import gradio as gr
 
-from ..endpoints import (VARIANT, Endpoint, describe_endpoint, is_endpoint_name,
-                         stream_endpoint_reply)
+from ..endpoints import VARIANT, Endpoint, describe_endpoint, is_endpoint_name
 from ..errors import PlaygroundError
 from .common import PRIVATE, UIContext
 
 log = logging.getLogger(__name__)
 
-__all__ = ["endpoint_for", "endpoint_status", "reply_events", "model_choices", "build_panel", "VARIANT"]
+__all__ = ["endpoint_for", "endpoint_status", "model_choices", "build_panel", "VARIANT"]
 
 
 def endpoint_for(ctx: UIContext, name, request: gr.Request | None = None) -> Endpoint | None:
@@ -37,10 +36,6 @@ def endpoint_status(ctx: UIContext, name: str, request: gr.Request | None = None
     if probe:
         line += "  \n" + html.escape(ep.probe())
     return line
-
-
-def reply_events(ep: Endpoint, msgs, system_prompt, params, cancel):
-    return stream_endpoint_reply(ep, msgs, system_prompt, params, cancel)
 
 
 def model_choices(ctx: UIContext, current: str | None = None, request: gr.Request | None = None) -> list[str]:
