@@ -165,11 +165,109 @@ def _logits_processors(params: GenerationParams):
     return procs
 
 
+class TokenChooser:
+    """The next token from the last position's logits, with at most one device→host sync per token: the stop
+    tokens masked before ``min_new_tokens``, repetition penalty, temperature / top-k / top-p, sampling with the
+    reply's own seeded generator, or the greedy argmax (NaN/inf checked in the same sync)."""
+
+    def __init__(self, lm: LoadedModel, params: GenerationParams, stop_list: list[int], ids_device):
+        import torch
+        self.lm, self.params, self.stop_list, self.ids_device = lm, params, stop_list, ids_device
+        self.procs = _logits_processors(params)
+        self.gen = None
+        if params.sampling:
+            self.gen = torch.Generator(device="cpu")
+            self.gen.manual_seed(int(params.seed) if params.seed is not None else int(time.time_ns() % 2 ** 63))
+
+    def choose(self, logits, step: int, all_ids):
+        """(next token id, its ids tensor [1, 1] on the input device, for the next forward)."""
+        import torch
+        params = self.params
+        if params.sampling or len(self.procs):
+            logits = logits.float()
+            if not torch.isfinite(logits).all():   # before the -inf of the stop tokens below
+                raise _non_finite(self.lm, step)
+        if step < params.min_new_tokens and self.stop_list:
+            logits[:, self.stop_list] = -float("inf")
+        if len(self.procs):
+            logits = self.procs(all_ids, logits)
+        if params.sampling:
+            probs = torch.softmax(logits, dim=-1).cpu()
+            next_id = int(torch.multinomial(probs, 1, generator=self.gen)[0, 0])
+            return next_id, torch.tensor([[next_id]], device=self.ids_device)
+        # one device→host sync per token: the max (NaN/inf propagate into it) and its index together
+        best = logits.max(dim=-1)
+        top, idx = torch.stack([best.values.float(), best.indices.float()], dim=1)[0].tolist()
+        if not math.isfinite(top):
+            raise _non_finite(self.lm, step)
+        return int(idx), best.indices.view(1, 1)     # stays on the device: no host→device copy per token
+
+
+class IncrementalDetokenizer:
+    """Text of the new tokens as they come; an incomplete multi-byte character (decoded as U+FFFD) is held back
+    until the token that completes it."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.text, self._upto = tokenizer, [], "", 0
+
+    def push(self, token_id: int) -> str | None:
+        """The text this token adds, or None while a character is incomplete."""
+        self.ids.append(token_id)
+        delta = self.tokenizer.decode(self.ids[self._upto:], skip_special_tokens=True)
+        if delta.endswith("\ufffd"):
+            return None
+        self.text += delta
+        self._upto = len(self.ids)
+        return delta
+
+
+class ReplyTimer:
+    """Time to first token and the gaps between later tokens, into the reply's stats."""
+
+    def __init__(self, stats: ReplyStats, t_start: float):
+        self.stats, self.t_start, self._last = stats, t_start, t_start
+
+    def token(self, step: int) -> None:
+        now = time.perf_counter()
+        if step == 0:
+            self.stats.ttft_s = now - self.t_start
+        else:
+            self.stats.itl_s.append(now - self._last)
+        self._last = now
+
+    def finish(self, new_tokens: int) -> None:
+        s = self.stats
+        s.new_tokens = new_tokens
+        s.total_s = time.perf_counter() - self.t_start
+        decode_time = sum(s.itl_s)
+        s.decode_tok_s = (len(s.itl_s) / decode_time) if decode_time > 0 else 0.0
+
+
+def _start_stats(lm: LoadedModel, params: GenerationParams, n_prompt: int, mode: str) -> tuple[ReplyStats, int]:
+    """The reply's stats and how many tokens it may make (the context length caps ``max_new_tokens``)."""
+    ctx = lm.context_length
+    if n_prompt >= ctx:
+        raise PromptTooLongError(
+            f"the prompt is {n_prompt} tokens but {lm.name} has a context of {ctx} tokens: shorten it "
+            f"or clear the conversation")
+    stats = ReplyStats(model=lm.name, variant=lm.variant, device=lm.device, prompt_tokens=n_prompt, mode=mode,
+                       kv_cache=params.kv_cache)
+    max_new = params.max_new_tokens
+    if n_prompt + max_new > ctx:
+        max_new = ctx - n_prompt
+        stats.notes.append(f"max_new_tokens cut to {max_new} to fit the {ctx}-token context")
+    if mode == "completion":
+        stats.notes.append("no chat template: completion mode (the model continues the text)")
+    return stats, max_new
+
+
 def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = None,
                  params: GenerationParams | None = None, cancel: threading.Event | None = None,
                  prompt_ids: list[int] | None = None) -> Iterator[StreamEvent]:
     """Yield the reply as it grows; the last event has ``done=True`` and the stats.
 
+    Prefill and decode through the fast decoder (static cache, compiled step) or eagerly, one token a step:
+    ``TokenChooser`` picks it, ``ReplyTimer`` times it, ``IncrementalDetokenizer`` turns it into text.
     Stopping: set ``cancel`` or simply stop iterating (``close()`` the generator); the model stays usable.
     """
     import torch
@@ -183,36 +281,16 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
         prompt_ids, mode = build_prompt(lm, messages, system)
     else:
         mode = "raw"
-    ctx = lm.context_length
     n_prompt = len(prompt_ids)
-    if n_prompt >= ctx:
-        raise PromptTooLongError(
-            f"the prompt is {n_prompt} tokens but {lm.name} has a context of {ctx} tokens: shorten it "
-            f"or clear the conversation")
-    stats = ReplyStats(model=lm.name, variant=lm.variant, device=lm.device, prompt_tokens=n_prompt, mode=mode,
-                       kv_cache=params.kv_cache)
-    max_new = params.max_new_tokens
-    if n_prompt + max_new > ctx:
-        max_new = ctx - n_prompt
-        stats.notes.append(f"max_new_tokens cut to {max_new} to fit the {ctx}-token context")
-    if mode == "completion":
-        stats.notes.append("no chat template: completion mode (the model continues the text)")
-
+    stats, max_new = _start_stats(lm, params, n_prompt, mode)
     stop_ids = _stop_ids(lm)
-    stop_list = sorted(stop_ids)
-    procs = _logits_processors(params)
-    gen = None
-    if params.sampling:
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(int(params.seed) if params.seed is not None else int(time.time_ns() % 2 ** 63))
     ids_device = input_device(model)
+    chooser = TokenChooser(lm, params, sorted(stop_ids), ids_device)
     fast, cache = _fast_path(lm, params, n_prompt + max_new, stats)
     if fast is None:
         cache = make_kv_cache(model, params.kv_cache)    # None (a DynamicCache on the first call) or quantized
     keep = last_logits_kwargs(model)
-    text, new_ids = "", []
-    decoded_upto = 0
-    t_last = t_start
+    detok, timer = IncrementalDetokenizer(tokenizer), ReplyTimer(stats, t_start)
     peak = PeakMemory(lm.device)
     stats.finish_reason = "length"
     # no_grad for the compiled step (its graphs are built under it), inference_mode for the eager loop. Grad mode
@@ -243,45 +321,16 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                             logits = fast.prefill(ids, cache)
                         else:
                             logits = fast.step(ids, cache)
-                    if params.sampling or len(procs):
-                        logits = logits.float()
-                        if not torch.isfinite(logits).all():   # before the -inf of the stop tokens below
-                            raise _non_finite(lm, step)
-                    if step < params.min_new_tokens and stop_list:
-                        logits[:, stop_list] = -float("inf")
-                    if len(procs):
-                        logits = procs(all_ids, logits)
-                    if params.sampling:
-                        probs = torch.softmax(logits, dim=-1).cpu()
-                        next_id = int(torch.multinomial(probs, 1, generator=gen)[0, 0])
-                        ids = torch.tensor([[next_id]], device=ids_device)
-                    else:
-                        # one device→host sync per token: the max (NaN/inf propagate into it) and its index together
-                        best = logits.max(dim=-1)
-                        top, idx = torch.stack([best.values.float(), best.indices.float()], dim=1)[0].tolist()
-                        if not math.isfinite(top):
-                            raise _non_finite(lm, step)
-                        next_id = int(idx)
-                        ids = best.indices.view(1, 1)     # stays on the device: no host→device copy per token
-                    now = time.perf_counter()
-                    if step == 0:
-                        stats.ttft_s = now - t_start
-                    else:
-                        stats.itl_s.append(now - t_last)
-                    t_last = now
+                    next_id, ids = chooser.choose(logits, step, all_ids)
+                    timer.token(step)
                     if next_id in stop_ids and step >= params.min_new_tokens:
                         stats.finish_reason = "eos"
                         break
-                    new_ids.append(next_id)
                     if params.repetition_penalty != 1.0:
                         all_ids = torch.cat([all_ids, ids], dim=1)
-                full = tokenizer.decode(new_ids[decoded_upto:], skip_special_tokens=True)
-                # hold back an incomplete multi-byte character (shows as U+FFFD) until the next token
-                if full.endswith("\ufffd"):
-                    continue
-                text += full
-                decoded_upto = len(new_ids)
-                yield StreamEvent(text=text, delta=full)
+                delta = detok.push(next_id)
+                if delta is not None:
+                    yield StreamEvent(text=detok.text, delta=delta)
             stats.kv_cache_gb = kv_cache_bytes(cache if fast is not None else past) / 1e9
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):   # on CPU torch's allocator raises a RuntimeError (ENOMEM)
@@ -289,8 +338,8 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
             del past
             release_memory()
             raise GenerationError(
-                f"out of memory while generating with {lm.label} ({n_prompt} prompt tokens, {len(new_ids)} new): "
-                f"use fewer tokens, a smaller variant, or unload other models") from exc
+                f"out of memory while generating with {lm.label} ({n_prompt} prompt tokens, {len(detok.ids)} "
+                f"new): use fewer tokens, a smaller variant, or unload other models") from exc
         except GeneratorExit:
             stats.finish_reason = "stopped"
             raise
@@ -299,12 +348,9 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                 fast.release(cache)
     if fast is not None:
         stats.decode_mode = fast.info.mode      # a failed compile may have changed it mid-reply
-    stats.new_tokens = len(new_ids)
-    stats.total_s = time.perf_counter() - t_start
-    decode_time = sum(stats.itl_s)
-    stats.decode_tok_s = (len(stats.itl_s) / decode_time) if decode_time > 0 else 0.0
+    timer.finish(len(detok.ids))
     stats.peak_mem_gb, stats.mem_kind = peak.peak_gb, peak.kind
-    yield StreamEvent(text=text, delta="", done=True, stats=stats)
+    yield StreamEvent(text=detok.text, delta="", done=True, stats=stats)
 
 
 def _non_finite(lm: LoadedModel, step: int) -> GenerationError:
