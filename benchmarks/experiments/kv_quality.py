@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from playground.manager import ModelManager
 
     from ..quality import kv_cache_perplexity
+    from ..results import atomic_write
     lm = ModelManager(device=args.device).get(args.model, args.variant)
     rows = []
     for kv in kvs:
@@ -51,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         row["delta_vs_default"] = row["perplexity"] - base
     result = {"settings": vars(args), "rows": rows}
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "kv_perplexity.json").write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write(Path(args.out) / "kv_perplexity.json", json.dumps(result, indent=1) + "\n")
     print(json.dumps(rows, indent=1))
     return 0
 
