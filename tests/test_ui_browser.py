@@ -135,6 +135,39 @@ def test_empty_message_warns_without_an_error(page):
     expect(user(page)).to_have_count(0)
 
 
+def test_enter_sends_and_shift_enter_adds_a_line(page):
+    """As the box says: Shift+Enter makes a new line and sends nothing; Enter sends (both lines, one message).
+    Gradio's multi-line boxes do the opposite: the box is a one-line box that grows."""
+    set_params(page, "chat", 8)
+    box = page.locator("#chat-input textarea")
+    box.fill("What is the capital")
+    box.press("Shift+Enter")
+    box.type("of France?")
+    expect(box).to_have_value("What is the capital\nof France?")
+    expect(user(page)).to_have_count(0)
+    box.press("Enter")
+    expect(user(page)).to_have_count(1, timeout=REPLY_TIMEOUT)
+    expect(user(page).first).to_contain_text("of France?")
+    expect(badges(page)).to_have_count(1, timeout=REPLY_TIMEOUT)
+    expect(box).to_have_value("")
+    no_error_toast(page)
+
+
+def test_compare_prompt_runs_on_enter(page):
+    page.get_by_role("tab", name="Compare").click()
+    set_params(page, "compare", 8)
+    box = page.locator("#compare-prompt textarea")
+    box.fill("What is the capital")
+    box.press("Shift+Enter")
+    expect(box).to_have_value("What is the capital\n")
+    expect(page.locator("#compare-status")).not_to_contain_text("done")
+    box.type("of France?")
+    box.press("Enter")
+    expect(page.locator("#compare-badge-1 .reply-badge")).to_contain_text("tok/s", timeout=REPLY_TIMEOUT)
+    expect(page.locator("#compare-status")).to_contain_text("done")
+    no_error_toast(page)
+
+
 def test_unknown_model_shows_an_error_and_the_app_keeps_serving(page):
     model = page.locator("#chat-model input")
     model.fill("./no/such/model")

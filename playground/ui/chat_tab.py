@@ -78,7 +78,8 @@ def build_tab(ctx: UIContext) -> None:
                                      placeholder="Ask something. Replies stream in; the line under each reply "
                                                  "shows time to first token, speed, tokens and peak memory.")
                 with gr.Row(equal_height=True):
-                    message = gr.Textbox(show_label=False, lines=2, max_lines=8, scale=6, elem_id="chat-input",
+                    # lines=1: Gradio sends on Enter and lets Shift+Enter add a line (lines > 1: the other way round)
+                    message = gr.Textbox(show_label=False, lines=1, max_lines=8, scale=6, elem_id="chat-input",
                                          placeholder="Type a message (Enter sends, Shift+Enter adds a line)")
                     send_btn = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="chat-send")
                 with gr.Row():

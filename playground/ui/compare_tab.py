@@ -82,8 +82,9 @@ def build_tab(ctx: UIContext) -> None:
     with gr.Tab("Compare", id="compare", elem_id="tab-compare") as tab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=400):
-                prompt = gr.Textbox(label="Prompt (sent to every slot)", lines=2, elem_id="compare-prompt",
-                                    placeholder="e.g. What is the capital of France?")
+                prompt = gr.Textbox(label="Prompt (sent to every slot)", lines=1, max_lines=8, elem_id="compare-prompt",
+                                    placeholder="e.g. What is the capital of France? (Enter runs, Shift+Enter adds "
+                                                "a line)")
                 system = gr.Textbox(value="You are a helpful assistant.", label="System prompt", lines=1,
                                     elem_id="compare-system")
             with gr.Column(scale=2, min_width=280):
