@@ -300,7 +300,8 @@ class ModelManager:
             enable_fast_decode(lm)
             give_back_cached_gpu_memory()   # the warm-up's prefill buffers: nvidia-smi then shows weights + graphs
         elif options.fast_decode == "auto" and str(device).startswith("cuda"):
-            stats.notes.append(variant.eager_note)
+            if variant.eager_note:
+                stats.notes.append(variant.eager_note)
         elif options.fast_decode == "auto":
             stats.notes.append("fast decode (static KV cache + compiled step) is for CUDA: eager decoding here")
         progress(1.0, f"loaded {name} [{variant_name}] in {stats.load_s:.1f}s"
