@@ -178,14 +178,12 @@ class MemoryTracker:
         if self._thread is None:
             self.result = MemoryStats(peak_rss_gb=self._peak.peak_gb)
             return
-        import torch
         self._stop.set()
         self._thread.join()
         self._rss = max(self._rss, rss_bytes())
         if self._nvml is not None:
             self._nvml_peak = max(self._nvml_peak, self._nvml_now())
-        n = torch.cuda.device_count()
-        reserved = sum(torch.cuda.max_memory_reserved(i) for i in range(n))
+        reserved = self._peak.peak_reserved_bytes
         self.result = MemoryStats(
             peak_rss_gb=self._rss / GB, peak_gpu_mem_gb=self._peak.peak_gb, peak_gpu_reserved_gb=reserved / GB,
             peak_gpu_nvml_gb=(self._nvml_peak / GB) if self._nvml is not None else None,

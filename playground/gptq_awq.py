@@ -515,9 +515,10 @@ _AWQ_LOAD_LOCK = threading.Lock()
 def awq_loads_in(method: str, dtype):
     """While an AWQ checkpoint loads, transformers' AWQ quantizer keeps ``dtype`` (None: leave it alone). On CUDA
     it turns bf16 into fp16 for AWQ's own CUDA kernels; the tinygemm path only runs gptqmodel's plain torch kernel
-    to read the weights and then computes in bf16, so an fp16 load had to be cast back afterwards, holding an fp16
-    and a bf16 copy of the embedding at once (1.07 GB each at GLM-6B size; AWQ's load peaked 1.9 GB above its
-    weights, GPTQ's 0.3). The patch is on the class, so AWQ loads take turns (a lock) while it is in place."""
+    to read the weights and then computes in bf16, so an fp16 load had to be cast back afterwards, tensor by tensor
+    (the embedding: 1.07 GB in each dtype at GLM-6B size). (AWQ's load peak 1.9 GB above its weights, once blamed
+    on this, came from the repack: see ``int4_tinygemm._awq_rows``.) The patch is on the class, so AWQ loads
+    take turns (a lock) while it is in place."""
     if method != "awq":
         yield
         return

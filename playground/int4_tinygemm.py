@@ -7,8 +7,10 @@ Triton and torch kernels dequantize on every call. torch ships an int4 weight-on
 
 Both GPTQ and AWQ store ``w = (q - z) · s`` per group of ``group_size`` input channels. tinygemm computes
 ``w = (q' - 8) · s + zero``. The conversion reads the layer's effective weight by running it on an identity
-matrix (so it does not depend on each format's packing), divides by the layer's own scales to get the integer
-codes ``c = q - z``, shifts each group to ``q' = c - min(c)`` (still 0..15) and sets ``zero = (8 + min(c)) · s``.
+matrix (so it does not depend on each format's packing; AWQ layers, whose torch kernel unpacks the whole weight
+into int32 temporaries on every call, are read a slice of rows at a time with gptqmodel's own AWQ dequantizer),
+divides by the layer's own scales to get the integer codes ``c = q - z``, shifts each group to
+``q' = c - min(c)`` (still 0..15) and sets ``zero = (8 + min(c)) · s``.
 It checks the repacked layer reproduces the original weight before swapping it in.
 """
 from __future__ import annotations
@@ -68,7 +70,41 @@ def unsupported_reason(layer) -> str | None:
     return None
 
 
-ROWS_PER_BLOCK = 2048     # input channels read per pass: the temporaries stay ~tens of MB even for 16k × 16k layers
+ROWS_PER_BLOCK = 2048     # input channels read per pass at most,
+ELEMENTS_PER_BLOCK = 1 << 23   # and at most ~8M weights per pass: each temporary stays under ~64 MB at any size
+
+
+def _rows_per_block(n: int, g: int) -> int:
+    return max(g, min(ROWS_PER_BLOCK, ELEMENTS_PER_BLOCK // n) // g * g)
+
+
+def _awq_rows(layer, k: int, n: int, g: int):
+    """``rows(r0, r1) -> W[r0:r1]`` (bf16/fp16 [rows, n]) for an AWQ layer whose packing gptqmodel's AWQ
+    dequantizer reads (qweight [k, n/8] and qzeros [k/g, n/8] int32, packed along the output channels); None for
+    any other layer. Its torch kernel dequantizes the whole weight on every call, through int32/int64 temporaries
+    of k × n each: 1.97 GB above the weights while the GLM-6B-class model was repacked on an H200 (GPTQ: 0.78 GB)."""
+    qweight, qzeros = getattr(layer, "qweight", None), getattr(layer, "qzeros", None)
+    if "awq" not in type(layer).__name__.lower() or qweight is None or qzeros is None or \
+            tuple(qweight.shape) != (k, n // 8) or tuple(qzeros.shape) != (k // g, n // 8):
+        return None
+    from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
+
+    def rows(r0: int, r1: int) -> torch.Tensor:
+        return dequantize_gemm(qweight[r0:r1], qzeros[r0 // g:r1 // g], layer.scales[r0 // g:r1 // g], 4, g)
+    return rows
+
+
+def _kernel_rows(layer, k: int):
+    """``rows(r0, r1) -> W[r0:r1]`` (+ bias) read by running the layer on rows of an identity matrix."""
+    dev = layer.scales.device
+
+    def rows(r0: int, r1: int) -> torch.Tensor:
+        eye = torch.zeros(r1 - r0, k, dtype=torch.bfloat16, device=dev)
+        eye[:, r0:r1].fill_diagonal_(1)
+        # gptqmodel compiles its dequantize step per layer instance: run it eagerly here (no compile at load)
+        with torch.compiler.set_stance("force_eager"):
+            return layer(eye)
+    return rows
 
 
 @torch.no_grad()
@@ -77,18 +113,15 @@ def _integer_codes(layer, k: int, n: int, g: int) -> tuple[torch.Tensor, torch.T
     read block by block of input channels so that no k × k identity or float32 copy of the weight is ever whole."""
     dev = layer.scales.device
     scales = layer.scales.float().reshape(k // g, n)         # [groups, n] (GPTQ and AWQ alike)
-    bias = getattr(layer, "bias", None)
+    awq_rows = _awq_rows(layer, k, n, g)
+    weight_rows = awq_rows or _kernel_rows(layer, k)
+    bias = None if awq_rows else getattr(layer, "bias", None)
     q = torch.empty(k, n, dtype=torch.uint8, device=dev)
     lows = torch.empty(k // g, n, dtype=torch.float32, device=dev)
-    rows = max(g, ROWS_PER_BLOCK // g * g)
+    rows = _rows_per_block(n, g)
     for r0 in range(0, k, rows):
         r1 = min(k, r0 + rows)
-        eye = torch.zeros(r1 - r0, k, dtype=torch.bfloat16, device=dev)
-        eye[:, r0:r1].fill_diagonal_(1)
-        # gptqmodel compiles its dequantize step per layer instance: run it eagerly here (no compile at load)
-        with torch.compiler.set_stance("force_eager"):
-            w = layer(eye).float()                          # [rows, n]: row i is W[:, r0 + i] (+ bias)
-        del eye
+        w = weight_rows(r0, r1).float()                     # [rows, n]: row i is W[:, r0 + i] (+ bias)
         if not torch.isfinite(w).all():
             raise ValueError("cannot repack for tinygemm: the layer's own kernel gives non-finite weights")
         if bias is not None:

@@ -72,10 +72,31 @@ def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+_OPEN_CUDA: list["PeakMemory"] = []   # CUDA trackers between __enter__ and __exit__, in any thread
+_OPEN_CUDA_LOCK = threading.Lock()
+
+
+def _fold_cuda_peaks() -> None:
+    """Carry the allocator's peaks since its last reset into every open tracker (under ``_OPEN_CUDA_LOCK``).
+
+    The allocator keeps one peak per device for the whole process, and a tracker starts by resetting it: a reply's
+    tracker inside a benchmark's load-and-reply tracker wiped the outer one's load peak (the H200 GPU test read
+    4.10 GB for an AWQ load that had peaked at 5.70), and two replies streaming at once reset each other. Folding
+    before each reset and at each exit keeps every open tracker's peak whole."""
+    import torch
+    for i in range(torch.cuda.device_count()):
+        allocated, reserved = torch.cuda.max_memory_allocated(i), torch.cuda.max_memory_reserved(i)
+        for tracker in _OPEN_CUDA:
+            a, r = tracker._cuda_peaks.get(i, (0, 0))
+            tracker._cuda_peaks[i] = (max(a, allocated), max(r, reserved))
+
+
 class PeakMemory:
     """``with PeakMemory(device) as p: ...`` then ``p.peak_gb`` and ``p.kind``.
 
-    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (what the tensors needed, not the cache).
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset (what the tensors needed, not the cache), and
+    ``peak_reserved_bytes`` (``max_memory_reserved``: what the allocator took from the GPU); trackers may nest
+    or overlap (``_fold_cuda_peaks``).
     CPU: the highest resident set size seen by a sampling thread (every ``interval`` seconds) — the whole
     process, weights included, which is what a user of the machine feels.
     """
@@ -84,7 +105,9 @@ class PeakMemory:
         self.device = device
         self.interval = interval
         self.peak_bytes = 0
+        self.peak_reserved_bytes = 0
         self.kind = "cuda allocator" if device.startswith("cuda") or device == "auto" else "process RSS"
+        self._cuda_peaks: dict[int, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -98,8 +121,12 @@ class PeakMemory:
         if self._cuda():
             import torch
             torch.cuda.init()  # a fresh process must start CUDA before the peak stats can be reset
-            for i in range(torch.cuda.device_count()):
-                torch.cuda.reset_peak_memory_stats(i)
+            with _OPEN_CUDA_LOCK:
+                _fold_cuda_peaks()
+                for i in range(torch.cuda.device_count()):
+                    torch.cuda.reset_peak_memory_stats(i)
+                self._cuda_peaks = {}
+                _OPEN_CUDA.append(self)
         else:
             self.peak_bytes = rss_bytes()
             self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -112,8 +139,12 @@ class PeakMemory:
 
     def __exit__(self, *exc) -> None:
         if self._cuda():
-            import torch
-            self.peak_bytes = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+            with _OPEN_CUDA_LOCK:
+                _fold_cuda_peaks()
+                if self in _OPEN_CUDA:
+                    _OPEN_CUDA.remove(self)
+            self.peak_bytes = sum(a for a, _ in self._cuda_peaks.values())
+            self.peak_reserved_bytes = sum(r for _, r in self._cuda_peaks.values())
         else:
             self._stop.set()
             if self._thread is not None:

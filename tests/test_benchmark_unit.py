@@ -194,3 +194,44 @@ def test_reference_overlay_ratios_to_fp16_beside_the_published_ones():
     assert {r["baseline"] for r in ratios} == {"bf16"}
     assert "ratios are to bf16" in note and "prompt 128, 64 new tokens" in note and "prompt 512, 1000" in note
     assert "ratios are to bf16" in reference_table([row("bf16", 40.0, 16.0, p=128, n=64)])
+
+
+def test_nested_and_overlapping_gpu_peak_trackers_keep_their_own_peaks(monkeypatch):
+    """The allocator has one peak per process and every tracker resets it: a reply's tracker inside a load-and-reply
+    tracker wiped the load's peak (the H200 GPU test read 4.10 GB for an AWQ load that peaked at 5.70). Driven
+    through a fake CUDA allocator: this machine has no GPU."""
+    import torch
+
+    from playground.memory import PeakMemory
+
+    class Allocator:
+        allocated = peak = 0
+
+        def use(self, nbytes):
+            self.allocated += nbytes
+            self.peak = max(self.peak, self.allocated)
+
+        def reset(self, device=None):
+            self.peak = self.allocated
+    gpu = Allocator()
+    for name, fn in {"is_available": lambda: True, "init": lambda: None, "device_count": lambda: 1,
+                     "max_memory_allocated": lambda i=0: gpu.peak, "max_memory_reserved": lambda i=0: gpu.peak,
+                     "reset_peak_memory_stats": gpu.reset}.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+
+    with PeakMemory("cuda") as outer:
+        gpu.use(6 << 30)          # the load's temporaries
+        gpu.use(-2 << 30)
+        with PeakMemory("cuda") as reply:
+            gpu.use(1 << 30)
+            gpu.use(-1 << 30)
+        other = PeakMemory("cuda").__enter__()   # a second chat slot starts while the first is still open
+        gpu.use(3 << 30)
+        gpu.use(-3 << 30)
+        other.__exit__(None, None, None)
+    assert reply.peak_bytes == 5 << 30
+    assert other.peak_bytes == 7 << 30
+    assert outer.peak_bytes == 7 << 30 and outer.peak_reserved_bytes == 7 << 30
+    with PeakMemory("cuda") as after:
+        pass
+    assert after.peak_bytes == 4 << 30                      # only what is held now

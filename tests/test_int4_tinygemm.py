@@ -37,6 +37,41 @@ def test_repacked_layers_compute_what_the_original_layers_compute(manager, metho
         manager.unload(DEFAULT_MODEL, method)
 
 
+def test_awq_layers_are_read_a_slice_of_rows_at_a_time_not_through_their_kernel(manager, monkeypatch):
+    """AWQ's torch kernel unpacks the whole weight into int32 temporaries on every call (1.97 GB above the weights
+    while a GLM-6B-class model was repacked on an H200): the repack reads AWQ rows with the AWQ dequantizer on
+    row slices instead, and gets exactly the weight the kernel computes with."""
+    import torch
+
+    from playground import int4_tinygemm
+    from playground.gptq_awq import quantized_linears
+    from playground.variants import VariantOptions
+
+    lm = manager.get(DEFAULT_MODEL, "awq", options=VariantOptions(kernel="torch_awq"))
+    try:
+        name, layer = max(quantized_linears(lm.model), key=lambda nl: nl[1].out_features)
+        k, n, g = layer.in_features, layer.out_features, layer.group_size
+        by_slices = int4_tinygemm._awq_rows(layer, k, n, g)
+        assert by_slices is not None, name
+        through_kernel = int4_tinygemm._kernel_rows(layer, k)(0, k).float()
+        if getattr(layer, "bias", None) is not None:
+            through_kernel -= layer.bias.float()
+        assert torch.equal(torch.cat([by_slices(r, min(k, r + g)) for r in range(0, k, g)]).float(), through_kernel)
+
+        x = torch.randn(2, k, dtype=torch.bfloat16)
+        with torch.no_grad():
+            want = layer(x).float()
+        monkeypatch.setattr(type(layer), "forward", lambda *a: (_ for _ in ()).throw(AssertionError("ran kernel")))
+        with torch.no_grad():
+            got = int4_tinygemm.repack(layer)(x).float()
+        assert (got - want).norm() / want.norm() < 0.01
+    finally:
+        manager.unload(DEFAULT_MODEL, "awq")
+    # the H200 case: GLM-6B's 4096 -> 27392 MLP layer is read 256 rows (7M weights) at a time
+    assert int4_tinygemm._rows_per_block(27392, 128) * 27392 <= int4_tinygemm.ELEMENTS_PER_BLOCK
+    assert int4_tinygemm._rows_per_block(1536, 128) == int4_tinygemm.ROWS_PER_BLOCK
+
+
 def test_layers_tinygemm_cannot_take_are_refused_with_the_reason():
     import torch
     from torch import nn
@@ -120,9 +155,9 @@ def test_the_replaced_layers_hold_no_memory_after_the_repack(tmp_path, monkeypat
 
 
 def test_awq_for_tinygemm_loads_in_bf16_even_where_transformers_would_pick_fp16(monkeypatch):
-    """On CUDA transformers turns an AWQ load's bf16 into fp16; the tinygemm path then cast the model back, holding
-    both copies of the embedding (on the H200 AWQ's load peaked 1.9 GB above its weights, GPTQ's 0.3 GB).
-    Checked with CUDA made to look available (the quantizer only looks at that)."""
+    """On CUDA transformers turns an AWQ load's bf16 into fp16; the tinygemm path computes in bf16 and had to cast
+    the whole model back after the load. Checked with CUDA made to look available (the quantizer only looks at
+    that)."""
     import torch
     from transformers.quantizers.quantizer_awq import AwqQuantizer
 
