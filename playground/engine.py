@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 from .errors import GenerationError, InvalidParameterError, PromptTooLongError, is_out_of_memory
-from .fast_decode import last_logits_kwargs
+from .fast_decode import last_logits_kwargs, reply_session
 from .manager import LoadedModel, release_memory
 from .memory import PeakMemory
 
@@ -286,68 +286,69 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
     stop_ids = _stop_ids(lm)
     ids_device = input_device(model)
     chooser = TokenChooser(lm, params, sorted(stop_ids), ids_device)
-    fast, cache = _fast_path(lm, params, n_prompt + max_new, stats)
-    if fast is None:
-        cache = make_kv_cache(model, params.kv_cache)    # None (a DynamicCache on the first call) or quantized
     keep = last_logits_kwargs(model)
     detok, timer = IncrementalDetokenizer(tokenizer), ReplyTimer(stats, t_start)
     peak = PeakMemory(lm.device)
     stats.finish_reason = "length"
-    # no_grad for the compiled step (its graphs are built under it), inference_mode for the eager loop. Grad mode
-    # is per thread and Gradio may run each next() of this generator on another worker thread: the mode is
-    # entered for each step's tensor work and left before the yield (once around the loop, a step on another
-    # thread ran with grad on: "Inference tensors cannot be saved for backward", and the first thread was left
-    # in inference mode).
-    def grad_ctx():
-        return torch.no_grad() if fast is not None else torch.inference_mode()
-    with peak:
-        ids = torch.tensor([prompt_ids], device=ids_device)
-        all_ids = ids
-        past = cache
-        try:
-            for step in range(max_new):
-                with grad_ctx():
-                    if cancel is not None and cancel.is_set():
-                        stats.finish_reason = "stopped"
-                        break
-                    with lm.lock:
-                        if lm.model is None:
-                            raise GenerationError(f"{lm.label} was unloaded during the reply")
-                        if fast is None:
-                            out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
-                            past = out.past_key_values
-                            logits = out.logits[:, -1, :]
-                        elif step == 0:
-                            logits = fast.prefill(ids, cache)
-                        else:
-                            logits = fast.step(ids, cache)
-                    next_id, ids = chooser.choose(logits, step, all_ids)
-                    timer.token(step)
-                    if next_id in stop_ids and step >= params.min_new_tokens:
-                        stats.finish_reason = "eos"
-                        break
-                    if params.repetition_penalty != 1.0:
-                        all_ids = torch.cat([all_ids, ids], dim=1)
-                delta = detok.push(next_id)
-                if delta is not None:
-                    yield StreamEvent(text=detok.text, delta=delta)
-            stats.kv_cache_gb = kv_cache_bytes(cache if fast is not None else past) / 1e9
-        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-            if not is_out_of_memory(exc):   # on CPU torch's allocator raises a RuntimeError (ENOMEM)
+    # the fast decoder's static cache for this reply (given back when the block ends, however it ends), or eager
+    with reply_session(lm, n_prompt + max_new, params.decode, params.kv_cache) as session:
+        if session.note:
+            stats.notes.append(session.note)
+        stats.decode_mode = session.mode
+        # None (a DynamicCache on the first call) or a quantized cache when decoding eagerly
+        cache = session.cache if session.fast else make_kv_cache(model, params.kv_cache)
+
+        # no_grad for the compiled step (its graphs are built under it), inference_mode for the eager loop. Grad
+        # mode is per thread and Gradio may run each next() of this generator on another worker thread: the mode
+        # is entered for each step's tensor work and left before the yield (once around the loop, a step on
+        # another thread ran with grad on: "Inference tensors cannot be saved for backward", and the first thread
+        # was left in inference mode).
+        def grad_ctx():
+            return torch.no_grad() if session.fast else torch.inference_mode()
+        with peak:
+            ids = torch.tensor([prompt_ids], device=ids_device)
+            all_ids = ids
+            past = cache
+            try:
+                for step in range(max_new):
+                    with grad_ctx():
+                        if cancel is not None and cancel.is_set():
+                            stats.finish_reason = "stopped"
+                            break
+                        with lm.lock:
+                            if lm.model is None:
+                                raise GenerationError(f"{lm.label} was unloaded during the reply")
+                            if not session.fast:
+                                out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
+                                past = out.past_key_values
+                                logits = out.logits[:, -1, :]
+                            elif step == 0:
+                                logits = session.prefill(ids)
+                            else:
+                                logits = session.step(ids)
+                        next_id, ids = chooser.choose(logits, step, all_ids)
+                        timer.token(step)
+                        if next_id in stop_ids and step >= params.min_new_tokens:
+                            stats.finish_reason = "eos"
+                            break
+                        if params.repetition_penalty != 1.0:
+                            all_ids = torch.cat([all_ids, ids], dim=1)
+                    delta = detok.push(next_id)
+                    if delta is not None:
+                        yield StreamEvent(text=detok.text, delta=delta)
+                stats.kv_cache_gb = kv_cache_bytes(cache if session.fast else past) / 1e9
+            except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc):   # on CPU torch's allocator raises a RuntimeError (ENOMEM)
+                    raise
+                del past
+                release_memory()
+                raise GenerationError(
+                    f"out of memory while generating with {lm.label} ({n_prompt} prompt tokens, {len(detok.ids)} "
+                    f"new): use fewer tokens, a smaller variant, or unload other models") from exc
+            except GeneratorExit:
+                stats.finish_reason = "stopped"
                 raise
-            del past
-            release_memory()
-            raise GenerationError(
-                f"out of memory while generating with {lm.label} ({n_prompt} prompt tokens, {len(detok.ids)} "
-                f"new): use fewer tokens, a smaller variant, or unload other models") from exc
-        except GeneratorExit:
-            stats.finish_reason = "stopped"
-            raise
-        finally:
-            if fast is not None:
-                fast.release(cache)
-    if fast is not None:
-        stats.decode_mode = fast.info.mode      # a failed compile may have changed it mid-reply
+    stats.decode_mode = session.mode      # a failed compile may have changed it mid-reply
     timer.finish(len(detok.ids))
     stats.peak_mem_gb, stats.mem_kind = peak.peak_gb, peak.kind
     yield StreamEvent(text=detok.text, delta="", done=True, stats=stats)
@@ -357,41 +358,6 @@ def _non_finite(lm: LoadedModel, step: int) -> GenerationError:
     return GenerationError(
         f"{lm.name} in {lm.variant} produced NaN/inf logits at new token {step + 1}: this "
         f"variant overflows for this model (try bf16 or fp32)")
-
-
-def _fast_path(lm: LoadedModel, params: GenerationParams, needed: int, stats: ReplyStats):
-    """(decoder, cache) for this reply, or (None, None) for eager decoding; notes say why when asked for but not
-    used."""
-    if params.decode == "eager":
-        return None, None
-    if params.kv_cache != "default":
-        if params.decode == "fast" or lm.fast is not None:
-            stats.notes.append(f"kv_cache={params.kv_cache}: the fast decoder's static cache cannot hold a quantized "
-                               f"KV cache, so this reply decodes eagerly")
-        stats.decode_mode = "eager"
-        return None, None
-    fast = lm.fast
-    if fast is None and params.decode == "fast":
-        from .manager import enable_fast_decode
-        fast = enable_fast_decode(lm)
-        if fast is None:
-            stats.notes.append("fast decode could not start: eager decoding (see the model's load notes)")
-    if fast is None:
-        stats.decode_mode = "eager"
-        return None, None
-    from .fast_decode import FastDecodeUnsupported
-    try:
-        cache = fast.acquire(1, needed, lm.context_length)
-    except FastDecodeUnsupported as exc:
-        stats.notes.append(f"{exc}")
-        stats.decode_mode = "eager"
-        return None, None
-    if cache is None:
-        stats.notes.append("the fast decoder is busy with another reply on this model: this one decodes eagerly")
-        stats.decode_mode = "eager"
-        return None, None
-    stats.decode_mode = fast.info.mode
-    return fast, cache
 
 
 def make_kv_cache(model, kv_cache: str):

@@ -13,16 +13,26 @@ launches hundreds of small kernels. Here the decode step runs as one compiled gr
   wait for it: ``acquire`` returns None and the caller decodes eagerly.
 * Anything that cannot be compiled (some quantized kernels) falls back to ``fullgraph=False`` and then to the
   static cache without compilation; ``mode`` says what runs.
+
+The whole lifecycle lives here: ``enable_fast_decode(lm)`` builds and warms up a model's decoder (on failure the
+model stays eager, with a note), ``reply_session(lm, needed, decode, kv_cache)`` / ``FastDecoder.session(needed)``
+hand one reply the static cache or say why it decodes eagerly (and give the cache back however the reply ends),
+``forget_compiled_graphs`` drops compiled steps after an unload. ``playground.manager`` re-exports the first and
+the last.
 """
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 MIN_BUCKET = 1024
 MIN_BUCKET_CPU = 128
 RECOMPILE_LIMIT = 64
+BUSY_NOTE = "the fast decoder is busy with another reply on this model: this one decodes eagerly"
+NOT_STARTED_NOTE = "fast decode could not start: eager decoding (see the model's load notes)"
 
 
 def bucket_length(needed: int, context: int | None = None, min_bucket: int = MIN_BUCKET) -> int:
@@ -64,8 +74,34 @@ class FastDecodeInfo:
     fallback_reason: str = ""
 
 
+@dataclass
+class FastSession:
+    """One reply's share of the fast decoder: a static cache to decode through, or none (``cache is None``) and
+    ``note`` saying why this reply decodes eagerly (empty when eager decoding was simply what was asked)."""
+    decoder: FastDecoder | None = None
+    cache: object = None
+    note: str = ""
+
+    @property
+    def fast(self) -> bool:
+        return self.cache is not None
+
+    @property
+    def mode(self) -> str:
+        """What decodes this reply, read live: a failed compile may change the decoder's mode mid-reply."""
+        return self.decoder.info.mode if self.fast else "eager"
+
+    def prefill(self, ids):
+        return self.decoder.prefill(ids, self.cache)
+
+    def step(self, ids):
+        return self.decoder.step(ids, self.cache)
+
+
 class FastDecoder:
-    """Static-cache decoding for one loaded model. Use ``acquire`` → ``prefill`` → ``step`` … → ``release``."""
+    """Static-cache decoding for one loaded model. A reply uses ``with decoder.session(needed) as s:`` then
+    ``s.prefill`` → ``s.step`` …; the lower-level ``acquire`` → ``prefill`` → ``step`` … → ``release`` remain for
+    the benchmark's batched loops."""
 
     def __init__(self, model, device: str, compile: bool = True, max_caches: int = 2, backend: str = "inductor",
                  min_bucket: int | None = None):
@@ -206,6 +242,24 @@ class FastDecoder:
             plain.attention_chunk_size = None
         return plain
 
+    @contextmanager
+    def session(self, needed: int, batch: int = 1, context: int | None = None) -> Iterator[FastSession]:
+        """A reply's static cache for ``needed`` positions, given back when the block ends (however it ends); or,
+        when this length cannot use the fast decoder or its cache is held by another reply, a session without a
+        cache whose ``note`` says why, and the reply decodes eagerly. The decoder stays usable either way."""
+        note = ""
+        try:
+            cache = self.acquire(batch, needed, context)
+        except FastDecodeUnsupported as exc:
+            cache, note = None, str(exc)
+        if cache is None:          # yielded outside the except: the reply's own errors must not chain to it
+            yield FastSession(self, None, note or BUSY_NOTE)
+            return
+        try:
+            yield FastSession(self, cache)
+        finally:
+            self.release(cache)
+
     def release(self, cache) -> None:
         with self._guard:
             self._busy.discard(getattr(cache, "_fast_key", None))
@@ -251,3 +305,65 @@ class FastDecoder:
         spent = time.perf_counter() - t0
         self.info.warmup_s += spent
         return spent
+
+
+# ---- a loaded model's decoder: start, hand out to replies, forget -----------------------------------------------
+def enable_fast_decode(lm, compile: bool = True) -> FastDecoder | None:
+    """Give ``lm`` (a ``manager.LoadedModel``) a FastDecoder and warm it up for the usual bucket; on failure, note
+    why and stay eager (None)."""
+    if lm.fast is not None:
+        return lm.fast
+    fast = FastDecoder(lm.model, lm.device, compile=compile)
+    try:
+        with lm.lock:
+            lm.stats.warmup_s = fast.warm_up(context=lm.context_length)
+    except Exception as exc:  # noqa: BLE001 - fast decoding is an optimisation: never a reason not to serve
+        from .manager import release_memory
+        from .retention import forget_frames
+        forget_frames(exc)
+        release_memory()
+        lm.stats.notes.append(f"fast decode unavailable ({type(exc).__name__}: {str(exc)[:200]}): eager decoding")
+        return None
+    lm.fast = fast
+    lm.stats.notes.append(f"fast decode: {fast.info.mode}, warm-up {fast.info.warmup_s:.1f}s"
+                          + (f"; {fast.info.fallback_reason}" if fast.info.fallback_reason else ""))
+    return fast
+
+
+def forget_compiled_graphs(remaining) -> None:
+    """Drop compiled decode steps (and their CUDA graph pools) so an unloaded model's memory comes back; the
+    models still loaded (``remaining``) rebuild theirs on their next reply."""
+    import torch
+    torch._dynamo.reset()
+    for other in remaining:
+        if other.fast is not None:
+            other.fast.forget_compiled()
+
+
+def _decoder_for(lm, decode: str, kv_cache: str) -> tuple[FastDecoder | None, str]:
+    """The decoder a reply asking for ``decode`` with ``kv_cache`` may use (started now for ``decode="fast"``),
+    or None and why not (empty when eager is what was asked, or what this model does by default)."""
+    if decode == "eager":
+        return None, ""
+    if kv_cache != "default":
+        asked = decode == "fast" or lm.fast is not None
+        return None, (f"kv_cache={kv_cache}: the fast decoder's static cache cannot hold a quantized KV cache, so "
+                      f"this reply decodes eagerly") if asked else ""
+    fast = lm.fast
+    if fast is None and decode == "fast":
+        fast = enable_fast_decode(lm)
+        if fast is None:
+            return None, NOT_STARTED_NOTE
+    return fast, ""
+
+
+@contextmanager
+def reply_session(lm, needed: int, decode: str = "auto", kv_cache: str = "default") -> Iterator[FastSession]:
+    """One reply of ``lm`` (``needed`` = prompt + new tokens): the fast decoder's session when ``decode`` ("auto",
+    "fast", "eager") and ``kv_cache`` allow it and its cache is free, else an eager session with the reason."""
+    fast, note = _decoder_for(lm, decode, kv_cache)
+    if fast is None:
+        yield FastSession(None, None, note)
+        return
+    with fast.session(needed, 1, lm.context_length) as session:
+        yield session

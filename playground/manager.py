@@ -363,34 +363,16 @@ class ModelManager:
 
 
 def enable_fast_decode(lm: LoadedModel, compile: bool = True):
-    """Give ``lm`` a FastDecoder and warm it up for the usual bucket; on failure, note why and stay eager."""
-    from .fast_decode import FastDecoder
-    if lm.fast is not None:
-        return lm.fast
-    fast = FastDecoder(lm.model, lm.device, compile=compile)
-    try:
-        with lm.lock:
-            lm.stats.warmup_s = fast.warm_up(context=lm.context_length)
-    except Exception as exc:  # noqa: BLE001 - fast decoding is an optimisation: never a reason not to serve
-        from .retention import forget_frames
-        forget_frames(exc)
-        release_memory()
-        lm.stats.notes.append(f"fast decode unavailable ({type(exc).__name__}: {str(exc)[:200]}): eager decoding")
-        return None
-    lm.fast = fast
-    lm.stats.notes.append(f"fast decode: {fast.info.mode}, warm-up {fast.info.warmup_s:.1f}s"
-                          + (f"; {fast.info.fallback_reason}" if fast.info.fallback_reason else ""))
-    return fast
+    """Give ``lm`` a FastDecoder and warm it up for the usual bucket; on failure, note why and stay eager
+    (``fast_decode.enable_fast_decode``: the fast decoder's lifecycle lives there)."""
+    from .fast_decode import enable_fast_decode as enable
+    return enable(lm, compile)
 
 
 def forget_compiled_graphs(remaining) -> None:
-    """Drop compiled decode steps (and their CUDA graph pools) so an unloaded model's memory comes back; the
-    models still loaded rebuild theirs on their next reply."""
-    import torch
-    torch._dynamo.reset()
-    for other in remaining:
-        if other.fast is not None:
-            other.fast.forget_compiled()
+    """Drop compiled decode steps so an unloaded model's memory comes back (``fast_decode.forget_compiled_graphs``)."""
+    from .fast_decode import forget_compiled_graphs as forget
+    forget(remaining)
 
 
 def check_variant_available(variant: str, device: str) -> str | None:

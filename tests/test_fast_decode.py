@@ -159,3 +159,75 @@ def test_sliding_window_models_do_not_recompile_at_every_token():
     assert fast == eager
     with pytest.raises(FastDecodeUnsupported, match="window 256"):
         fd.acquire(1, 300)
+
+
+def _tiny_windowed_model():
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.for_model("mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=256, sliding_window=256,
+                               max_position_embeddings=4096)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def test_session_hands_out_the_cache_and_gives_it_back_however_the_block_ends():
+    """``FastDecoder.session(needed)``: a cache while the block runs, released after it (an error in the reply
+    included); a second session on a held cache, or a length the decoder cannot take, decodes eagerly with a note,
+    and the decoder stays usable."""
+    import torch
+
+    from playground.fast_decode import BUSY_NOTE, FastDecoder
+    fd = FastDecoder(_tiny_windowed_model(), "cpu", backend="eager")
+    prompt = torch.randint(0, 256, (1, 12))
+    with fd.session(40) as s:
+        assert s.fast and s.cache is not None and s.note == "" and s.mode == fd.info.mode
+        with fd.session(40) as busy:                 # the same bucket, held by the reply above
+            assert not busy.fast and busy.cache is None and busy.note == BUSY_NOTE and busy.mode == "eager"
+        with torch.no_grad():
+            first = s.prefill(prompt).argmax(-1, keepdim=True)
+            s.step(first)
+    with pytest.raises(RuntimeError, match="the reply's own error"):
+        with fd.session(40) as s:
+            raise RuntimeError("the reply's own error")
+    with fd.session(300) as long:                    # past the 256-token window: cannot be fast
+        assert not long.fast and "window 256" in long.note and long.mode == "eager"
+    with fd.session(40) as again:                    # released by both blocks above: free again
+        assert again.fast
+        with torch.no_grad():
+            assert int(again.prefill(prompt).argmax(-1, keepdim=True)) == int(first)
+    assert fd.compiles == 1
+
+
+def test_a_session_that_cannot_fit_falls_back_without_chaining_its_reason_into_the_replys_errors():
+    from playground.fast_decode import FastDecoder
+    fd = FastDecoder(_tiny_windowed_model(), "cpu", backend="eager")
+    with pytest.raises(ValueError) as caught:
+        with fd.session(300):
+            raise ValueError("boom")
+    assert caught.value.__context__ is None      # the refused length is a note, not part of the reply's error
+
+
+def test_reply_session_decides_per_reply_and_starts_the_decoder_only_when_asked(smollm_bf16, monkeypatch):
+    import playground.fast_decode as fd_mod
+    import playground.manager as manager_mod
+    from playground.fast_decode import NOT_STARTED_NOTE, reply_session
+    assert manager_mod.enable_fast_decode is not None and manager_mod.forget_compiled_graphs is not None
+    lm = smollm_bf16
+    assert lm.fast is None
+    started = []
+
+    def refuse(lm_, compile=True):       # stands for a decoder that fails to start
+        started.append(lm_)
+        return None
+    monkeypatch.setattr(fd_mod, "enable_fast_decode", refuse)
+    with reply_session(lm, 64, "eager") as s:
+        assert not s.fast and s.note == ""
+    with reply_session(lm, 64, "auto") as s:          # CPU default: eager, nothing to say
+        assert not s.fast and s.note == ""
+    with reply_session(lm, 64, "fast", "int4") as s:  # a quantized KV cache never starts the decoder
+        assert not s.fast and "kv_cache=int4" in s.note
+    assert started == []
+    with reply_session(lm, 64, "fast") as s:
+        assert not s.fast and s.note == NOT_STARTED_NOTE
+    assert started == [lm] and lm.fast is None
