@@ -42,13 +42,9 @@ class ResultsError(Exception):
 
 def new_row(model: str, variant: str, device: str, batch_size: int, prompt_tokens: int, new_tokens: int,
             **values) -> dict:
-    from .config import is_random
-    row = {c: None for c in COLUMNS}
-    row.update(model=model, variant=variant, device=device, batch_size=batch_size, prompt_tokens=prompt_tokens,
-               new_tokens=new_tokens, random_weights=is_random(model), status="ok", error="")
-    row[RAW] = {}
-    row.update(values)
-    return row
+    """A flat row (``COLUMNS`` then ``raw``) built and checked by the typed row (``rows.ResultRow``)."""
+    from .rows import ResultRow
+    return ResultRow.new(model, variant, device, batch_size, prompt_tokens, new_tokens, **values).to_dict()
 
 
 def failed_rows(config, model: str, variant: str, device: str, status: str, error: str, done=()) -> list[dict]:
@@ -132,6 +128,23 @@ def write_results(out_dir: str | Path, data: dict) -> None:
     data = dict(data, schema=SCHEMA, summary=summarize(data["rows"]))
     atomic_write(out / "results.json", json.dumps(_deep_clean(data), indent=1, default=str, allow_nan=False))
     atomic_write(out / "results.csv", rows_to_csv(data["rows"]))
+
+
+def save_run(out_dir: str | Path | None, data: dict, report: bool = False) -> None:
+    """The one writer of a run's folder, for every scenario (speed and quality sweeps, serving): results.json and
+    results.csv (each replaced atomically), then report.html when ``report``. Nothing happens without a folder.
+    A report that fails is recorded in ``data["report_error"]`` (written with the next save), never raised: a
+    broken plot must not end the run."""
+    if out_dir is None:
+        return
+    write_results(out_dir, data)
+    if report:
+        try:
+            from .report import write_report
+            write_report(out_dir)
+        except Exception:  # noqa: BLE001 - a broken plot must not end the run
+            import traceback
+            data["report_error"] = traceback.format_exc(limit=3)
 
 
 def _deep_clean(obj):

@@ -29,7 +29,7 @@ from typing import Callable
 from .config import RunConfig
 from .environment import ROOT, collect_environment
 from .generation import load_prompt_text
-from .results import failed_rows, write_results
+from .results import failed_rows, save_run
 
 _ACTIVE = threading.Event()
 POLL_S = 0.2
@@ -264,22 +264,11 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
     per_mv = config.units_per_variant()
     say = progress or (lambda f, m: None)
 
-    def save(with_report: bool) -> None:
-        if out is None:
-            return
-        write_results(out, data)
-        if with_report:
-            try:
-                from .report import write_report
-                write_report(out)
-            except Exception:  # noqa: BLE001 - a broken plot must not end the run
-                data["report_error"] = traceback.format_exc(limit=3)
-
     def add(row: dict) -> None:
         nonlocal done_units
         rows.append(row)
         done_units += 1
-        save(False)
+        save_run(out, data)
         if on_row is not None:
             try:
                 on_row(row)
@@ -335,7 +324,7 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
                 if outcome == "cancelled":
                     data["cancelled"] = True
                     break
-                save(True)
+                save_run(out, data, report=True)
             if data["cancelled"]:
                 break
     finally:
@@ -343,7 +332,7 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
         data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if hasattr(os, "getloadavg"):
             data["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        save(True)
+        save_run(out, data, report=True)
     say(1.0, "cancelled" if data["cancelled"] else "done")
     return rows
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ConfigError, _int_list
-from .results import median, new_row, percentile, write_results
+from .results import median, percentile, save_run
+from .rows import Latency, ResultRow, Serving
 
 CHARS_PER_TOKEN = 4
 
@@ -202,27 +203,26 @@ def level_row(cfg: ServeConfig, ep, model_label: str, concurrency: int, rate: fl
     out_tokens = sum(r["output_tokens"] for r in ok)
     prompt_counts = [r["prompt_tokens"] for r in ok if r.get("prompt_tokens")]
     sources = sorted({r["token_count"] for r in ok})
-    row = new_row(model_label, "served", ep.device, concurrency, cfg.prompt_tokens, cfg.new_tokens,
-                  status="ok" if ok else "error", timed_with="client (streamed chat requests)",
-                  concurrency=concurrency, request_rate=rate if math.isfinite(rate) else None,
-                  requests=len(records), errors=len(failed), duration_s=round(duration, 4),
-                  req_s=len(ok) / duration if duration > 0 else None,
-                  tok_s=out_tokens / duration if duration > 0 else None,
-                  ttft_ms=percentile(ttft, 50), ttft_ms_p90=percentile(ttft, 90), ttft_ms_p99=percentile(ttft, 99),
-                  itl_p50_ms=percentile(itl, 50), itl_p90_ms=percentile(itl, 90), itl_p99_ms=percentile(itl, 99),
-                  e2e_s=percentile(e2e, 50), e2e_p50_s=percentile(e2e, 50), e2e_p90_s=percentile(e2e, 90),
-                  e2e_p99_s=percentile(e2e, 99),
-                  decode_tok_s=median([r["decode_tok_s"] for r in ok if r.get("decode_tok_s")]),
-                  prompt_tokens_measured=(sum(prompt_counts) / len(prompt_counts)) if prompt_counts else None,
-                  output_tokens_mean=(out_tokens / len(ok)) if ok else None,
-                  token_count="+".join(sources) if sources else None)
+    row = ResultRow.new(model_label, "served", ep.device, concurrency, cfg.prompt_tokens, cfg.new_tokens,
+                        status="ok" if ok else "error", timed_with="client (streamed chat requests)")
+    row.latency = Latency(ttft_ms=percentile(ttft, 50), ttft_ms_p90=percentile(ttft, 90),
+                          itl_p50_ms=percentile(itl, 50), itl_p90_ms=percentile(itl, 90), e2e_s=percentile(e2e, 50),
+                          decode_tok_s=median([r["decode_tok_s"] for r in ok if r.get("decode_tok_s")]))
+    row.serving = Serving(
+        concurrency=concurrency, request_rate=rate if math.isfinite(rate) else None, requests=len(records),
+        errors=len(failed), duration_s=round(duration, 4), req_s=len(ok) / duration if duration > 0 else None,
+        tok_s=out_tokens / duration if duration > 0 else None, ttft_ms_p99=percentile(ttft, 99),
+        itl_p99_ms=percentile(itl, 99), e2e_p50_s=percentile(e2e, 50), e2e_p90_s=percentile(e2e, 90),
+        e2e_p99_s=percentile(e2e, 99),
+        prompt_tokens_measured=(sum(prompt_counts) / len(prompt_counts)) if prompt_counts else None,
+        output_tokens_mean=(out_tokens / len(ok)) if ok else None, token_count="+".join(sources) if sources else None)
     if failed:
         messages = list(dict.fromkeys(r["error"] for r in failed))
-        row["error"] = (f"{len(failed)} of {len(records)} requests failed: " + " | ".join(messages[:3])
-                        + (f" (+{len(messages) - 3} more kinds)" if len(messages) > 3 else ""))
-    row["raw"]["requests"] = [{k: (_ms(v) if isinstance(v, float) else v) for k, v in r.items() if k != "itl_s"}
-                              for r in records]
-    return row
+        row.set(error=f"{len(failed)} of {len(records)} requests failed: " + " | ".join(messages[:3])
+                + (f" (+{len(messages) - 3} more kinds)" if len(messages) > 3 else ""))
+    row.raw["requests"] = [{k: (_ms(v) if isinstance(v, float) else v) for k, v in r.items() if k != "itl_s"}
+                           for r in records]
+    return row.to_dict()
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
@@ -257,18 +257,6 @@ def run_serving(cfg: ServeConfig, argv: list[str] | None = None, on_row: Callabl
     data = {"config": cfg.to_dict(), "environment": env, "rows": rows, "prompt_source": source,
             "finished": None, "cancelled": False}
 
-    def save(report: bool) -> None:
-        if out is None:
-            return
-        write_results(out, data)
-        if report:
-            from .report import write_report
-            try:
-                write_report(out)
-            except Exception:  # noqa: BLE001 - a broken plot must not end the run
-                import traceback
-                data["report_error"] = traceback.format_exc(limit=3)
-
     try:
         for i in range(cfg.warmup):
             rec = one_request(ep, client, prompts[i], params, -1 - i, time.perf_counter())
@@ -287,13 +275,13 @@ def run_serving(cfg: ServeConfig, argv: list[str] | None = None, on_row: Callabl
             rows.append(row)
             if on_row is not None:
                 on_row(row)
-            save(True)
+            save_run(out, data, report=True)
     finally:
         client.close()
         data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if hasattr(os, "getloadavg"):
             env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        save(True)
+        save_run(out, data, report=True)
     return data
 
 

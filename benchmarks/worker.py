@@ -13,13 +13,14 @@ import json
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .config import RANDOM_PREFIX, RunConfig, is_random
 from .roofline import roofline_columns
-from .results import LONG_TOKENS, SHORT_TOKENS, e2e_for, failed_rows, median, new_row, percentile
+from .results import LONG_TOKENS, SHORT_TOKENS, e2e_for, failed_rows, median, percentile
 from .results import QUALITY_COLUMNS, RANDOM_QUALITY_NOTE
+from .rows import Latency, Load, Memory, Quality, ResultRow, RowError, as_dict
 
 GB = 1024 ** 3
 
@@ -36,7 +37,8 @@ class Events:
     def progress(self, fraction: float, message: str) -> None:
         self.emit({"event": "progress", "fraction": round(float(fraction), 4), "message": str(message)})
 
-    def row(self, row: dict) -> None:
+    def row(self, row: ResultRow | dict) -> None:
+        row = as_dict(row)
         self.done.add((row["batch_size"], row["prompt_tokens"], row["new_tokens"]))
         self.emit({"event": "row", "row": row})
 
@@ -149,15 +151,16 @@ def batched_run(lm, prompts: list[list[int]], n: int, stop: list[int], device: s
     return Run(r.ttft_s, r.itl_s, r.total_s, wall, r.decode_tok_s, mt.result)
 
 
-def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False, kv_cache: str = "default") -> None:
+def measure(lm, cfg: RunConfig, row: ResultRow, device: str, fast: bool = False, kv_cache: str = "default") -> None:
+    """The latency and memory sections of ``row`` (and its per-repeat lists in ``raw``)."""
     import torch
 
     from .generation import bare_fast_loop, bare_generate, make_prompt_ids, stop_token_ids
-    bs, p, n = row["batch_size"], row["prompt_tokens"], row["new_tokens"]
+    bs, p, n = row.batch_size, row.prompt_tokens, row.new_tokens
     ctx = lm.context_length
     if p + n > ctx:
-        row.update(status="unsupported", repeats=0,
-                   error=f"prompt {p} + new {n} tokens exceed the model's context of {ctx} tokens")
+        row.set(status="unsupported", repeats=0,
+                error=f"prompt {p} + new {n} tokens exceed the model's context of {ctx} tokens")
         return
     prompts = make_prompt_ids(lm.tokenizer, p, bs)
     stop = stop_token_ids(lm.model, lm.tokenizer)
@@ -194,23 +197,23 @@ def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False, kv_c
     def peak(attr):
         vals = [getattr(r.mem, attr) for r in runs if getattr(r.mem, attr) is not None]
         return max(vals) if vals else None
-    row.update(
-        repeats=len(runs), timed_with=("engine.stream_reply" if bs == 1 else "batched greedy loop")
-        + (" (static cache, compiled step)" if fast else ""),
+    yardstick = {}
+    if gen:
+        row.raw["overhead_yardstick"] = "fast decoder's bare loop" if fast else "model.generate (eager)"
+        # least-disturbed run of each (min): on a shared machine the median mostly measures the neighbours
+        yardstick = dict(generate_e2e_s=median(gen), harness_overhead=min(r.wall_s for r in runs) / min(gen) - 1.0)
+        row.raw["harness_overhead_median"] = median([r.wall_s for r in runs]) / median(gen) - 1.0
+    row.latency = Latency(
         ttft_ms=median(ttft), ttft_ms_p90=percentile(ttft, 90), decode_tok_s=median(dec),
         decode_tok_s_p90=percentile(dec, 90), itl_p50_ms=percentile(itl, 50), itl_p90_ms=percentile(itl, 90),
         e2e_s=median([r.total_s for r in runs]), e2e_short_s=median([s for s, _ in short]),
-        e2e_long_s=median([s for s, _ in long]), peak_rss_gb=peak("peak_rss_gb"),
-        peak_gpu_mem_gb=peak("peak_gpu_mem_gb"), peak_gpu_reserved_gb=peak("peak_gpu_reserved_gb"),
-        peak_gpu_nvml_gb=peak("peak_gpu_nvml_gb"), nvml_scope=runs[0].mem.nvml_scope,
-        kv_cache_gb=runs[-1].extra.get("kv_cache_gb"))
-    if gen:
-        row["generate_e2e_s"] = median(gen)
-        row["raw"]["overhead_yardstick"] = "fast decoder's bare loop" if fast else "model.generate (eager)"
-        # least-disturbed run of each (min): on a shared machine the median mostly measures the neighbours
-        row["harness_overhead"] = min(r.wall_s for r in runs) / min(gen) - 1.0
-        row["raw"]["harness_overhead_median"] = median([r.wall_s for r in runs]) / median(gen) - 1.0
-    row["raw"].update(
+        e2e_long_s=median([s for s, _ in long]), **yardstick)
+    row.memory = Memory(peak_rss_gb=peak("peak_rss_gb"), peak_gpu_mem_gb=peak("peak_gpu_mem_gb"),
+                        peak_gpu_reserved_gb=peak("peak_gpu_reserved_gb"), peak_gpu_nvml_gb=peak("peak_gpu_nvml_gb"),
+                        nvml_scope=runs[0].mem.nvml_scope, kv_cache_gb=runs[-1].extra.get("kv_cache_gb"))
+    row.set(repeats=len(runs), timed_with=("engine.stream_reply" if bs == 1 else "batched greedy loop")
+            + (" (static cache, compiled step)" if fast else ""))
+    row.raw.update(
         ttft_ms=ttft, decode_tok_s=dec, e2e_s=[r.total_s for r in runs], wall_s=[r.wall_s for r in runs],
         itl_ms=[[x * 1000 for x in r.itl_s] for r in runs], peak_rss_gb=[r.mem.peak_rss_gb for r in runs],
         peak_gpu_mem_gb=[r.mem.peak_gpu_mem_gb for r in runs], generate_e2e_s=gen,
@@ -218,8 +221,9 @@ def measure(lm, cfg: RunConfig, row: dict, device: str, fast: bool = False, kv_c
 
 
 def quality_columns(lm, cfg: RunConfig, label: str, ev: Events) -> tuple[dict, dict]:
-    """``evaluate_quality`` once for this (model, variant): (quality columns, extras for ``raw``).
-    A failure (out of memory, NaN/inf from an overflow) becomes ``quality_error``, never a dead worker."""
+    """``evaluate_quality`` once for this (model, variant): (quality columns, checked as a ``rows.Quality``
+    section, and extras for ``raw``). A failure (out of memory, NaN/inf from an overflow) becomes
+    ``quality_error``, never a dead worker."""
     import math
 
     from .quality import evaluate_quality
@@ -231,7 +235,7 @@ def quality_columns(lm, cfg: RunConfig, label: str, ev: Events) -> tuple[dict, d
         traceback.print_exc()
         from playground.manager import release_memory
         release_memory()
-        return {"quality_error": f"{classify(exc)}: {describe(exc)}"}, extra
+        return asdict(Quality(quality_error=f"{classify(exc)}: {describe(exc)}")), extra
     problems = []
     for col, what in (("perplexity", "English perplexity"), ("perplexity_zh", "Chinese perplexity")):
         if q[col] is not None and not math.isfinite(q[col]):
@@ -246,7 +250,10 @@ def quality_columns(lm, cfg: RunConfig, label: str, ev: Events) -> tuple[dict, d
     if problems:
         values["quality_error"] = ("; ".join(problems) + ": the logits are not finite (NaN/inf, typically a "
                                    "float16 overflow), so this variant's quality cannot be measured")
-    return values, extra
+    try:
+        return asdict(Quality(**values)), extra
+    except RowError as exc:     # a value the row cannot hold: said in the row, not a dead worker
+        return asdict(Quality(quality_error=f"error: {exc}")), extra
 
 
 def measure_bandwidth(device: str) -> float | None:
@@ -265,19 +272,20 @@ def measure_bandwidth(device: str) -> float | None:
         release_memory()
 
 
-def use_fast(lm, mode: str, device: str, row: dict, ev: Events) -> bool:
-    """Whether this row decodes through the fast decoder (starting it, timed, on first use)."""
-    from playground.manager import enable_fast_decode
+def use_fast(lm, mode: str, device: str, row: ResultRow, ev: Events) -> bool:
+    """Whether this row decodes through the fast decoder (starting it, timed, on first use: its replies then get
+    their static cache from ``FastDecoder.session`` inside the engine)."""
+    from playground.fast_decode import enable_fast_decode
     from playground.variants import fast_decode_by_default
     fast = mode == "fast" or (mode == "auto" and fast_decode_by_default(lm.variant, device))
     if not fast:
-        row["decode_mode"] = "eager"
+        row.set(decode_mode="eager")
         return False
     if lm.fast is None:
         ev.progress(0.0, f"{lm.label}: compiling the decode step")
         if enable_fast_decode(lm) is None:
             raise RuntimeError("fast decode could not start: " + lm.stats.notes[-1])
-    row.update(decode_mode=lm.fast.info.mode, warmup_s=lm.fast.info.warmup_s)
+    row.set(decode_mode=lm.fast.info.mode, warmup_s=lm.fast.info.warmup_s)
     return True
 
 
@@ -317,7 +325,7 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
         return
     s = lm.stats
     lm_mem = load_mem.result
-    load = dict(load_read_s=s.load_s, load_quantize_s=s.quantize_s, convert_s=s.convert_s + build_s,
+    load = Load(load_read_s=s.load_s, load_quantize_s=s.quantize_s, convert_s=s.convert_s + build_s,
                 load_s=s.load_s + s.quantize_s + s.convert_s + build_s, weights_gb=s.weights_bytes / GB,
                 load_peak_mem_gb=lm_mem.peak_gpu_mem_gb if lm_mem.peak_gpu_mem_gb is not None else lm_mem.peak_rss_gb,
                 kernel=lm.kernel)
@@ -328,20 +336,20 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
     roof = {"bandwidth": bandwidth, "bytes": decode_bytes(lm.model, lm.stats.weights_bytes)}
     for bs, p, n in cfg.combos():
         for mode, kv in itertools.product(cfg.decode_modes, cfg.kv_cache):
-            row = new_row(model, variant, device, bs, p, n, kv_cache=kv, **load)
-            row["raw"]["notes"] = list(notes)
+            row = ResultRow.new(model, variant, device, bs, p, n, kv_cache=kv, load=replace(load))
+            row.raw["notes"] = list(notes)
             ev.progress(0.0, f"{model} [{variant}] bs={bs} prompt={p} new={n} decode={mode} kv={kv}")
             try:
-                row.update(read_bandwidth_gb_s=roof["bandwidth"], decode_bytes_gb=roof["bytes"] / GB)
+                row.set(read_bandwidth_gb_s=roof["bandwidth"], decode_bytes_gb=roof["bytes"] / GB)
                 fast = use_fast(lm, mode if kv == "default" else "eager", device, row, ev)
                 if kv != "default" and mode != "eager" and (mode == "fast" or device.startswith("cuda")):
-                    row["raw"]["notes"].append(f"kv_cache={kv}: a quantized KV cache decodes eagerly (the fast "
-                                               f"decoder's static cache cannot hold it)")
+                    row.raw["notes"].append(f"kv_cache={kv}: a quantized KV cache decodes eagerly (the fast "
+                                            f"decoder's static cache cannot hold it)")
                 measure(lm, cfg, row, device, fast, kv)
-                row.update(roofline_columns(row.get("decode_tok_s"), bs, roof["bandwidth"], roof["bytes"]))
+                row.set(**roofline_columns(row.latency.decode_tok_s, bs, roof["bandwidth"], roof["bytes"]))
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()
-                row.update(status=classify(exc), error=describe(exc))
+                row.fail(classify(exc), describe(exc))
                 release_memory()
             if pending is None:
                 ev.row(row)
@@ -350,8 +358,8 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
     if pending:    # quality after speed: its activations must not raise the speed rows' peak memory
         values, extra = quality_columns(lm, cfg, f"{model} [{variant}]", ev)
         for row in pending:
-            row.update(values)
-            row["raw"]["quality"] = extra
+            row.set(**values)
+            row.raw["quality"] = extra
             ev.row(row)
 
 
