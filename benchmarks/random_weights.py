@@ -38,6 +38,20 @@ def load_architecture(name: str) -> dict:
     return data
 
 
+def estimated_params(cfg: dict) -> int:
+    """About how many parameters a decoder of this config has (embeddings, attention, MLP; norms ignored): what
+    building a random model of it will write and load, before anything is built."""
+    h, layers = int(cfg.get("hidden_size", 0)), int(cfg.get("num_hidden_layers", 0))
+    inter = int(cfg.get("intermediate_size") or 4 * h)
+    heads = int(cfg.get("num_attention_heads") or 1)
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    kv_dim = h // heads * kv if heads else h
+    gated = cfg.get("model_type") not in ("gpt_neox", "gpt2", "gptj", "opt", "bloom", "falcon")
+    embeddings = int(cfg.get("vocab_size", 0)) * h * (1 if cfg.get("tie_word_embeddings") else 2)
+    per_layer = h * (2 * h + 2 * kv_dim) + (3 if gated else 2) * h * inter
+    return embeddings + layers * per_layer
+
+
 def config_digest(arch: dict) -> str:
     return hashlib.sha256(json.dumps(arch["config"], sort_keys=True).encode()).hexdigest()[:12]
 

@@ -86,6 +86,9 @@ class Endpoint:
     key_env: str | None = None          # read the key from this environment variable at request time
     timeout_s: float = 300.0            # longest wait for the next chunk (or the whole non-streamed reply)
     extra_body: dict = field(default_factory=dict)
+    # added by a stranger on a shared app: public addresses only (checked before every call), no server text in
+    # errors, bounded replies (``sharing.check_public_url``)
+    public_only: bool = False
     _models: list | None = field(default=None, init=False, repr=False, compare=False)
     _no_stream_options: bool = field(default=False, init=False, repr=False, compare=False)
 
@@ -122,6 +125,13 @@ class Endpoint:
         reserved = {"messages", "stream", "stream_options", "model"} & set(self.extra_body)
         if reserved:
             raise InvalidParameterError(f"extra_body must not set {', '.join(sorted(reserved))}")
+        self.check_address()
+
+    def check_address(self) -> None:
+        """For ``public_only`` endpoints: the host must resolve to public addresses only, now (DNS may change)."""
+        if self.public_only:
+            from .sharing import check_public_url
+            check_public_url(self.url)
 
     # -- identity ------------------------------------------------------------------------------------------------
     @property
@@ -185,13 +195,15 @@ class Endpoint:
     def list_models(self, client=None, timeout_s: float = CONNECT_TIMEOUT_S) -> list[str]:
         """Model ids from ``GET {base}/models`` (raises EndpointError when unreachable or refused)."""
         import httpx
+        self.check_address()
         own = client is None
         client = client or httpx.Client(timeout=timeout_s)
         try:
-            r = client.get(f"{self.url}/models", headers=self.headers(), timeout=timeout_s)
+            with client.stream("GET", f"{self.url}/models", headers=self.headers(), timeout=timeout_s) as r:
+                text = _read_bounded(r, MAX_MODELS_BYTES).decode("utf-8", "replace")
             if r.status_code >= 400:
-                raise EndpointError(_http_message(self, r.status_code, _body_detail(r.text), "GET /models"))
-            data = r.json().get("data") or []
+                raise EndpointError(_http_message(self, r.status_code, _body_detail(text), "GET /models"))
+            data = json.loads(text).get("data") or []
             return [str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id")]
         except httpx.HTTPError as exc:
             raise EndpointError(_transport_message(self, exc)) from None
@@ -226,6 +238,20 @@ class Endpoint:
         return f"✅ reachable ({listed}){hint}"
 
 
+MAX_MODELS_BYTES = 1 << 20          # a model list is a few kB
+MAX_REPLY_BYTES = 16 << 20          # a whole reply (streamed or not) from one server
+
+
+def _read_bounded(resp, limit: int) -> bytes:
+    """The response body, or EndpointError once it passes ``limit`` bytes (a server cannot flood the app)."""
+    data = bytearray()
+    for chunk in resp.iter_bytes():
+        data += chunk
+        if len(data) > limit:
+            raise EndpointError(f"the server's answer is over {limit >> 20} MB: not an OpenAI-compatible reply")
+    return bytes(data)
+
+
 # ---- error messages ------------------------------------------------------------------------------------------------
 def _body_detail(text: str) -> str:
     """The human part of an error body: OpenAI's {"error": {"message"}}, FastAPI's {"detail"}, or the text."""
@@ -248,6 +274,8 @@ def _body_detail(text: str) -> str:
 
 
 def _http_message(ep: Endpoint, status: int, detail: str, what: str = "the request") -> str:
+    if ep.public_only:      # a stranger's endpoint: the status code and a fixed reason, never the server's text
+        return f"{ep.choice} answered HTTP {status} to {what}"
     where = f"{ep.choice} ({ep.url})"
     detail = ep.redact(detail) or "no details"
     low = detail.lower()
@@ -270,6 +298,8 @@ def _http_message(ep: Endpoint, status: int, detail: str, what: str = "the reque
 
 def _transport_message(ep: Endpoint, exc: Exception) -> str:
     import httpx
+    if ep.public_only:      # the same words for closed, filtered and non-HTTP ports
+        return f"could not get an answer from {ep.choice}"
     where = f"{ep.choice} ({ep.url})"
     if isinstance(exc, httpx.ConnectTimeout):
         return f"cannot reach {where}: no connection within {CONNECT_TIMEOUT_S:.0f} s (wrong host, or a firewall?)"
@@ -367,6 +397,7 @@ def _request(ep, client, messages, system, params, cancel, stream, t_start) -> I
         stats.notes.append(f"kv_cache={params.kv_cache} applies to local models: the server keeps its own KV cache "
                            f"(vLLM: --kv-cache-dtype, LMDeploy: --quant-policy)")
     timeout = httpx.Timeout(ep.timeout_s, connect=CONNECT_TIMEOUT_S)
+    ep.check_address()
     for attempt in (1, 2):
         body = build_body(ep, messages, system, params, stream, client)
         try:
@@ -374,7 +405,7 @@ def _request(ep, client, messages, system, params, cancel, stream, t_start) -> I
                                timeout=timeout) as resp:
                 stats.http_status = resp.status_code
                 if resp.status_code >= 400:
-                    detail = _body_detail(resp.read().decode("utf-8", "replace"))
+                    detail = _body_detail(_read_bounded(resp, MAX_MODELS_BYTES).decode("utf-8", "replace"))
                     if attempt == 1 and stream and "stream_options" in detail and resp.status_code in (400, 422):
                         ep._no_stream_options = True    # an older server: ask again without usage
                         continue
@@ -397,7 +428,7 @@ def _usage_tokens(data: dict) -> int | None:
 
 def _whole_reply(ep: Endpoint, resp, stats: EndpointReplyStats, t_start: float) -> StreamEvent:
     try:
-        data = json.loads(resp.read())
+        data = json.loads(_read_bounded(resp, MAX_REPLY_BYTES))
         choice = data["choices"][0]
         text = choice["message"].get("content") or ""
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
@@ -424,15 +455,19 @@ def _read_stream(ep: Endpoint, resp, stats: EndpointReplyStats, cancel, t_start:
     done_marker = False
     t_first = t_last = None
     stats.finish_reason = ""
+    received = 0
     try:
         for line in resp.iter_lines():
+            received += len(line) + 1
+            if received > MAX_REPLY_BYTES:
+                raise EndpointError(f"the stream from {ep.choice} passed {MAX_REPLY_BYTES >> 20} MB: stopped")
             if cancel is not None and cancel.is_set():
                 stats.finish_reason = "stopped"
                 break
             if not line or line.startswith(":"):
                 continue
             if line.startswith("event:"):
-                if "error" in line:
+                if "error" in line and not ep.public_only:
                     stats.notes.append(f"server event: {line[6:].strip()}")
                 continue
             if not line.startswith("data:"):
@@ -444,10 +479,13 @@ def _read_stream(ep: Endpoint, resp, stats: EndpointReplyStats, cancel, t_start:
             try:
                 data = json.loads(payload)
             except ValueError:
-                raise EndpointError(f"{ep.choice} ({ep.url}) sent a stream line that is not JSON: "
+                raise EndpointError(f"{ep.choice} sent a stream line that is not JSON" if ep.public_only else
+                                    f"{ep.choice} ({ep.url}) sent a stream line that is not JSON: "
                                     f"{ep.redact(payload)[:120]!r}") from None
             if not isinstance(data, dict):
                 continue
+            if data.get("error") and ep.public_only:
+                raise EndpointError(f"{ep.choice} reported an error mid-stream after {chunks} chunks")
             if data.get("error"):
                 raise EndpointError(f"{ep.choice} ({ep.url}) reported an error mid-stream after {chunks} chunks: "
                                     f"{ep.redact(_body_detail(json.dumps(data)))}")

@@ -74,6 +74,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="file of logins, one user:pass per line (blank lines and # comments ignored)")
     a.add_argument("--share-without-auth", action="store_true",
                    help="allow --share without a login (anyone with the link can use the app)")
+    h = p.add_argument_group(
+        "shared mode (on with --share, a login or a --host other than loopback: the users are strangers)")
+    h.add_argument("--trust-users", action="store_true",
+                   help="turn the shared-mode limits off: every user may load any folder or hub model, add any "
+                        "endpoint and use any size of reply, as on your own machine")
+    h.add_argument("--model-dir", action="append", default=[], type=Path, metavar="DIR",
+                   help="offer every model folder in DIR (repeatable); shared mode loads only the catalog, "
+                        "--model and these")
+    h.add_argument("--allow-downloads", action="store_true",
+                   help="shared mode: let users load any Hugging Face id (downloads it to this machine)")
+    h.add_argument("--allow-user-endpoints", action="store_true",
+                   help="shared mode: let users add their own endpoints (public internet addresses only)")
+    h.add_argument("--reply-token-limit", type=int, default=1024, metavar="N",
+                   help="shared mode: most new tokens one reply may ask for (default: %(default)s)")
+    h.add_argument("--reply-time-limit", type=float, default=180.0, metavar="S",
+                   help="shared mode: a reply is stopped after S seconds (default: %(default)s)")
+    h.add_argument("--replies-per-user", type=int, default=1, metavar="N",
+                   help="shared mode: replies one user may have generating at once (default: %(default)s)")
+    h.add_argument("--queue-per-user", type=int, default=4, metavar="N",
+                   help="shared mode: requests one user may have waiting or running (default: %(default)s)")
     args = p.parse_args(argv)
     args.auth_pairs = _auth_pairs(p, args)
     if args.concurrency_limit < 1:
@@ -82,9 +102,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-queue must be at least 1")
     if args.memory_budget_gb is not None and args.memory_budget_gb <= 0:
         p.error("--memory-budget-gb must be positive")
+    for flag in ("reply_token_limit", "replies_per_user", "queue_per_user"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if not 0 < args.reply_time_limit <= 24 * 3600:
+        p.error("--reply-time-limit must be in (0, 86400] seconds")
+    for d in args.model_dir:
+        if not d.expanduser().is_dir():
+            p.error(f"--model-dir {d}: no such folder")
     args.models = args.model or [DEFAULT_MODEL]
     args.endpoints = _endpoints(p, args)
+    args.policy = sharing_policy(args)
     return args
+
+
+def sharing_policy(args: argparse.Namespace):
+    """The app's ``SharingPolicy`` from its flags (``playground/sharing.py``)."""
+    from playground.sharing import SharingPolicy
+    return SharingPolicy.for_launch(
+        host=args.host, share=args.share, logins=bool(args.auth_pairs), trust_users=args.trust_users,
+        allow_user_endpoints=args.allow_user_endpoints, allow_downloads=args.allow_downloads,
+        host_models=args.models, model_dirs=args.model_dir, max_new_tokens=args.reply_token_limit,
+        reply_deadline_s=args.reply_time_limit, replies_per_user=args.replies_per_user,
+        queued_per_user=args.queue_per_user)
 
 
 def _endpoints(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list:
@@ -202,11 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_preload:
         preload(manager, args.models, args.variant, trusted)
     app = build_app(manager, default_model=args.models[0], default_variant=args.variant, trusted_models=trusted,
-                    endpoints=args.endpoints)
+                    endpoints=args.endpoints, policy=args.policy)
     for ep in args.endpoints:
         print(f"* Endpoint {ep}", flush=True)
+    for line in args.policy.banner():
+        print(line, flush=True)
     launch_app(app, host=args.host, port=args.port, auth=args.auth_pairs, concurrency_limit=args.concurrency_limit,
-               max_queue=args.max_queue, prevent_thread_lock=True, quiet=True)
+               max_queue=args.max_queue, prevent_thread_lock=True, quiet=True, policy=args.policy)
     print(f"* Running on local URL: {app.local_url}", flush=True)
     if args.auth_pairs:
         print(f"* Login required ({len(args.auth_pairs)} user(s))", flush=True)

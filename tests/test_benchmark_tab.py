@@ -48,7 +48,9 @@ def _check_benchmark_wiring(blocks):
     assert run.fn.__name__ == "start" and run.fn.__module__ == "playground.ui.benchmark_tab"
     assert [i.elem_id for i in run.inputs] == list(RUN_INPUTS)
     params = list(inspect.signature(tab.start_job).parameters)
-    assert params[1:] == list(RUN_INPUTS.values()), params       # after the manager, the same order
+    n = len(RUN_INPUTS)
+    assert params[1:1 + n] == list(RUN_INPUTS.values()), params  # after the manager, the same order,
+    assert params[1 + n:] == ["ctx", "owner"], params              # then who asks (the sharing policy, the user)
     assert [o.elem_id for o in run.outputs[:4]] == ["bench-status", "bench-banner", "bench-run", "bench-stop"]
     assert len(run.outputs) == 5 and isinstance(run.outputs[4], gr.State)
     seen = run.outputs[4]

@@ -15,6 +15,7 @@ import gradio as gr
 from ..catalog import DEFAULT_MODEL
 from ..endpoints import EndpointRegistry
 from ..manager import ModelManager
+from ..sharing import SharingPolicy
 from . import api
 from .common import UIContext
 
@@ -46,15 +47,16 @@ def tab_modules(names: Iterable[str] = TAB_MODULES, optional: Iterable[str] = OP
 
 def build_app(manager: ModelManager, default_model: str = DEFAULT_MODEL, default_variant: str = "bf16",
               device: str | None = None, trusted_models: Iterable[str] = (),
-              title: str = "LLM quantization playground", endpoints=None) -> gr.Blocks:
+              title: str = "LLM quantization playground", endpoints=None, policy=None) -> gr.Blocks:
     """The whole UI as a ``gr.Blocks`` (not launched). Launch it with ``launch_app`` (adds CSS and queue).
 
     ``endpoints``: an ``EndpointRegistry`` or a list of ``Endpoint`` (OpenAI-compatible servers, shown as
-    ``endpoint:<name>`` models)."""
+    ``endpoint:<name>`` models). ``policy``: a ``SharingPolicy`` (default: local use, everything allowed)."""
     if not isinstance(endpoints, EndpointRegistry):
         endpoints = EndpointRegistry(endpoints or ())
     ctx = UIContext(manager=manager, default_model=default_model, default_variant=default_variant,
-                    device=device, trusted_models=frozenset(trusted_models), endpoints=endpoints)
+                    device=device, trusted_models=frozenset(trusted_models), endpoints=endpoints,
+                    policy=policy or SharingPolicy.local())
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"## {title}\nChat with small LLMs in different precisions and quantizations, compare "
                     f"them side by side, and see what each costs in speed and memory.", elem_id="app-header")
@@ -73,7 +75,7 @@ def build_app(manager: ModelManager, default_model: str = DEFAULT_MODEL, default
 
 def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 7860,
                auth: list[tuple[str, str]] | None = None, concurrency_limit: int = 2, max_queue: int | None = 64,
-               prevent_thread_lock: bool = False, quiet: bool = False):
+               prevent_thread_lock: bool = False, quiet: bool = False, policy=None):
     """Queue + launch with the app's CSS; local only (share links are made by launch.py, with a time limit)."""
     from starlette.middleware import Middleware
 
@@ -81,10 +83,15 @@ def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 78
     from .guard import RequestGuard
     tune_malloc_for_serving()   # before the server's worker threads exist: see its docstring
     start_heap_trimmer()
+    policy = policy or getattr(getattr(app, "playground_ctx", None), "policy", None) or SharingPolicy.local()
     app.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue)
-    # RequestGuard: NaN/Infinity, lone surrogates, unknown fn_index, absurd nesting get a 4xx, never a 500
+    if policy.shared and app.delete_cache is None:
+        app.delete_cache = (3600, 3600)   # strangers' uploads and result files: deleted after an hour
+    # RequestGuard: NaN/Infinity, lone surrogates, unknown fn_index, absurd nesting get a 4xx, never a 500; in
+    # shared mode also: login before any parsing, size limits, failed-login and per-user queue limits
     return app.launch(server_name=host, server_port=port, auth=auth or None, share=False,
-                      app_kwargs={"middleware": [Middleware(RequestGuard, blocks=app)]},
+                      app_kwargs={"middleware": [Middleware(RequestGuard, blocks=app, policy=policy)]},
+                      max_file_size=policy.max_upload_bytes,
                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, css=APP_CSS,
                       theme=THEME, show_error=True, ssr_mode=False,
                       auth_message="LLM quantization playground: sign in with the user name and password "

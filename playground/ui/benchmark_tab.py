@@ -17,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..catalog import CATALOG, DEFAULT_MODEL
+from ..errors import PlaygroundError
 from ..manager import ModelManager
 from ..variants import VARIANTS
 
@@ -31,6 +32,7 @@ RESULTS_ROOT = Path(__file__).resolve().parents[2] / "results"
 class Job:
     out: str
     device: str
+    owner: str = ""                 # the user who started it (shared mode: only they see and stop it)
     cancel: threading.Event = field(default_factory=threading.Event)
     rows: list = field(default_factory=list)
     fraction: float = 0.0
@@ -57,15 +59,66 @@ def _ints(name: str, text: str) -> list[str]:
     return items
 
 
+# Shared mode (strangers): what one sweep may ask for
+SHARED_CAPS = {"repeats": 5, "warmup": 3, "batch_sizes": 16, "prompt_tokens": 4096, "new_tokens": 512,
+               "combinations": 24}
+
+
+def check_shared_models(ctx, models, memory_cap_gb: float) -> None:
+    """A stranger's sweep (shared mode) names the shipped architectures and the host's models only, and no
+    random-weight model bigger than the memory cap; checked before anything reads a file. Raises ValueError."""
+    from benchmarks.random_weights import estimated_params, list_architectures, load_architecture
+    shipped = set(list_architectures())
+    for name in models or []:
+        name = str(name).strip()
+        if name.startswith("random:"):
+            arch = name[len("random:"):]
+            if arch not in shipped:
+                raise ValueError(f"{name[:60]}: on this shared app random-weight models are the shipped "
+                                 f"architectures only ({', '.join(sorted(shipped))})")
+            size_gb = 2 * estimated_params(load_architecture(arch)["config"]) / 2 ** 30
+            if size_gb > memory_cap_gb:
+                raise ValueError(f"{name}: about {size_gb:.0f} GB in bf16, over this sweep's memory cap of "
+                                 f"{memory_cap_gb:.0f} GB")
+        else:
+            try:
+                ctx.policy.model_name(name)
+            except PlaygroundError as exc:
+                raise ValueError(str(exc)) from None
+
+
+def check_shared_caps(cfg) -> None:
+    """A stranger's sweep stays within ``SHARED_CAPS``. Raises ValueError."""
+    for key in ("repeats", "warmup"):
+        if getattr(cfg, key) > SHARED_CAPS[key]:
+            raise ValueError(f"{key}: at most {SHARED_CAPS[key]} on this shared app")
+    for key in ("batch_sizes", "prompt_tokens", "new_tokens"):
+        if max(getattr(cfg, key)) > SHARED_CAPS[key]:
+            raise ValueError(f"{key.replace('_', ' ')}: at most {SHARED_CAPS[key]} on this shared app")
+    combos = len(cfg.models) * len(cfg.variants) * len(cfg.batch_sizes) * len(cfg.prompt_tokens) * \
+        len(cfg.new_tokens)
+    if combos > SHARED_CAPS["combinations"]:
+        raise ValueError(f"{combos} combinations: at most {SHARED_CAPS['combinations']} per sweep on this "
+                         f"shared app")
+
+
 def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_tokens, new_tokens, repeats, warmup,
-              device, memory_cap_gb, unload_first, quality=False) -> Job:
-    """Validate, then run the sweep in a background thread. Raises ValueError with a readable message."""
+              device, memory_cap_gb, unload_first, quality=False, ctx=None, owner: str = "") -> Job:
+    """Validate, then run the sweep in a background thread. Raises ValueError with a readable message.
+    ``ctx`` (the UI context) brings the sharing policy; in shared mode ``check_shared_sweep`` applies."""
     global _JOB
     from benchmarks.config import ConfigError, RunConfig
     from benchmarks.runner import run_sweep
+    shared = ctx is not None and ctx.policy.shared
+    if shared:
+        if not memory_cap_gb:                   # a memory cap by default: the app's own budget
+            memory_cap_gb = manager.budget_bytes / 2 ** 30
+        check_shared_models(ctx, models, float(memory_cap_gb))
     with _LOCK:
         if _JOB is not None and not _JOB.done:
-            raise ValueError("a benchmark is already running: wait for it or press Stop")
+            raise ValueError("a benchmark is already running: wait for it or press Stop" if not shared or
+                             _JOB.owner == owner else "another user's benchmark is running on this machine: "
+                             "try again when it is done")
         out = RESULTS_ROOT / f"ui-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
             cfg = RunConfig(models=list(models or []), variants=list(variants or []),
@@ -77,10 +130,15 @@ def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_token
                             quality=bool(quality))
         except (ConfigError, TypeError) as exc:
             raise ValueError(str(exc)) from None
-        job = Job(out=str(out), device=cfg.device)
+        if shared:
+            check_shared_caps(cfg)
+        job = Job(out=str(out), device=cfg.device, owner=owner)
         _JOB = job
     if unload_first:
-        manager.unload_all()
+        if ctx is not None:
+            ctx.unload_idle()       # shared mode keeps what is generating a reply for someone
+        else:
+            manager.unload_all()
 
     def on_row(row):
         job.rows.append(row)
@@ -145,13 +203,30 @@ def figures(rows: list[dict]):
     return plots.bars_figure(rows), plots.scatter_figure(rows), sweep
 
 
-def build_benchmark_tab(manager: ModelManager, device: str | None = None, default_model: str = DEFAULT_MODEL) -> None:
+def build_benchmark_tab(manager: ModelManager, device: str | None = None, default_model: str = DEFAULT_MODEL,
+                        ctx=None) -> None:
     from benchmarks.random_weights import list_architectures
-    model_choices = list(CATALOG) + [f"random:{a}" for a in list_architectures()]
+
+    from .common import user_id
+    shared = ctx is not None and ctx.policy.shared
+    offered = [m for m in ctx.policy.offered_models() if m not in CATALOG] if ctx is not None else []
+    model_choices = list(CATALOG) + offered + [f"random:{a}" for a in list_architectures()]
+
+    def visible(job: Job | None, request) -> Job | None:
+        """The job this user may see: in shared mode only their own."""
+        if job is None or not shared or job.owner == user_id(request):
+            return job
+        return None
     gr.Markdown("Measure load time, time to first token, decode speed and memory of each variant. Every "
                 "(model, variant) runs in its own process so memory starts clean; an out-of-memory or a crash "
                 "becomes a row. `random:<architecture>` models have random weights (real speed, noise answers).")
-    banner = gr.HTML(busy_banner(_JOB), elem_id="bench-banner")
+    if shared:
+        gr.Markdown(f"On this shared app a sweep takes the shipped architectures and the host's models, at most "
+                    f"{SHARED_CAPS['combinations']} combinations, {SHARED_CAPS['repeats']} repeats and "
+                    f"{SHARED_CAPS['new_tokens']} new tokens; with no memory cap given, the app's memory budget is "
+                    f"the cap. One sweep runs at a time on the machine; only you see and stop yours.",
+                    elem_id="bench-shared")
+    banner = gr.HTML("" if shared else busy_banner(_JOB), elem_id="bench-banner")
     with gr.Row():
         models = gr.Dropdown(model_choices, value=[default_model], multiselect=True, allow_custom_value=True,
                              label="Models", elem_id="bench-models", scale=2)
@@ -177,8 +252,8 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
     with gr.Row():
         run_btn = gr.Button("▶ Run benchmark", variant="primary", elem_id="bench-run")
         stop_btn = gr.Button("■ Stop", variant="stop", interactive=False, elem_id="bench-stop")
-    status = gr.Markdown(status_text(_JOB), elem_id="bench-status")
-    table = gr.Dataframe(value=table_rows(_JOB), headers=TABLE_COLS, interactive=False, wrap=True,
+    status = gr.Markdown(status_text(None if shared else _JOB), elem_id="bench-status")
+    table = gr.Dataframe(value=table_rows(None if shared else _JOB), headers=TABLE_COLS, interactive=False, wrap=True,
                          label="Results (live)", elem_id="bench-table")
     compact = gr.HTML("", elem_id="bench-compact")
     with gr.Row():
@@ -191,21 +266,25 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
     timer = gr.Timer(1.0)   # always on: cheap when nothing changed, and a reloaded page finds a running sweep
     seen = gr.State(-1)
 
-    def start(*args):
+    # gradio injects gr.Request only into named positional parameters: no *args here
+    def start(models_v, variants_v, bs_v, prompt_v, new_v, repeats_v, warmup_v, dev_v, cap_v, unload_v, quality_v,
+              request: gr.Request):
         try:
-            start_job(manager, *args)
+            start_job(manager, models_v, variants_v, bs_v, prompt_v, new_v, repeats_v, warmup_v, dev_v, cap_v,
+                      unload_v, quality_v, ctx=ctx, owner=user_id(request))
         except ValueError as exc:
             gr.Warning(str(exc))
-            return status_text(_JOB), gr.skip(), gr.skip(), gr.skip(), -1
+            return status_text(visible(_JOB, request)), gr.skip(), gr.skip(), gr.skip(), -1
         return status_text(_JOB), busy_banner(_JOB), gr.Button(interactive=False), gr.Button(interactive=True), -1
 
-    def stop():
-        if _JOB is not None and not _JOB.done:
-            _JOB.cancel.set()
-        return status_text(_JOB)
+    def stop(request: gr.Request = None):
+        job = visible(_JOB, request)
+        if job is not None and not job.done:
+            job.cancel.set()
+        return status_text(job)
 
-    def tick(last_version):
-        job = _JOB
+    def tick(last_version, request: gr.Request = None):
+        job = visible(_JOB, request)
         if job is None or (job.done and job.version == last_version):
             return (gr.skip(),) * 10 + (last_version,)
         finished = job.done
@@ -232,4 +311,4 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
 def build_tab(ctx) -> None:
     """The hook ``playground.ui.app`` calls: the benchmark tab in its own ``gr.Tab``."""
     with gr.Tab("Benchmark", id="benchmark", elem_id="tab-benchmark"):
-        build_benchmark_tab(ctx.manager, ctx.device, ctx.default_model)
+        build_benchmark_tab(ctx.manager, ctx.device, ctx.default_model, ctx=ctx)

@@ -46,7 +46,10 @@ def to_display(history: list[dict], pending: str | None = None) -> list[dict]:
 def selection_status(ctx: UIContext, model: str, variant: str, request: gr.Request | None = None) -> str:
     if is_endpoint_name(model):
         return endpoint_status(ctx, model, request)
-    lm = ctx.find(model, variant)
+    try:
+        lm = ctx.find(model, variant)
+    except PlaygroundError as exc:    # a model this shared app does not offer, a name that is not text
+        return f"⛔ {exc}"
     if lm is not None:
         return describe_loaded(lm)
     reason = check_variant_available(variant, ctx.device or ctx.manager.device) if variant else None

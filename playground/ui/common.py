@@ -4,6 +4,8 @@ from __future__ import annotations
 import html
 import math
 import threading
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -13,6 +15,7 @@ from ..engine import KV_CACHE_OPTIONS, GenerationParams, ReplyStats
 from ..endpoints import EndpointRegistry
 from ..errors import InvalidParameterError
 from ..manager import GB, LoadedModel, ModelManager
+from ..sharing import SharingPolicy
 from ..variants import VARIANTS
 
 PRIVATE = "private"  # api_visibility of UI-only events: hidden from the API page and from gradio_client
@@ -62,6 +65,43 @@ class UIContext:
     # endpoints added in the Models tab, per browser session (session hash → its registry; parent: ``endpoints``)
     session_endpoints: dict[str, EndpointRegistry] = field(default_factory=dict)
     _endpoints_lock: threading.Lock = field(default_factory=threading.Lock)
+    policy: SharingPolicy = field(default_factory=SharingPolicy.local)   # local use, or shared with strangers
+    # local models with a reply generating: (name, variant) → how many (shared mode does not unload them)
+    replying: Counter = field(default_factory=Counter)
+    _replying_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def replying_with(self, name: str, variant: str):
+        with self._replying_lock:
+            self.replying[(name, variant)] += 1
+        try:
+            yield
+        finally:
+            with self._replying_lock:
+                self.replying[(name, variant)] -= 1
+                if self.replying[(name, variant)] <= 0:
+                    del self.replying[(name, variant)]
+
+    def is_replying(self, name: str, variant: str) -> bool:
+        with self._replying_lock:
+            return self.replying.get((name, variant), 0) > 0
+
+    def unload_idle(self, name: str | None = None, variant: str | None = None) -> tuple[list[str], list[str]]:
+        """Unload ``name`` × ``variant`` (None: every model); in shared mode a model generating a reply for
+        someone is kept. Returns (unloaded labels, kept labels)."""
+        if name is None and not self.policy.shared:      # local use: everything, as always
+            done = [lm.label for lm in self.manager.loaded()]
+            self.manager.unload_all()
+            return done, []
+        done, kept = [], []
+        for lm in self.manager.loaded():
+            if name is not None and (lm.name, lm.variant) != (name, variant):
+                continue
+            if self.policy.shared and self.is_replying(lm.name, lm.variant):
+                kept.append(lm.label)
+            elif self.manager.unload(lm.name, lm.variant, lm.device):
+                done.append(lm.label)
+        return done, kept
 
     def endpoints_of(self, request: gr.Request | None, create: bool = False) -> EndpointRegistry:
         """The endpoints one session sees: the launch-time ones plus the ones it added itself (``create``: make
@@ -81,7 +121,8 @@ class UIContext:
 
     def load(self, name: str, variant: str, progress=None) -> LoadedModel:
         """Load (or fetch from the manager's cache) with a gr.Progress bar fed by the manager's callback."""
-        name, variant = _text_arg("model", name), _text_arg("variant", variant)
+        name, variant = self.policy.model_name(_text_arg("model", name)), _text_arg("variant", variant)
+
         def cb(fraction: float, message: str) -> None:
             if progress is not None:
                 progress(max(0.0, min(1.0, fraction)), desc=message)
@@ -89,7 +130,8 @@ class UIContext:
                                 trust_remote_code=name in self.trusted_models, progress=cb)
 
     def find(self, name: str, variant: str) -> LoadedModel | None:
-        return self.manager.find(_text_arg("model", name), _text_arg("variant", variant), self.device)
+        return self.manager.find(self.policy.model_name(_text_arg("model", name)), _text_arg("variant", variant),
+                                 self.device)
 
 
 def _text_arg(what: str, value) -> str:
@@ -111,9 +153,15 @@ def session_id(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or ""
 
 
+def user_id(request: gr.Request | None) -> str:
+    """Who a request is from, for per-user limits: the login name, else the browser session."""
+    name = getattr(request, "username", None)
+    return f"user:{name}" if name else f"session:{session_id(request)}"
+
+
 # ---- widgets ---------------------------------------------------------------------------------------------------
 def model_dropdown(ctx: UIContext, value: str | None = None, label: str = "Model", **kw) -> gr.Dropdown:
-    choices = list(CATALOG) + ctx.endpoints.choices()
+    choices = list(CATALOG) + [m for m in ctx.policy.offered_models() if m not in CATALOG] + ctx.endpoints.choices()
     value = value or ctx.default_model
     if value not in choices:
         choices.append(value)

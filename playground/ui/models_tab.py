@@ -39,6 +39,11 @@ def unreturned_lines(ctx: UIContext) -> str:
                      [f"- {u.label}: {gb(u.bytes)} held by {u.held_by}" for u in held])
 
 
+def _kept_note(kept: list[str]) -> str:
+    return (f"kept {', '.join(kept)}: generating a reply for another user right now (try again when it is "
+            f"done)")
+
+
 def labels(ctx: UIContext) -> list[str]:
     return [f"{lm.name} [{lm.variant}]" for lm in ctx.manager.loaded()]
 
@@ -67,16 +72,15 @@ def build_tab(ctx: UIContext) -> None:
         def unload(label):
             for lm in ctx.manager.loaded():
                 if f"{lm.name} [{lm.variant}]" == label:
-                    ctx.manager.unload(lm.name, lm.variant, lm.device)
-                    return refresh(f"⏏️ unloaded {label}")
+                    done, kept = ctx.unload_idle(lm.name, lm.variant)
+                    return refresh(f"⏏️ unloaded {label}" if done else _kept_note(kept))
             if not label:
                 gr.Warning("Choose a loaded model to unload.")
             return refresh(f"{label} is not loaded" if label else "")
 
         def unload_all():
-            n = len(ctx.manager.loaded())
-            ctx.manager.unload_all()
-            return refresh(f"⏏️ unloaded {n} model(s)")
+            done, kept = ctx.unload_idle()
+            return refresh(f"⏏️ unloaded {len(done)} model(s)" + (f"; {_kept_note(kept)}" if kept else ""))
 
         outs = [memory, loaded, choice, message, leaks]
         refresh_btn.click(refresh, None, outs, api_visibility=PRIVATE, queue=False)

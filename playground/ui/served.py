@@ -40,7 +40,8 @@ def endpoint_status(ctx: UIContext, name: str, request: gr.Request | None = None
 
 def model_choices(ctx: UIContext, current: str | None = None, request: gr.Request | None = None) -> list[str]:
     from ..catalog import CATALOG
-    choices = list(CATALOG) + ctx.endpoints_of(request).choices()
+    choices = list(CATALOG) + [m for m in ctx.policy.offered_models() if m not in CATALOG] + \
+        ctx.endpoints_of(request).choices()
     if current and current not in choices:
         choices.append(current)
     return choices
@@ -65,6 +66,12 @@ def build_panel(ctx: UIContext) -> None:
                 "closes. The API key is kept in memory only and never shown again.", elem_id="endpoints-help")
     table = gr.Dataframe(value=endpoint_rows(ctx), headers=TABLE_COLUMNS, interactive=False, wrap=True,
                          elem_id="endpoints-table", label="Endpoints")
+    if ctx.policy.shared and not ctx.policy.allow_user_endpoints:
+        gr.Markdown("Adding endpoints is off on this shared app: the ones above are the host's.",
+                    elem_id="endpoint-message")
+        return table, None
+    if ctx.policy.shared:
+        gr.Markdown("On this shared app an added endpoint must be a public internet address.")
     with gr.Row(equal_height=False):
         url = gr.Textbox(label="Base URL", placeholder="http://127.0.0.1:8000/v1", scale=3, elem_id="endpoint-url")
         model = gr.Textbox(label="Model name (optional)", placeholder="as the server calls it", scale=2,
@@ -80,8 +87,9 @@ def build_panel(ctx: UIContext) -> None:
 
     def add(url_value, model_value, name_value, key_value, request: gr.Request):
         try:
+            ctx.policy.check_user_endpoint()
             ep = Endpoint(url=url_value, model=model_value or None, name=name_value or None,
-                          api_key=key_value or None)
+                          api_key=key_value or None, public_only=ctx.policy.shared)
         except PlaygroundError as exc:
             # the key field is cleared in every case: a key never travels back to the browser
             return gr.skip(), gr.skip(), "", f"⚠️ {html.escape(str(exc))}"
