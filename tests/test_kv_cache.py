@@ -82,11 +82,11 @@ def test_kv_bytes_analytic_for_default_and_smaller_when_quantized(smollm_bf16):
 
 
 def test_fast_mode_with_a_quantized_kv_cache_decodes_eagerly_with_a_note(smollm_bf16, monkeypatch):
-    import playground.manager as manager_mod
+    import playground.fast_decode as fast_decode_mod
 
-    def no_compile(lm):    # the fallback must not even start the fast decoder
+    def no_compile(lm, compile=True):    # the fallback must not even start the fast decoder
         raise AssertionError("fast decoding was started for a quantized KV cache")
-    monkeypatch.setattr(manager_mod, "enable_fast_decode", no_compile)
+    monkeypatch.setattr(fast_decode_mod, "enable_fast_decode", no_compile)
     text, stats = _reply(smollm_bf16, "int4", n=6, decode="fast")
     assert stats.decode_mode == "eager" and text
     assert any("kv_cache=int4" in n and "decodes eagerly" in n for n in stats.notes), stats.notes
