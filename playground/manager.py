@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,8 @@ class ModelManager:
         self._lock = threading.RLock()
         self._loading: dict[tuple, threading.Event] = {}
         self.unreturned: list[UnreturnedMemory] = []   # unloads whose model something else still holds
+        # models eviction must skip (the shared app: a model generating a reply for someone); none by default
+        self.busy: Callable[[LoadedModel], bool] = lambda lm: False
 
     def _default_budget(self) -> int:
         import psutil
@@ -206,9 +209,9 @@ class ModelManager:
     def _make_room(self, needed: int, keep: tuple | None = None) -> list[str]:
         evicted = []
         with self._lock:
-            while self._models and self.used_bytes() + needed > self.budget_bytes:
-                oldest_key = next(iter(self._models))
-                if oldest_key == keep:
+            while self.used_bytes() + needed > self.budget_bytes:
+                oldest_key = next((k for k in self._models if k != keep and not self.busy(self._models[k])), None)
+                if oldest_key is None:
                     break
                 evicted.append(self._models[oldest_key].label)
                 self._unload_key(oldest_key)

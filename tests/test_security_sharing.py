@@ -280,3 +280,22 @@ def test_local_use_keeps_every_convenience(tmp_path):
     assert SharingPolicy.for_launch(host="0.0.0.0").shared
     assert not SharingPolicy.for_launch(share=True, logins=True, trust_users=True).shared
     assert Path(local.model_name(str(tmp_path / "m"))).is_dir()
+
+
+def test_loading_for_one_user_never_evicts_the_model_another_user_is_replying_with():
+    """The memory budget's LRU eviction skips a model that is generating a reply (shared mode marks them busy)."""
+    from playground.errors import MemoryBudgetError
+    from playground.manager import ModelManager
+    from playground.sharing import SharingPolicy
+    from playground.ui.common import UIContext
+    manager = ModelManager(device="cpu")
+    ctx = UIContext(manager=manager, default_model=DEFAULT_MODEL, policy=SharingPolicy.for_launch(logins=True))
+    first = ctx.load(DEFAULT_MODEL, "bf16")
+    manager.budget_bytes = int(first.stats.weights_bytes * 1.5)         # room for one model, not two
+    with ctx.replying_with(DEFAULT_MODEL, "bf16"):
+        with pytest.raises(MemoryBudgetError, match="busy"):
+            ctx.load(DEFAULT_MODEL, "fp16")
+        assert manager.find(DEFAULT_MODEL, "bf16") is first and first.model is not None
+    ctx.load(DEFAULT_MODEL, "fp16")                                      # idle now: evicted as before
+    assert manager.find(DEFAULT_MODEL, "bf16") is None
+    manager.unload_all()

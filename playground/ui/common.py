@@ -70,6 +70,10 @@ class UIContext:
     replying: Counter = field(default_factory=Counter)
     _replying_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self):
+        if self.policy.shared:     # strangers: loading one user's model never evicts one another is replying with
+            self.manager.busy = lambda lm: self.is_replying(lm.name, lm.variant)
+
     @contextmanager
     def replying_with(self, name: str, variant: str):
         with self._replying_lock:

@@ -88,8 +88,10 @@ def build_panel(ctx: UIContext) -> None:
     def add(url_value, model_value, name_value, key_value, request: gr.Request):
         try:
             ctx.policy.check_user_endpoint()
+            # shared: a stranger's server that sends nothing waits at most the reply time limit, not 5 minutes
             ep = Endpoint(url=url_value, model=model_value or None, name=name_value or None,
-                          api_key=key_value or None, public_only=ctx.policy.shared)
+                          api_key=key_value or None, public_only=ctx.policy.shared,
+                          timeout_s=min(300.0, ctx.policy.reply_deadline_s or 300.0))
         except PlaygroundError as exc:
             # the key field is cleared in every case: a key never travels back to the browser
             return gr.skip(), gr.skip(), "", f"⚠️ {html.escape(str(exc))}"
