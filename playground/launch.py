@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--concurrency-limit", type=int, default=2, metavar="N",
                    help="replies generated at the same time; further requests wait in the queue "
                         "(default: %(default)s)")
+    s.add_argument("--results-dir", type=Path, metavar="DIR",
+                   help="where the Benchmark tab writes its runs (default: ~/.cache/quant-playground/results, or "
+                        "$PLAYGROUND_RESULTS_DIR)")
     s.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="requests that may wait in the queue before new ones are turned away "
                         "(default: %(default)s)")
@@ -110,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for d in args.model_dir:
         if not d.expanduser().is_dir():
             p.error(f"--model-dir {d}: no such folder")
+    if args.results_dir is not None:
+        os.environ["PLAYGROUND_RESULTS_DIR"] = str(args.results_dir.expanduser().resolve())
     args.models = args.model or [DEFAULT_MODEL]
     args.endpoints = _endpoints(p, args)
     args.policy = sharing_policy(args)

@@ -139,3 +139,28 @@ def test_background_sweep_fills_table_plots_and_zip(manager, smollm_bf16, tmp_pa
     assert sorted(zipfile.ZipFile(zip_path).namelist()) == sorted(names)
     from playground.ui.common import device_busy_note
     assert device_busy_note() == ""                                  # and the chat's note is gone
+
+
+def test_app_runs_go_to_the_users_cache_or_the_results_dir_never_the_checkout(manager, tmp_path, monkeypatch):
+    """Runs started in the app wrote into the repository's results/ (untracked files in a git checkout)."""
+    from pathlib import Path
+
+    from playground.ui import benchmark_tab as tab
+    repo = Path(tab.__file__).resolve().parents[2]
+    monkeypatch.setenv("PLAYGROUND_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PLAYGROUND_RESULTS_DIR", raising=False)
+    assert tab.results_root() == tmp_path / "cache" / "results"
+    monkeypatch.setenv("PLAYGROUND_RESULTS_DIR", str(tmp_path / "mine"))          # what --results-dir sets
+    assert tab.results_root() == tmp_path / "mine"
+    job = tab.start_job(manager, ["random:tiny-llama"], ["bf16"], "1", "16", "4", 1, 0, "cpu", None, False)
+    job.cancel.set()
+    deadline = time.monotonic() + 120
+    while not job.done and time.monotonic() < deadline:
+        time.sleep(0.2)
+    out = Path(job.out)
+    assert job.done and out.parent == tmp_path / "mine" and not out.is_relative_to(repo), out
+    other = tab.start_job(manager, ["random:tiny-llama"], ["bf16"], "1", "16", "4", 1, 0, "cpu", None, False)
+    other.cancel.set()
+    while not other.done and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert Path(other.out).name != out.name and len(out.name.rsplit("-", 1)[1]) == 8   # unguessable names

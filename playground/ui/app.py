@@ -73,6 +73,14 @@ def build_app(manager: ModelManager, default_model: str = DEFAULT_MODEL, default
     return app
 
 
+def _results_root():
+    """The Benchmark tab's results folder (its zips are downloaded from there)."""
+    from .benchmark_tab import results_root
+    root = results_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 7860,
                auth: list[tuple[str, str]] | None = None, concurrency_limit: int = 2, max_queue: int | None = 64,
                prevent_thread_lock: bool = False, quiet: bool = False, policy=None):
@@ -91,7 +99,7 @@ def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 78
     # shared mode also: login before any parsing, size limits, failed-login and per-user queue limits
     return app.launch(server_name=host, server_port=port, auth=auth or None, share=False,
                       app_kwargs={"middleware": [Middleware(RequestGuard, blocks=app, policy=policy)]},
-                      max_file_size=policy.max_upload_bytes,
+                      max_file_size=policy.max_upload_bytes, allowed_paths=[str(_results_root())],
                       prevent_thread_lock=prevent_thread_lock, quiet=quiet, css=APP_CSS,
                       theme=THEME, show_error=True, ssr_mode=False,
                       auth_message="LLM quantization playground: sign in with the user name and password "

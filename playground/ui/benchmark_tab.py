@@ -9,6 +9,7 @@ device is shared (replies slow down and the benchmark's timings are disturbed).
 from __future__ import annotations
 
 import html
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ PRIVATE = "private"
 TABLE_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status", "decode_tok_s", "ttft_ms",
               "itl_p50_ms", "e2e_long_s", "peak_rss_gb", "peak_gpu_mem_gb", "weights_gb", "load_read_s",
               "perplexity", "perplexity_zh", "accuracy", "error"]
-RESULTS_ROOT = Path(__file__).resolve().parents[2] / "results"
+RESULTS_ROOT: Path | None = None   # where the app's runs go; None: ``results_root()``
 
 
 @dataclass
@@ -46,6 +47,18 @@ class Job:
 
 _LOCK = threading.Lock()
 _JOB: Job | None = None          # one sweep at a time per process: they would share (and disturb) the device
+
+
+def results_root() -> Path:
+    """Where runs started in the app are written: ``--results-dir`` (``PLAYGROUND_RESULTS_DIR``), else the user's
+    cache (``~/.cache/quant-playground/results``); never the repository's ``results/`` (committed runs only)."""
+    import os
+
+    from ..catalog import cache_root
+    if RESULTS_ROOT is not None:
+        return Path(RESULTS_ROOT)
+    configured = os.environ.get("PLAYGROUND_RESULTS_DIR")
+    return Path(configured).expanduser() if configured else cache_root() / "results"
 
 
 def current_job() -> Job | None:
@@ -119,7 +132,8 @@ def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_token
             raise ValueError("a benchmark is already running: wait for it or press Stop" if not shared or
                              _JOB.owner == owner else "another user's benchmark is running on this machine: "
                              "try again when it is done")
-        out = RESULTS_ROOT / f"ui-{time.strftime('%Y%m%d-%H%M%S')}"
+        # a random part: the folder (and its zip's download address) cannot be guessed by another user
+        out = results_root() / f"ui-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
         try:
             cfg = RunConfig(models=list(models or []), variants=list(variants or []),
                             batch_sizes=_ints("batch sizes", batch_sizes),
