@@ -193,7 +193,8 @@ class ParamWidgets:
                 self.seed, self.greedy, self.kv_cache]
 
 
-def params_accordion(prefix: str, max_new_tokens: int = 256, open: bool = False) -> ParamWidgets:
+def params_accordion(prefix: str, max_new_tokens: int = 256, open: bool = False, greedy: bool = False,
+                     greedy_info: str | None = None) -> ParamWidgets:
     """The generation-parameter widgets, in an accordion; ``prefix`` makes their elem_ids unique per tab."""
     with gr.Accordion("Generation parameters", open=open, elem_id=f"{prefix}-params"):
         w = ParamWidgets(
@@ -207,8 +208,8 @@ def params_accordion(prefix: str, max_new_tokens: int = 256, open: bool = False)
                                          elem_id=f"{prefix}-repetition-penalty"),
             seed=gr.Number(value=-1, precision=0, minimum=-1, label="Seed (-1 = random)",
                            elem_id=f"{prefix}-seed"),
-            greedy=gr.Checkbox(value=False, label="Greedy (deterministic, ignores sampling settings)",
-                               elem_id=f"{prefix}-greedy"),
+            greedy=gr.Checkbox(value=greedy, label="Greedy (deterministic, ignores sampling settings)",
+                               info=greedy_info, elem_id=f"{prefix}-greedy"),
             kv_cache=gr.Dropdown(choices=list(KV_CACHE_OPTIONS), value="default", label="KV cache",
                                  info="int8/int4/int2: keys and values stored quantized (less memory for long "
                                       "chats; decodes eagerly; not for sliding-window models such as Gemma 3)",

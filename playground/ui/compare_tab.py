@@ -7,8 +7,10 @@ loading and evicting models in turn.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
+import secrets
 
 import gradio as gr
 
@@ -78,6 +80,24 @@ def memory_plan(ctx: UIContext, slots: list[tuple[str, str]], request: gr.Reques
     return lines, None
 
 
+def agreement_lines(texts: dict[int, str]) -> list[str]:
+    """How each slot's answer compares with slot 1's (or the first that answered): "the same answer" or where it
+    first differs, counted in words (the slots' tokenizers may differ)."""
+    if len(texts) < 2:
+        return []
+    first, *rest = sorted(texts)
+    base = texts[first].split()
+    lines = []
+    for slot in rest:
+        words = texts[slot].split()
+        if words == base:
+            lines.append(f"slot {slot}: the same answer as slot {first}")
+            continue
+        at = next((k for k, (a, b) in enumerate(zip(base, words)) if a != b), min(len(base), len(words)))
+        lines.append(f"slot {slot}: differs from slot {first} at word {at + 1}")
+    return lines
+
+
 def build_tab(ctx: UIContext) -> None:
     with gr.Tab("Compare", id="compare", elem_id="tab-compare") as tab:
         with gr.Row(equal_height=False):
@@ -92,7 +112,10 @@ def build_tab(ctx: UIContext) -> None:
                 with gr.Row(equal_height=False):
                     run_btn = gr.Button("Run all", variant="primary", scale=2, min_width=90, elem_id="compare-run")
                     stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="compare-stop")
-                params = params_accordion("compare", max_new_tokens=64)
+                params = params_accordion(
+                    "compare", max_new_tokens=64, greedy=True,
+                    greedy_info="on by default: the slots then differ only by model and variant; untick to sample "
+                                "(every slot gets the same seed)")
         status = gr.Markdown("", elem_id="compare-status", elem_classes=["status-line"])
         columns, models, variants, replies, badges = [], [], [], [], []
         with gr.Row(equal_height=False):
@@ -127,6 +150,8 @@ def build_tab(ctx: UIContext) -> None:
                 gen_params = make_params(*pv)
             except PlaygroundError as exc:
                 raise user_error(str(exc)) from None
+            if not gen_params.greedy and gen_params.seed is None:   # sampling: one seed, the same in every slot
+                gen_params = dataclasses.replace(gen_params, seed=secrets.randbelow(2 ** 31))
             lines, refusal = memory_plan(ctx, slots, request)
             if refusal:
                 gr.Warning(refusal.splitlines()[0])
@@ -139,6 +164,7 @@ def build_tab(ctx: UIContext) -> None:
             cancel = ctx.cancels.start(session_id(request), "compare")
             msgs = [{"role": "user", "content": text}]
             failed = []
+            answers: list[str | None] = [None] * n
             for i, (name, variant) in enumerate(slots):
                 if cancel.is_set():
                     out_replies[i] = "*skipped (stopped)*"
@@ -155,6 +181,7 @@ def build_tab(ctx: UIContext) -> None:
                         out_replies[i] = event.text or "…"
                         if event.done:
                             out_badges[i] = badge_html(event.stats)
+                            answers[i] = event.text
                         yield frame(gr.skip())
                     if out_replies[i] == "…":
                         out_replies[i] = "*(empty reply)*"
@@ -168,7 +195,10 @@ def build_tab(ctx: UIContext) -> None:
             end = "⏹ stopped" if cancel.is_set() else "✅ done"
             if failed:
                 end += f" (slot {', '.join(map(str, failed))} failed: see the message in the slot)"
-            yield frame(plan + "  \n" + end)
+            texts = {i + 1: t for i, t in enumerate(answers) if t is not None}
+            how = "greedy" if gen_params.greedy else f"sampled with seed {gen_params.seed} in every slot"
+            lines = agreement_lines(texts)
+            yield frame(plan + "  \n" + end + (f"  \n**Answers** ({how}): " + "; ".join(lines) if lines else ""))
 
         def stop(request: gr.Request):
             ctx.cancels.stop(session_id(request), "compare")

@@ -1,0 +1,50 @@
+"""Compare: greedy by default so that slots differ only by model and variant, one seed for every slot when it
+samples, and a line under the slots that says which answers agree and where they part (issue #17, item 3: with
+sampling on by default, bf16 answered nonsense where int8 was right, and a user concluded int8 was better)."""
+from __future__ import annotations
+
+from conftest import DEFAULT_MODEL
+from ui_support import by_elem_id, ui_handler
+
+
+class _Request:
+    session_hash = "compare-tab-test"
+    username = None
+
+
+def _run(app, *, greedy, seed, variants=("bf16", "bf16")):
+    run = ui_handler(app, "compare_tab", "run")
+    frames = list(run("What is the capital of France?", 2, "You are a helpful assistant.", 12, 0.7, 0.9, 50, 1.0, seed, greedy, "default",
+                      DEFAULT_MODEL, DEFAULT_MODEL, DEFAULT_MODEL, DEFAULT_MODEL, *variants, "bf16", "bf16",
+                      _Request(), lambda *a, **k: None))
+    return frames[-1]
+
+
+def test_compare_is_greedy_by_default_and_says_which_answers_agree(manager, smollm_bf16):
+    from playground.ui.app import build_app
+    app = build_app(manager)
+    assert by_elem_id(app, "compare-greedy").value is True
+    assert by_elem_id(app, "chat-greedy").value is False            # the chat keeps sampling by default
+    last = _run(app, greedy=True, seed=-1)
+    replies, status = last[:2], last[-1]
+    assert "Paris" in replies[0] and replies[0] == replies[1], replies
+    assert "**Answers** (greedy): slot 2: the same answer as slot 1" in status, status
+
+
+def test_sampling_uses_one_seed_for_every_slot(manager, smollm_bf16):
+    from playground.ui.app import build_app
+    app = build_app(manager)
+    last = _run(app, greedy=False, seed=-1)                         # -1: a random seed, but one for all slots
+    replies, status = last[:2], last[-1]
+    assert "sampled with seed" in status and "in every slot" in status, status
+    assert replies[0] == replies[1] and "the same answer as slot 1" in status, (replies, status)
+
+
+def test_agreement_lines_name_the_first_word_that_differs():
+    from playground.ui.compare_tab import agreement_lines
+    assert agreement_lines({1: "Paris is the capital."}) == []
+    assert agreement_lines({1: "Paris is the capital.", 2: "Paris is the capital.", 3: "Paris was the capital.",
+                            4: "Paris is"}) == ["slot 2: the same answer as slot 1",
+                                                "slot 3: differs from slot 1 at word 2",
+                                                "slot 4: differs from slot 1 at word 3"]
+    assert agreement_lines({2: "a b", 4: "a c"}) == ["slot 4: differs from slot 2 at word 2"]
