@@ -104,15 +104,19 @@ class StreamEvent:
 
 
 def build_prompt(lm: LoadedModel, messages: list[dict], system: str | None) -> tuple[list[int], str]:
-    """Token ids of the conversation and the mode used. ``messages`` are {"role", "content"} dicts."""
+    """Token ids of the conversation and the mode used. ``messages`` are {"role", "content"} dicts; when the last
+    one is the assistant's, the model continues that reply (a reply cut at its token limit: Continue)."""
     tok = lm.tokenizer
-    if not messages or messages[-1].get("role") != "user":
-        raise InvalidParameterError("the conversation must end with a user message")
+    if not messages or messages[-1].get("role") not in ("user", "assistant"):
+        raise InvalidParameterError("the conversation must end with a user message (or a reply to continue)")
+    continuing = messages[-1]["role"] == "assistant"
     if not str(messages[-1].get("content", "")).strip():
-        raise InvalidParameterError("the message is empty: type something to send")
+        raise InvalidParameterError("the reply to continue is empty" if continuing else
+                                    "the message is empty: type something to send")
     if lm.has_chat_template:
         conv = ([{"role": "system", "content": system}] if system and system.strip() else []) + messages
-        ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=False)
+        ids = tok.apply_chat_template(conv, add_generation_prompt=not continuing, continue_final_message=continuing,
+                                      tokenize=True, return_dict=False)
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
         if ids and isinstance(ids[0], list):

@@ -48,3 +48,23 @@ def test_agreement_lines_name_the_first_word_that_differs():
                                                 "slot 3: differs from slot 1 at word 2",
                                                 "slot 4: differs from slot 1 at word 3"]
     assert agreement_lines({2: "a b", 4: "a c"}) == ["slot 4: differs from slot 2 at word 2"]
+
+
+def test_a_cut_reply_says_so_and_continue_extends_it(manager, smollm_bf16):
+    """Issue #17 item 4: replies stopped at max_new_tokens mid-sentence with nothing in the bubble, and there was no
+    Continue. Greedy, so the continued reply is exactly the reply one longer run gives."""
+    from playground.engine import GenerationParams, chat
+    from playground.ui.app import build_app
+    app = build_app(manager)
+    send, cont = ui_handler(app, "chat_tab", "send"), ui_handler(app, "chat_tab", "continue_reply")
+    args = ("", 8, 0.7, 0.9, 50, 1.0, -1, True, "default", _Request(), lambda *a, **k: None)
+    frames = list(send(DEFAULT_MODEL, "bf16", "Tell me about Paris.", [], *args))
+    hist = frames[-1][1]
+    assert hist[-1]["badge"].endswith("cut at the 8-token limit: press Continue"), hist[-1]["badge"]
+    first = hist[-1]["content"]
+    frames = list(cont(DEFAULT_MODEL, "bf16", hist, *args))
+    hist2 = frames[-1][1]
+    assert len(hist2) == 2 and hist2[-1]["content"].startswith(first) and len(hist2[-1]["content"]) > len(first)
+    whole, _ = chat(smollm_bf16, [{"role": "user", "content": "Tell me about Paris."}],
+                    params=GenerationParams(max_new_tokens=16, greedy=True))
+    assert hist2[-1]["content"].split() == whole.split(), (hist2[-1]["content"], whole)

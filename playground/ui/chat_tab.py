@@ -88,6 +88,7 @@ def build_tab(ctx: UIContext) -> None:
                 with gr.Row():
                     stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="chat-stop")
                     regen_btn = gr.Button("Regenerate", size="sm", elem_id="chat-regenerate")
+                    continue_btn = gr.Button("Continue", size="sm", elem_id="chat-continue")
                     undo_btn = gr.Button("Undo", size="sm", elem_id="chat-undo")
                     clear_btn = gr.Button("Clear", size="sm", elem_id="chat-clear")
 
@@ -97,25 +98,31 @@ def build_tab(ctx: UIContext) -> None:
         def run(model_name, variant_name, hist, system_prompt, pv, request, progress, rollback, box):
             """Stream a reply to ``hist`` (ending with the user turn). On errors restore ``rollback``."""
             cancel = ctx.cancels.start(session_id(request), "chat")
+            continuing = hist[-1]["role"] == "assistant"        # Continue: the last reply grows
+            prefix, base = (hist[-1]["content"], hist[:-1]) if continuing else ("", hist)
             try:
                 gen_params = make_params(*pv)
                 msgs = [{"role": m["role"], "content": m["content"]} for m in hist]
                 source = reply_source(ctx, model_name, variant_name, request)
+                if continuing and source.endpoint is not None:
+                    raise PlaygroundError("Continue works with local models: the OpenAI API has no way to "
+                                          "continue a reply")
                 if source.needs_load:
-                    yield (to_display(hist, pending=""), gr.skip(), box,
+                    yield (to_display(base, pending=prefix), gr.skip(), box,
                            f"⏳ loading {model_name} [{variant_name}] …")
                     source.load(progress)
                 described, events = source.describe(), source.stream(msgs, system_prompt, gen_params, cancel)
                 busy = device_busy_note()
                 described += f"  \n{busy}" if busy else ""
-                yield to_display(hist, pending=""), gr.skip(), box, described
+                yield to_display(base, pending=prefix), gr.skip(), box, described
                 event = None
                 for event in events:
                     if event.done:
                         break
-                    yield to_display(hist, pending=event.text), gr.skip(), gr.skip(), gr.skip()
+                    yield to_display(base, pending=prefix + event.text), gr.skip(), gr.skip(), gr.skip()
                 stats = event.stats
-                final = hist + [{"role": "assistant", "content": event.text, "badge": badge_text(stats)}]
+                final = base + [{"role": "assistant", "content": prefix + event.text,
+                                 "badge": badge_text(stats, continue_hint=True)}]
                 last = (f"  \nlast reply: {stats.prompt_tokens} prompt tokens → {stats.new_tokens} new "
                         f"({stats.finish_reason}, {stats.mode} mode)")
                 notes = "".join(f"  \nℹ️ {n}" for n in stats.notes)
@@ -154,6 +161,17 @@ def build_tab(ctx: UIContext) -> None:
             yield from run(model_name, variant_name, base, system_prompt, pv, request, progress,
                            (hist, gr.skip()), gr.skip())
 
+        def continue_reply(model_name, variant_name, hist, system_prompt, max_new_tokens, temperature, top_p, top_k,
+                           repetition_penalty, seed, greedy, kv_cache, request: gr.Request, progress=gr.Progress()):
+            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy, kv_cache)
+            hist = list(hist or [])
+            if not hist or hist[-1]["role"] != "assistant" or not hist[-1]["content"].strip():
+                gr.Warning("Nothing to continue yet: Continue extends the last reply (one cut at its token limit).")
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                return
+            yield from run(model_name, variant_name, hist, system_prompt, pv, request, progress,
+                           (hist, gr.skip()), gr.skip())
+
         def undo(hist):
             hist = list(hist or [])
             if hist and hist[-1]["role"] == "assistant":
@@ -173,8 +191,15 @@ def build_tab(ctx: UIContext) -> None:
                 raise user_error(str(exc)) from None
 
         def unload(model_name, variant_name):
-            if ctx.manager.unload((model_name or "").strip(), variant_name, ctx.device):
+            try:
+                name = ctx.policy.model_name((model_name or "").strip())
+            except PlaygroundError as exc:
+                return f"⛔ {exc}"
+            done, kept = ctx.unload_idle(name, variant_name)
+            if done:
                 return f"⏏️ unloaded {model_name} [{variant_name}]: memory returned"
+            if kept:
+                return f"⚪ {model_name} [{variant_name}] is generating a reply for another user: kept"
             return f"⚪ {model_name} [{variant_name}] was not loaded"
 
         send_args = dict(fn=send, inputs=[model, variant, message, history, system, *pvals], outputs=out,
@@ -183,6 +208,8 @@ def build_tab(ctx: UIContext) -> None:
         message.submit(**send_args)
         regen_btn.click(regenerate, [model, variant, history, system, *pvals], out, api_visibility=PRIVATE,
                         show_progress="minimal", show_progress_on=[status])
+        continue_btn.click(continue_reply, [model, variant, history, system, *pvals], out, api_visibility=PRIVATE,
+                           show_progress="minimal", show_progress_on=[status])
         stop_btn.click(stop, None, None, queue=False, api_visibility=PRIVATE)
         undo_btn.click(undo, [history], [chatbot, history, message], queue=False, api_visibility=PRIVATE)
         clear_btn.click(lambda: ([], []), None, [chatbot, history], queue=False, api_visibility=PRIVATE)

@@ -272,10 +272,12 @@ def device_busy_note() -> str:
             "disturbs the benchmark's timings.")
 
 
-def badge_text(stats: ReplyStats) -> str:
+def badge_text(stats: ReplyStats, continue_hint: bool = False) -> str:
     text = stats.badge()
     if stats.finish_reason == "stopped":
         text += " · stopped"
+    elif stats.finish_reason == "length":
+        text += f" · cut at the {stats.new_tokens}-token limit" + (": press Continue" if continue_hint else "")
     return text
 
 
