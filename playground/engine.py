@@ -86,7 +86,9 @@ class ReplyStats:
 
     def badge(self) -> str:
         kv = f" · KV {self.kv_cache} {self.kv_cache_gb * 1000:.1f} MB" if self.kv_cache != "default" else ""
-        return (f"TTFT {self.ttft_s * 1000:.0f} ms · {self.decode_tok_s:.1f} tok/s · {self.new_tokens} tokens · "
+        # decode speed needs two tokens (the first one's time is the TTFT): one token has none, not "0.0"
+        speed = f"{self.decode_tok_s:.1f} tok/s" if self.new_tokens > 1 else "— tok/s"
+        return (f"TTFT {self.ttft_s * 1000:.0f} ms · {speed} · {self.new_tokens} tokens · "
                 f"peak {self.peak_mem_gb:.2f} GB ({self.mem_kind}) · {self.variant}{kv}")
 
     def to_dict(self) -> dict:

@@ -1,6 +1,8 @@
-"""Compare: greedy by default so that slots differ only by model and variant, one seed for every slot when it
-samples, and a line under the slots that says which answers agree and where they part (issue #17, item 3: with
-sampling on by default, bf16 answered nonsense where int8 was right, and a user concluded int8 was better)."""
+"""What a person trips over in Chat and Compare (issue #17). Compare: greedy by default so that slots differ only
+by model and variant, one seed for every slot when it samples, and a line under the slots that says which answers
+agree and where they part (with sampling on by default, bf16 answered nonsense where int8 was right, and a user
+concluded int8 was better). Chat: a reply cut at its token limit says so and Continue extends it; a one-token
+reply has no decode speed rather than "0.0 tok/s"."""
 from __future__ import annotations
 
 from conftest import DEFAULT_MODEL
@@ -68,3 +70,11 @@ def test_a_cut_reply_says_so_and_continue_extends_it(manager, smollm_bf16):
     whole, _ = chat(smollm_bf16, [{"role": "user", "content": "Tell me about Paris."}],
                     params=GenerationParams(max_new_tokens=16, greedy=True))
     assert hist2[-1]["content"].split() == whole.split(), (hist2[-1]["content"], whole)
+
+
+def test_a_one_token_reply_has_no_decode_speed_not_zero():
+    from playground.engine import ReplyStats
+    one = ReplyStats(model="m", variant="bf16", device="cpu", new_tokens=1, ttft_s=0.2)
+    assert "— tok/s" in one.badge() and "0.0 tok/s" not in one.badge(), one.badge()
+    two = ReplyStats(model="m", variant="bf16", device="cpu", new_tokens=2, ttft_s=0.2, decode_tok_s=12.5)
+    assert "12.5 tok/s" in two.badge()
