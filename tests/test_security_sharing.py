@@ -45,17 +45,20 @@ class Login:
         if r.status_code != 200:
             return {"status": r.status_code, "success": False, "error": r.json().get("detail"),
                     "seconds": time.monotonic() - t0}
+        logs = []          # gr.Warning / gr.Info toasts
         with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
             for line in stream.iter_lines():
                 if line.startswith("data:"):
                     msg = json.loads(line[5:])
+                    if msg.get("msg") == "log":
+                        logs.append(str(msg.get("log")))
                     if msg.get("msg") == "process_generating" and generating is not None:
                         generating.set()
                     if msg.get("msg") == "process_completed":
                         out = msg.get("output") or {}
                         return {"status": 200, "success": msg.get("success"), "output": out,
                                 "error": "" if msg.get("success") else str(out.get("error")),
-                                "seconds": time.monotonic() - t0}
+                                "seconds": time.monotonic() - t0, "logs": logs}
         raise AssertionError("the event stream ended without process_completed")
 
     def chat(self, message: str, max_new_tokens: int = 8, model: str = DEFAULT_MODEL, session=None,
@@ -84,7 +87,8 @@ def shared(tmp_path_factory):
     models = tmp_path_factory.mktemp("host-models")
     (models / "smol").symlink_to(resolve(DEFAULT_MODEL).path, target_is_directory=True)
     auth = [a for u in USERS for a in ("--auth", f"{u}:{u}-pw")]
-    with server(*auth, "--model-dir", str(models), "--concurrency-limit", "2", "--reply-time-limit", "20") as srv:
+    with server(*auth, "--model-dir", str(models), "--concurrency-limit", "2", "--reply-time-limit", "20",
+                "--results-dir", str(tmp_path_factory.mktemp("results"))) as srv:
         srv.model_dir = models
         yield srv
 
@@ -258,9 +262,50 @@ def test_one_user_flooding_the_queue_and_asking_long_replies_does_not_starve_ano
     assert "stopped at this shared app's limit of 20 s per reply" in stopped[0]["notes"], stopped[0]["notes"]
 
 
+def test_uploads_are_limited(shared):
+    """Was: 200 MB accepted in 1.4 s and never deleted. Now 2 MB at most (and the app's files go after an hour)."""
+    alice = Login(shared.url, "alice")
+    big = alice.http.post("/gradio_api/upload", files={"files": ("big.json", b"0" * (3 * MB))})
+    assert big.status_code == 413, (big.status_code, big.text[:200])
+    small = alice.http.post("/gradio_api/upload", files={"files": ("small.json", b"{}")})
+    assert small.status_code == 200, small.text[:200]
+    answered_within(shared.url)
+
+
+def test_a_sweep_is_seen_and_stopped_only_by_the_user_who_started_it(shared):
+    """Was: one benchmark job for the whole app, which any user could stop, and a fresh session showed the
+    previous user's run."""
+    alice, bob = Login(shared.url, "alice"), Login(shared.url, "bob")
+    # the Run button's inputs: models, variants, batch sizes, prompt tokens, new tokens, repeats, warm-up, device,
+    # memory cap, unload first, quality
+    settings = [["random:tiny-llama"], ["bf16"], "1", "16", "64", 5, 1, "cpu", 0, False, False]
+    session = uuid.uuid4().hex[:12]
+    started = alice.call("start", settings, session)
+    assert started["success"], started
+    assert "Results folder" in started["output"]["data"][0], started["output"]["data"][0]
+    seen = bob.call("tick", [-1])                 # bob's page polls: nothing of alice's run comes back
+    assert seen["success"] and seen["output"]["data"][4] == {"__type__": "update"}, seen   # the table: unchanged
+    assert "Results folder" not in json.dumps(seen["output"])
+    stop = bob.call("stop_2", [])                 # bob's Stop: nothing of his to stop
+    assert stop["output"]["data"][0] == "No benchmark run yet in this session.", stop
+    again = bob.call("start", settings)           # one sweep at a time on the machine, and bob is told why
+    assert any("another user's benchmark is running" in log for log in again["logs"]), again
+    mine = alice.call("stop_2", [], session)     # alice stops her own
+    assert "Results folder" in mine["output"]["data"][0] and "stopped" in mine["output"]["data"][0], mine
+    answered_within(shared.url)
+
+
 def test_failed_logins_are_rate_limited_per_address():
     """Was: 30 wrong passwords in 0.1 s."""
-    with server("--auth", "alice:alice-pw", "--no-preload") as srv:
+    with server("--auth", "alice:alice-pw", "--no-preload", "--allow-user-endpoints") as srv:
+        # first, with --allow-user-endpoints, a user's endpoint on this machine is refused when added
+        alice = Login(srv.url, "alice")
+        for url in ("http://127.0.0.1:8000/v1", "http://2130706433:8000/v1", "http://0x7f.1/v1",
+                    "http://localhost:5432"):
+            res = alice.call("add", [url, "", "", ""])
+            note = res["output"]["data"][-1]
+            assert res["success"] and "is not a public internet address" in note, (url, res)
+            assert "reachable" not in note and "cannot reach" not in note
         http = httpx.Client(base_url=srv.url, timeout=30)
         codes = [http.post("/login", data={"username": "alice", "password": f"guess{i}"}).status_code
                  for i in range(8)]
