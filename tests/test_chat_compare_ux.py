@@ -16,7 +16,8 @@ class _Request:
 
 def _run(app, *, greedy, seed, variants=("bf16", "bf16")):
     run = ui_handler(app, "compare_tab", "run")
-    frames = list(run("What is the capital of France?", 2, "You are a helpful assistant.", 12, 0.7, 0.9, 50, 1.0, seed, greedy, "default",
+    question = "What is the capital of France?"
+    frames = list(run(question, 2, "You are a helpful assistant.", 12, 0.7, 0.9, 50, 1.0, seed, greedy, "default",
                       DEFAULT_MODEL, DEFAULT_MODEL, DEFAULT_MODEL, DEFAULT_MODEL, *variants, "bf16", "bf16",
                       _Request(), lambda *a, **k: None))
     return frames[-1]

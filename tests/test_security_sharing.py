@@ -292,6 +292,7 @@ def test_a_sweep_is_seen_and_stopped_only_by_the_user_who_started_it(shared):
     assert any("another user's benchmark is running" in log for log in again["logs"]), again
     mine = alice.call("stop_2", [], session)     # alice stops her own
     assert "Results folder" in mine["output"]["data"][0] and "stopped" in mine["output"]["data"][0], mine
+    assert "* Benchmark started by user:alice: random:tiny-llama × bf16" in shared.output   # the host sees it
     answered_within(shared.url)
 
 

@@ -171,7 +171,13 @@ def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_token
             job.ended = time.monotonic()
             job.done = True
             job.version += 1
+            if shared:
+                print(f"* Benchmark of {owner or 'a user'} ended ({'stopped' if job.cancel.is_set() else 'done'}): "
+                      f"{len(job.rows)} row(s) in {job.out}", flush=True)
 
+    if shared:   # the host sees every user's sweep in the app's console (users see only their own)
+        print(f"* Benchmark started by {owner or 'a user'}: {', '.join(cfg.models)} × {', '.join(cfg.variants)}, "
+              f"{cfg.repeats} repeats → {job.out}", flush=True)
     threading.Thread(target=work, name="benchmark-sweep", daemon=True).start()
     return job
 
