@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import plots
 from .html_parts import CSS, figure_html, fmt_cell, html_table
+from .published import guides_html
 from .results import COLUMNS, LONG_TOKENS, SHORT_TOKENS, atomic_write, load_results, model_label
 
 FULL_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status", "kernel", "repeats",
@@ -167,7 +168,7 @@ def render(data: dict) -> str:
             '<p class="small">optimum-benchmark, Mistral-7B-v0.1 on an A100-80GB, prompt 512, 1000 new tokens, '
             "batch 1 (<code>benchmarks/references/optimum_benchmark_mistral7b_a100.csv</code>). Only ratios are "
             "comparable: hardware, model size, kernels and versions differ.</p>",
-            figure_html(plots.reference_figure(rows)), reference_table(rows),
+            figure_html(plots.reference_figure(rows)), reference_table(rows), guides_html(rows),
             "<h2>All rows</h2>", full_table(rows),
             '<p class="small">ttft = prompt in → first new token; decode tok/s = tokens after the first ÷ their '
             "time (summed over the batch for batch &gt; 1); itl = gaps between tokens (all repeats pooled); p90 "

@@ -6,12 +6,12 @@
 set -uo pipefail
 stage=$1; out=$2
 W=$(ls -d .whl .whlq 2>/dev/null | head -1)
-if [ -n "$W" ] && [ ! -d /tmp/site ]; then
+if [ -n "$W" ] && [ ! -d /tmp/site ] && [ "${DEVICE:-cuda}" != cpu ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $W/*.whl || exit 3
 fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PLAYGROUND_CACHE=/tmp/pgc TQDM_MININTERVAL=30
 export PLAYGROUND_GIT_COMMIT=${PLAYGROUND_GIT_COMMIT:-$(cat .gitcommit 2>/dev/null || echo unknown)}
-run() { timeout "$1" python3 -m benchmarks run --device cuda --repeats 3 --warmup 1 "${@:2}" 2>&1 | grep -v "it/s\]\|step/s\]" | tail -60; }
+run() { timeout "$1" python3 -m benchmarks run --device "${DEVICE:-cuda}" --repeats 3 --warmup 1 "${@:2}" 2>&1 | grep -v "it/s\]\|step/s\]" | tail -60; }
 case $stage in
   fast-bf16)   # #4 overhead + #7 roofline: bf16 eager vs fast, each against its own bare generate
     run 560 --model random:mistral-7b --variants bf16 --decode-modes eager,fast --batch-sizes 1 \
@@ -29,6 +29,20 @@ case $stage in
     arch=${stage#shape-}
     run 580 --model "random:$arch" --variants bf16,int8,nf4,gptq,awq --decode-modes eager --batch-sizes 1 \
         --prompt-tokens 512 --new-tokens 256 --no-overhead-check --out "$out/$arch-bs1" ;;
+  table-*)     # #15: the classic guides' table ("variant | RAM | VRAM | load | short | long") for one shape, batch 1.
+    # Into the tree's results/ with --resume (a second call continues a stopped one); the folder comes back in $out.
+    # VARIANTS, MODES (eager,fast), BS (1 or 16), NEW (256), REPEATS (3), BENCH_LIMIT (s) override the defaults.
+    arch=${stage#table-}
+    dest=results/gpu-h200-$arch-${WHAT:-bs${BS:-1}}
+    run "${BENCH_LIMIT:-560}" --model "random:$arch" --variants "${VARIANTS:-fp16,nf4,gptq,awq,fp4,int8}" \
+        --decode-modes "${MODES:-eager}" --batch-sizes "${BS:-1}" --prompt-tokens "${PROMPT:-512}" \
+        --new-tokens "${NEW:-256}" --kv-cache "${KV:-default}" --repeats "${REPEATS:-3}" --no-overhead-check \
+        --resume --out "$dest"
+    cp -r "$dest" "$out/" ;;
+  longctx)     # #15: where the KV cache dominates: Llama-2-7B-32K shape (full attention), 4k and 16k prompts,
+    # bf16 and nf4 weights, KV default/int8/int4 (quantized KV decodes eagerly)
+    WHAT=${WHAT:-longctx} VARIANTS=${VARIANTS:-bf16,nf4} PROMPT=${PROMPT:-4096,16384} NEW=${NEW:-64} \
+      KV=${KV:-default,int8,int4} REPEATS=${REPEATS:-2} bash "$0" "table-${ARCH:-llama-2-7b-32k}" "$out" ;;
   gpu-tests)   # #13: the GPU test suite (tests/gpu, marker gpu), one command of at most ~9 minutes
     # SIGINT at the limit: pytest stops and still prints the failures so far
     # 4 worker processes share the GPU (each test measures its own process: allocator and NVML per pid); tests
