@@ -2,7 +2,8 @@
 # The GPU runs behind results/gpu-*: run on the lent GPU machine (a copy of this tree, wheels in .whl/, no .git).
 #   bash benchmarks/experiments/device/gpu_session.sh STAGE OUT_DIR
 # Each stage is one command of at most ~9 minutes. The machine has torch/transformers/accelerate; bitsandbytes,
-# gptqmodel, optimum, ... travel as wheels (.whl/, see README "Benchmarks on a GPU").
+# gptqmodel, optimum, ... travel as wheels (.whl/: ../shared/gpu-wheels.sh; the quantized KV cache of longctx also
+# needs optimum-quanto==0.2.7, hqq==0.2.8.post1 and termcolor wheels in .whl/).
 set -uo pipefail
 stage=$1; out=$2
 W=$(ls -d .whl .whlq 2>/dev/null | head -1)
