@@ -91,13 +91,36 @@ def make_tokenizer(cfg: dict, text: str):
     return fast
 
 
-def ensure_random_model(arch_name: str, device: str = "cpu", progress=None) -> tuple[str, float]:
-    """Folder of the random-weight model (built on first use); returns (path, seconds spent building)."""
+SKELETON_SUFFIX = "-4bit-skeleton"
+SKELETON_VARIANTS = ("gptq", "awq")       # variants whose checkpoint is written from the shapes, not the weights
+
+
+def skeleton_above_gb() -> float:
+    """bf16 size above which a GPTQ/AWQ run builds a skeleton instead of the whole random model (the Qwen2-72B
+    shape: 145 GB of bf16 fits neither one GPU, nor the GPU machine's RAM or disk). ``PLAYGROUND_SKELETON_ABOVE_GB``
+    moves it (0: always, as the CPU tests do with a tiny shape)."""
+    import os
+    return float(os.environ.get("PLAYGROUND_SKELETON_ABOVE_GB", "60"))
+
+
+def wants_skeleton(arch_name: str, variant: str) -> bool:
+    if variant not in SKELETON_VARIANTS:
+        return False
+    return estimated_params(load_architecture(arch_name)["config"]) * 2 / 1e9 > skeleton_above_gb()
+
+
+def ensure_random_model(arch_name: str, device: str = "cpu", progress=None, skeleton: bool = False
+                        ) -> tuple[str, float]:
+    """Folder of the random-weight model (built on first use); returns (path, seconds spent building).
+
+    ``skeleton``: a folder with the config, the tokenizer and only the tensors a 4-bit checkpoint keeps in 16 bits
+    (embeddings, norms, lm_head), made one tensor at a time on the CPU; the decoder's linear layers are absent.
+    Only ``write_random_checkpoint`` (GPTQ/AWQ codes of the real shapes) reads it."""
     from filelock import FileLock
 
     arch = load_architecture(arch_name)
-    target = random_model_dir(arch["name"])
-    digest = config_digest(arch)
+    target = random_model_dir(arch["name"] + (SKELETON_SUFFIX if skeleton else ""))
+    digest = config_digest(arch) + ("-skeleton" if skeleton else "")
 
     def ready() -> bool:
         marker = target / MARKER
@@ -110,8 +133,53 @@ def ensure_random_model(arch_name: str, device: str = "cpu", progress=None) -> t
         if ready():
             return str(target), 0.0
         t0 = time.perf_counter()
-        _build(arch, target, device, digest, progress)
+        (_build_skeleton if skeleton else _build)(arch, target, device, digest, progress)
         return str(target), time.perf_counter() - t0
+
+
+def _decoder_linears(skeleton) -> dict:
+    """The linear layers inside the decoder's layer list (what GPTQ/AWQ quantize), by module name."""
+    import torch
+    prefix = next(n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.ModuleList))
+    return {n: m for n, m in skeleton.named_modules()
+            if isinstance(m, torch.nn.Linear) and n.startswith(prefix + ".")}
+
+
+def _build_skeleton(arch: dict, target: Path, device: str, digest: str, progress) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .generation import load_prompt_text
+
+    progress = progress or (lambda f, m: None)
+    cfg_dict = dict(arch["config"])
+    config = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    linears = _decoder_linears(model)
+    quantized = {f"{n}.weight" for n in linears} | {f"{n}.bias" for n in linears}
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for key, meta in model.state_dict().items():
+        if key in quantized:
+            continue
+        if key.endswith("norm.weight") or "layernorm" in key or key.endswith("ln_f.weight"):
+            tensors[key] = torch.ones(meta.shape, dtype=torch.bfloat16)
+        elif key.endswith(".bias"):
+            tensors[key] = torch.zeros(meta.shape, dtype=torch.bfloat16)
+        else:
+            tensors[key] = (torch.randn(meta.shape, generator=gen) * 0.02).to(torch.bfloat16)
+    progress(0.5, f"saving the {arch['name']} skeleton ({sum(t.numel() for t in tensors.values()) / 1e9:.1f}B "
+                  "16-bit parameters; the decoder's linear layers are left to the 4-bit writer)")
+    with building(target) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(tmp)
+        make_tokenizer(arch["config"], load_prompt_text()[0]).save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({"architecture": arch["name"], "source": arch.get("source"),
+                                              "config_digest": digest, "random_weights": True,
+                                              "skeleton": "4-bit only: no decoder linear weights"}, indent=2))
+    progress(1.0, f"{arch['name']} skeleton ready")
 
 
 def _build(arch: dict, target: Path, device: str, digest: str, progress) -> None:

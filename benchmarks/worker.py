@@ -299,8 +299,10 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
     try:
         path = model
         if is_random(model):
-            from .random_weights import ensure_random_model
-            path, build_s = ensure_random_model(model[len(RANDOM_PREFIX):], device, scaled(ev.progress, 0, 0.3))
+            from .random_weights import ensure_random_model, wants_skeleton
+            arch = model[len(RANDOM_PREFIX):]
+            path, build_s = ensure_random_model(arch, device, scaled(ev.progress, 0, 0.3),
+                                                skeleton=wants_skeleton(arch, variant))
             load_progress = scaled(ev.progress, 0.3, 0.99)
             notes.append("random weights: speed and memory are real, answers are noise")
             if cfg.quality:

@@ -560,6 +560,7 @@ def _pick_backend(method: str, qcfg: dict, path: Path, device: str) -> Optional[
 
 # ---- random-weight models: a checkpoint of the real shapes with random 4-bit codes ---------------------------
 RANDOM_MARKER = "benchmark_random_weights.json"     # written by benchmarks/random_weights.py
+RANDOM_SHARD_BYTES = 4 << 30    # random checkpoints are written in safetensors shards of about this size
 RANDOM_CHECKPOINT_FORMAT = 2     # 2: AWQ checkpoints carry the activation scales of ungated MLPs (1 left them out)
 
 
@@ -586,14 +587,15 @@ def awq_activation_scales(skeleton, model_type: str) -> dict:
 
 
 def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int = 4, group_size: int = 128,
-                            progress=None) -> None:
+                            progress=None, shard_bytes: int | None = None) -> None:
     """A GPTQ (v1, sym) or AWQ (gemm) checkpoint with the tensors a calibrated one would have, filled with random
     4-bit codes and scales of the init's spread (std ≈ 0.02), written in seconds instead of calibrating a model
-    whose weights are noise anyway. What is not quantized (embeddings, norms, lm_head) is copied from ``src_dir``.
+    whose weights are noise anyway. What is not quantized (embeddings, norms, lm_head) is copied from ``src_dir``
+    (a whole random model, or a skeleton holding only those: ``benchmarks/random_weights.py``). Written shard by
+    shard (``shard_bytes``, with a safetensors index), so a 72B shape's ~40 GB of codes never sit in memory at once.
     Decode cost does not depend on the values; rows that use it say so."""
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if method not in ("gptq", "awq") or bits != 4:
@@ -606,45 +608,50 @@ def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int =
     layers_prefix = next(n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.ModuleList))
     linears = {n: m for n, m in skeleton.named_modules()
                if isinstance(m, torch.nn.Linear) and n.startswith(layers_prefix + ".")}
+    if not linears:
+        raise ValueError(f"{src}: no linear layers under {layers_prefix}")
     gen = torch.Generator().manual_seed(0)
-    tensors: dict[str, torch.Tensor] = {}
-    codes_std = 4.6                                   # std of (q - 8) for q uniform in 0..15
-    for i, (name, lin) in enumerate(linears.items()):
-        k, n = lin.in_features, lin.out_features
-        if k % group_size or n % 8 or k % 8:
-            raise ValueError(f"{name}: shape {k}×{n} does not fit group size {group_size}")
-        groups = k // group_size
-        scales = torch.full((groups, n), 0.02 / codes_std, dtype=torch.float16)
-        if method == "gptq":
-            tensors[f"{name}.qweight"] = torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 8, n), dtype=torch.int32,
-                                                       generator=gen)
-            tensors[f"{name}.qzeros"] = torch.full((groups, n // 8), 0x77777777, dtype=torch.int32)  # v1: z - 1
-            tensors[f"{name}.g_idx"] = (torch.arange(k, dtype=torch.int32) // group_size)
-            tensors[f"{name}.scales"] = scales
-        else:
-            tensors[f"{name}.qweight"] = torch.randint(-2 ** 31, 2 ** 31 - 1, (k, n // 8), dtype=torch.int32,
-                                                       generator=gen)
-            tensors[f"{name}.qzeros"] = torch.full((groups, n // 8), -0x77777778, dtype=torch.int32)  # 8s
-            tensors[f"{name}.scales"] = scales.to(torch.bfloat16)
-        if lin.bias is not None:
-            tensors[f"{name}.bias"] = torch.zeros(n, dtype=torch.float16)
-        if i % 16 == 0:
-            progress(0.7 * i / len(linears), f"random {method} codes: {i}/{len(linears)} layers")
-    if method == "awq":
-        tensors.update(awq_activation_scales(skeleton, config.model_type))
-    quantized_weights = {f"{n}.weight" for n in linears} | {f"{n}.bias" for n in linears}
-    for f in sorted(src.glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            for key in st.keys():
-                if key not in quantized_weights:
-                    tensors[key] = st.get_tensor(key)
     qcfg = {"quant_method": method, "bits": bits, "group_size": group_size, "desc_act": False,
             "pack_dtype": "int32", "lm_head": False}
     qcfg.update({"sym": True, "format": "gptq", "checkpoint_format": "gptq"} if method == "gptq" else
                 {"zero_point": True, "version": "gemm", "format": "gemm", "checkpoint_format": "gemm"})
+    codes_std = 4.6                                   # std of (q - 8) for q uniform in 0..15
     with building(out) as tmp:
-        progress(0.75, f"writing the random {method} checkpoint")
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # shard by shard: at most ~shard_bytes of codes in memory at once (a 72B shape's codes are ~40 GB)
+        shards = _ShardWriter(tmp, shard_bytes or RANDOM_SHARD_BYTES)
+        for i, (name, lin) in enumerate(linears.items()):
+            k, n = lin.in_features, lin.out_features
+            if k % group_size or n % 8 or k % 8:
+                raise ValueError(f"{name}: shape {k}×{n} does not fit group size {group_size}")
+            groups = k // group_size
+            scales = torch.full((groups, n), 0.02 / codes_std, dtype=torch.float16)
+            if method == "gptq":
+                shards.add(f"{name}.qweight", torch.randint(-2 ** 31, 2 ** 31 - 1, (k // 8, n), dtype=torch.int32,
+                                                            generator=gen))
+                shards.add(f"{name}.qzeros", torch.full((groups, n // 8), 0x77777777, dtype=torch.int32))  # v1: z-1
+                shards.add(f"{name}.g_idx", torch.arange(k, dtype=torch.int32) // group_size)
+                shards.add(f"{name}.scales", scales)
+            else:
+                shards.add(f"{name}.qweight", torch.randint(-2 ** 31, 2 ** 31 - 1, (k, n // 8), dtype=torch.int32,
+                                                            generator=gen))
+                shards.add(f"{name}.qzeros", torch.full((groups, n // 8), -0x77777778, dtype=torch.int32))  # 8s
+                shards.add(f"{name}.scales", scales.to(torch.bfloat16))
+            if lin.bias is not None:
+                shards.add(f"{name}.bias", torch.zeros(n, dtype=torch.float16))
+            if i % 16 == 0:
+                progress(0.7 * i / len(linears), f"random {method} codes: {i}/{len(linears)} layers "
+                                                 f"({shards.written} shards written)")
+        if method == "awq":
+            for key, t in awq_activation_scales(skeleton, config.model_type).items():
+                shards.add(key, t)
+        progress(0.75, f"copying the 16-bit tensors into the random {method} checkpoint")
+        quantized_weights = {f"{n}.weight" for n in linears} | {f"{n}.bias" for n in linears}
+        for f in sorted(src.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as st:
+                for key in st.keys():
+                    if key not in quantized_weights:
+                        shards.add(key, st.get_tensor(key))
+        shards.close()
         cfg = json.loads((src / "config.json").read_text())
         cfg["quantization_config"] = qcfg
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -654,3 +661,40 @@ def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int =
                     and not extra.name.endswith(".index.json"):
                 shutil.copy2(extra, tmp / extra.name)
     progress(1.0, f"random {method} checkpoint ready")
+
+
+class _ShardWriter:
+    """Safetensors shards of at most ``limit`` bytes each, and their ``model.safetensors.index.json`` (a single
+    ``model.safetensors`` when everything fits one shard)."""
+
+    def __init__(self, folder: Path, limit: int):
+        self.folder, self.limit = folder, limit
+        self.pending: dict = {}
+        self.pending_bytes = self.total = self.written = 0
+        self.weight_map: dict[str, str] = {}
+
+    def add(self, key: str, tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + size > self.limit:
+            self._flush()
+        self.pending[key] = tensor.contiguous()
+        self.pending_bytes += size
+        self.total += size
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+        self.written += 1
+        name = f"model-{self.written:05d}.safetensors"
+        save_file(self.pending, str(self.folder / name), metadata={"format": "pt"})
+        self.weight_map.update({k: name for k in self.pending})
+        self.pending, self.pending_bytes = {}, 0
+
+    def close(self) -> None:
+        if self.written == 0:            # one shard: the plain single-file layout
+            from safetensors.torch import save_file
+            save_file(self.pending, str(self.folder / "model.safetensors"), metadata={"format": "pt"})
+            return
+        if self.pending:
+            self._flush()
+        (self.folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": self.total}, "weight_map": self.weight_map}, indent=1))

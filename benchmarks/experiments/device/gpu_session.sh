@@ -44,6 +44,18 @@ case $stage in
     # bf16 and nf4 weights, KV default/int8/int4 (quantized KV decodes eagerly)
     WHAT=${WHAT:-longctx} VARIANTS=${VARIANTS:-bf16,nf4} PROMPT=${PROMPT:-4096,16384} NEW=${NEW:-64} \
       KV=${KV:-default,int8,int4} REPEATS=${REPEATS:-2} bash "$0" "table-${ARCH:-llama-2-7b-32k}" "$out" ;;
+  qwen72b-4bit)  # #15: the Qwen2-72B shape in 4 bits on one H200. Its bf16 weights (145 GB) fit neither the GPU nor
+    # the machine's RAM or disk: GPTQ/AWQ build a skeleton (embeddings, norms, lm_head) and write the 4-bit codes shard
+    # by shard (benchmarks/random_weights.py, playground/gptq_awq.py). nf4 needs the bf16 checkpoint: not run here.
+    WHAT=4bit VARIANTS=${VARIANTS:-gptq,awq} REPEATS=${REPEATS:-2} BENCH_LIMIT=${BENCH_LIMIT:-570} \
+      bash "$0" table-qwen2-72b "$out" ;;
+  quantize-memory)  # #15: peak RAM while calibrating real GPTQ/AWQ checkpoints of a 7B shape (the Baichuan guide's
+    # "36.1 GB of RAM to quantize"), calibration on the GPU, the bf16 model in RAM; a method past its limit is a row
+    dest=results/gpu-h200-${ARCH:-mistral-7b}-quantize-memory
+    timeout 580 python3 -m benchmarks.experiments.device.quantize_memory --model "random:${ARCH:-mistral-7b}" \
+      --methods "${METHODS:-gptq,awq}" --device "${DEVICE:-cuda}" --samples "${SAMPLES:-32}" \
+      --time-limit "${METHOD_LIMIT:-270}" --out "$dest/quantize_memory.json" 2>&1 | grep -v "it/s\]" | tail -30
+    cp -r "$dest" "$out/" ;;
   gpu-tests)   # #13: the GPU test suite (tests/gpu, marker gpu), one command of at most ~9 minutes
     # SIGINT at the limit: pytest stops and still prints the failures so far
     # 4 worker processes share the GPU (each test measures its own process: allocator and NVML per pid); tests
