@@ -11,7 +11,7 @@ from pathlib import Path
 from .results import median, model_label
 
 REF_CSV = Path(__file__).parent / "references" / "optimum_benchmark_mistral7b_a100.csv"
-VARIANT_ORDER = ["fp32", "bf16", "fp16", "int8", "nf4", "fp4", "gptq", "awq"]
+VARIANT_ORDER = ["fp32", "bf16", "fp16", "int8", "int8-wo", "nf4", "fp4", "gptq", "awq"]
 BAR_METRICS = [("decode_tok_s", "decode tok/s (higher is better)"), ("ttft_ms", "time to first token, ms"),
                ("itl_p50_ms", "inter-token latency p50, ms"), ("e2e_long_s", "long answer (256 tokens), s"),
                ("MEM", "peak memory, GB"), ("weights_gb", "weights in memory, GB"),

@@ -84,17 +84,39 @@ def _quantization_state(param) -> list:
     return [t for t in found if isinstance(t, torch.Tensor)]
 
 
+def _storage_tensors(t) -> list:
+    """The plain tensors that hold ``t``'s data: ``t`` itself, or the inner tensors of a tensor subclass (torchao's
+    ``Int8Tensor`` holds int8 ``qdata`` and scales; it reports its logical dtype's size and a data_ptr of 0)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+    if not is_traceable_wrapper_subclass(t):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [leaf for n in names for leaf in _storage_tensors(getattr(t, n))]
+
+
 def weights_bytes(model) -> int:
-    """Bytes held by parameters and buffers (quantized tensors count at their packed size), and bitsandbytes'
-    quantization state (nf4's scales are ~6% of its weights; double quantization shrinks them)."""
+    """Bytes held by parameters and buffers (quantized tensors count at their packed size, tensor subclasses by
+    their inner tensors), and bitsandbytes' quantization state (nf4's scales are ~6% of its weights; double
+    quantization shrinks them)."""
     seen, total = set(), 0
     params = list(model.parameters())
     for t in params + list(model.buffers()) + [s for p in params for s in _quantization_state(p)]:
-        if t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
+        for leaf in _storage_tensors(t):
+            if leaf.data_ptr() in seen:
+                continue
+            seen.add(leaf.data_ptr())
+            total += leaf.numel() * leaf.element_size()
     return total
+
+
+def weight_subclass_kind(model) -> str | None:
+    """The tensor subclass a plain Linear's weight was quantized into (torchao: ``Int8Tensor``), if any."""
+    import torch
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear) and is_traceable_wrapper_subclass(mod.weight):
+            return f"{type(mod.weight).__name__} ({type(mod.weight).__module__.split('.')[0]})"
+    return None
 
 
 def quantized_layer_kinds(model) -> dict[str, int]:
@@ -293,7 +315,7 @@ class ModelManager:
         stats.weights_bytes = weights_bytes(model)
         if kernel is None:
             kinds = quantized_layer_kinds(model)
-            kernel = next((k for k in kinds if k not in ("Linear",)), None)
+            kernel = next((k for k in kinds if k not in ("Linear",)), None) or weight_subclass_kind(model)
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
             tokenizer.pad_token = tokenizer.eos_token
         lm = LoadedModel(key=key, name=name, variant=variant_name, device=device, model=model,

@@ -163,6 +163,20 @@ def _int8_plan(source, options: VariantOptions, device, progress) -> LoadPlan:
                     notes=["load time includes quantization (bitsandbytes quantizes while loading)"])
 
 
+# ---- torchao: int8 weight-only --------------------------------------------------------------------------------
+@register_variant("int8-wo", description="int8 weight-only (torchao): per-channel scales, no outlier split",
+                  weight_bits=8, layer_classes=("Linear",), requires=("torchao",), quantizes_on_load=True)
+def _int8_weight_only_plan(source, options: VariantOptions, device, progress) -> LoadPlan:
+    """Every Linear's weight becomes int8 with one scale per output channel (torchao ``Int8WeightOnlyConfig``);
+    activations stay in ``compute_dtype``. Unlike LLM.int8 (``int8``) nothing is split off in 16 bits, so a
+    product is one int8-weight matmul: the guides' int8 is bitsandbytes', this is the fast one (gpt-fast's)."""
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+    return LoadPlan(path=source.path, kwargs={"quantization_config": TorchAoConfig(Int8WeightOnlyConfig()),
+                                              "dtype": torch_dtype(options.compute_dtype)},
+                    notes=["load time includes quantization (torchao quantizes while loading)"])
+
+
 def _bnb4_plan(quant_type: str):
     def plan(source, options: VariantOptions, device, progress) -> LoadPlan:
         from transformers import BitsAndBytesConfig

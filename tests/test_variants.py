@@ -11,15 +11,15 @@ from playground.variants import VARIANTS
 
 # Fraction of bf16 weight bytes each variant may use at most. Embeddings (tied with lm_head, 57 MB of the
 # 269 MB) stay in 16 bits in every variant, which is why 4-bit lands near 0.4 and not 0.25.
-MAX_FRACTION_OF_BF16 = {"fp32": 2.01, "bf16": 1.0, "fp16": 1.0, "int8": 0.65, "nf4": 0.45, "fp4": 0.45,
-                        "gptq": 0.5, "awq": 0.5}
+MAX_FRACTION_OF_BF16 = {"fp32": 2.01, "bf16": 1.0, "fp16": 1.0, "int8": 0.65, "int8-wo": 0.65, "nf4": 0.45,
+                        "fp4": 0.45, "gptq": 0.5, "awq": 0.5}
 EXPECTED_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # transformer block projections of SmolLM2-135M: 30 layers × (q, k, v, o, gate, up, down)
 BLOCK_LINEARS = 30 * 7
 
 
-def test_registry_has_all_eight_variants():
-    assert list(VARIANTS) == ["fp32", "bf16", "fp16", "int8", "nf4", "fp4", "gptq", "awq"]
+def test_registry_has_all_nine_variants():
+    assert list(VARIANTS) == ["fp32", "bf16", "fp16", "int8", "int8-wo", "nf4", "fp4", "gptq", "awq"]
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -39,6 +39,10 @@ def test_variant_is_really_that_variant(manager, smollm_bf16, variant):
             quantized = len(qlayers)
             assert all(hasattr(m, "qweight") and hasattr(m, "scales") for _, m in qlayers)
             assert {m.bits for _, m in qlayers} == {4}
+        elif variant == "int8-wo":          # plain Linears whose weight is torchao's int8 tensor subclass
+            from torchao.quantization import Int8Tensor
+            quantized = sum(1 for m in lm.model.modules()
+                            if isinstance(m, torch.nn.Linear) and isinstance(m.weight, Int8Tensor))
         else:
             wanted = VARIANTS[variant].quantized_layer_classes
             quantized = sum(n for cls, n in kinds.items() if any(cls.endswith(w) for w in wanted))
@@ -50,7 +54,7 @@ def test_variant_is_really_that_variant(manager, smollm_bf16, variant):
     text, stats = chat(lm, FRANCE, params=GenerationParams(greedy=True, max_new_tokens=12))
     assert text.strip(), f"{variant} produced an empty reply"
     assert stats.new_tokens > 0 and stats.ttft_s > 0 and stats.peak_mem_gb > 0
-    if variant in ("fp32", "bf16", "fp16", "int8"):
+    if variant in ("fp32", "bf16", "fp16", "int8", "int8-wo"):
         assert "Paris" in text, (variant, text)
 
 

@@ -1,0 +1,39 @@
+"""int8-wo: torchao's int8 weight-only variant (issue #19), next to bitsandbytes' LLM.int8 (``int8``).
+
+Per-channel int8 weights, activations in bf16, nothing split off: its logits stay close to bf16's, its weights are
+counted at their int8 size (torchao's tensor subclass reports bf16's element size and a data_ptr of 0, which
+the old weight count took at face value), and it answers."""
+from __future__ import annotations
+
+import torch
+
+from conftest import DEFAULT_MODEL, FRANCE
+from playground.engine import GenerationParams, chat
+from playground.manager import weights_bytes
+
+
+def test_a_torchao_weight_counts_its_int8_data_and_scales_not_its_logical_size():
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    model = torch.nn.Sequential(torch.nn.Linear(256, 512, bias=False), torch.nn.Linear(512, 256, bias=False))
+    model = model.to(torch.bfloat16)
+    assert weights_bytes(model) == 2 * 256 * 512 * 2
+    quantize_(model, Int8WeightOnlyConfig())
+    # int8 codes + one fp32 scale and one int8 zero point per output channel, for both layers (not one: the
+    # subclass's data_ptr is 0 for every weight)
+    assert weights_bytes(model) == 2 * 256 * 512 + 512 * 5 + 256 * 5
+
+
+def test_int8_weight_only_stays_close_to_bf16_and_answers(manager, smollm_bf16):
+    lm = manager.get(DEFAULT_MODEL, "int8-wo")
+    assert lm.kernel == "Int8Tensor (torchao)"
+    assert 0.45 < lm.stats.weights_bytes / smollm_bf16.stats.weights_bytes < 0.65
+    tok = lm.tokenizer
+    ids = tok("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        got = lm.model(ids).logits.float()
+        ref = smollm_bf16.model(ids).logits.float()
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert rel < 0.10, f"int8-wo logits {rel:.3f} away from bf16's (relative L2)"   # measured 0.054 on SmolLM2
+    assert got[0, -1].argmax() == ref[0, -1].argmax()
+    text, stats = chat(lm, FRANCE, params=GenerationParams(greedy=True, max_new_tokens=12))
+    assert "Paris" in text and stats.new_tokens > 0
