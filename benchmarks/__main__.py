@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of auto (fast on CUDA except int8, eager on CPU), "
                         "fast (static cache + compiled step), "
                         "eager; each gives its own rows, e.g. eager,fast")
+    r.add_argument("--peer", type=_csv, default=[], metavar="transformers-static",
+                   help="add rows of another implementation on the same model, prompt and tokens: "
+                        "transformers-static = transformers' generate(cache_implementation='static'), so every "
+                        "table shows x transformers beside the roofline fraction")
     r.add_argument("--kv-cache", type=_csv, default=["default"],
                    help="comma list of KV-cache storage: default (model dtype), int8 (HQQ), int4, int2 (quanto); "
                         "each gives its own rows; a quantized cache always decodes eagerly")
@@ -114,7 +118,8 @@ def cmd_run(args) -> int:
                         memory_cap_gb=args.memory_cap_gb, random_weights=args.random_weights,
                         overhead_check=not args.no_overhead_check, timeout_s=args.timeout_s, name=Path(out).name,
                         quality=args.quality, quality_options=_quality_options(args),
-                        decode_modes=args.decode_modes, kv_cache=args.kv_cache,
+                        decode_modes=args.decode_modes + [p for p in args.peer if p not in args.decode_modes],
+                        kv_cache=args.kv_cache,
                         variant_options={"kernel": args.kernel} if args.kernel else {})
     except ConfigError as exc:
         return _fail(str(exc))

@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 RANDOM_PREFIX = "random:"
 MAX_NEW_TOKENS = 8192
 MAX_PROMPT_TOKENS = 131072
-DECODE_MODES = ("auto", "fast", "eager")
+DECODE_MODES = ("auto", "fast", "eager", "transformers-static")
+# the peer: transformers' own generate(cache_implementation="static") on the same model, prompt and tokens, a row
+# beside ours so a table shows "x transformers" as well as the roofline fraction (--peer transformers-static)
+PEER_MODES = ("transformers-static",)
 KV_CACHES = ("default", "int8", "int4", "int2")   # playground.engine.KV_CACHE_OPTIONS (kept import-light here)
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # keyword arguments of benchmarks.quality.evaluate_quality that RunConfig.quality_options may set (lowest value)

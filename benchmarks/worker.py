@@ -16,7 +16,7 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .config import RANDOM_PREFIX, RunConfig, is_random
+from .config import PEER_MODES, RANDOM_PREFIX, RunConfig, is_random
 from .roofline import roofline_columns
 from .results import LONG_TOKENS, SHORT_TOKENS, e2e_for, failed_rows, median, percentile
 from .results import QUALITY_COLUMNS, RANDOM_QUALITY_NOTE
@@ -139,6 +139,42 @@ def engine_run(lm, ids: list[int], n: int, seed: int, device: str, fast: bool = 
                extra={"kv_cache_gb": s.kv_cache_gb})
 
 
+class _StepStreamer:
+    """A ``generate`` streamer that marks a LatencyTracker step per new token (its first ``put`` is the prompt)."""
+
+    def __init__(self, lat):
+        self.lat, self.prompt_seen = lat, False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.lat.token()
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def peer_run(lm, prompts: list[list[int]], n: int, device: str) -> Run:
+    """The peer row: transformers' ``generate(cache_implementation="static")`` (compiled by transformers itself on
+    CUDA), greedy, exactly ``n`` new tokens, timed per token like ours."""
+    import torch
+
+    from .trackers import LatencyTracker, MemoryTracker
+    ids = torch.tensor(prompts, device=lm.model.device)
+    pad = lm.tokenizer.pad_token_id
+    t0 = time.perf_counter()
+    with MemoryTracker(device) as mt:
+        with LatencyTracker(device, len(prompts)) as lat, torch.inference_mode():
+            lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False, cache_implementation="static", pad_token_id=pad,
+                              streamer=_StepStreamer(lat))
+    wall = time.perf_counter() - t0
+    r = lat.result
+    if len(r.itl_s) != n - 1:
+        raise RuntimeError(f"transformers' generate made {len(r.itl_s) + 1} tokens instead of {n}")
+    return Run(r.ttft_s, r.itl_s, r.total_s, wall, r.decode_tok_s, mt.result)
+
+
 def batched_run(lm, prompts: list[list[int]], n: int, stop: list[int], device: str, fast: bool = False) -> Run:
     from .generation import batched_greedy
     from .trackers import LatencyTracker, MemoryTracker
@@ -151,8 +187,10 @@ def batched_run(lm, prompts: list[list[int]], n: int, stop: list[int], device: s
     return Run(r.ttft_s, r.itl_s, r.total_s, wall, r.decode_tok_s, mt.result)
 
 
-def measure(lm, cfg: RunConfig, row: ResultRow, device: str, fast: bool = False, kv_cache: str = "default") -> None:
-    """The latency and memory sections of ``row`` (and its per-repeat lists in ``raw``)."""
+def measure(lm, cfg: RunConfig, row: ResultRow, device: str, fast: bool = False, kv_cache: str = "default",
+            peer: bool = False) -> None:
+    """The latency and memory sections of ``row`` (and its per-repeat lists in ``raw``); ``peer``: measured through
+    transformers' static-cache generate instead of this project's engine."""
     import torch
 
     from .generation import bare_fast_loop, bare_generate, make_prompt_ids, stop_token_ids
@@ -164,10 +202,12 @@ def measure(lm, cfg: RunConfig, row: ResultRow, device: str, fast: bool = False,
         return
     prompts = make_prompt_ids(lm.tokenizer, p, bs)
     stop = stop_token_ids(lm.model, lm.tokenizer)
-    check = cfg.overhead_check and bs == 1 and kv_cache == "default"   # generate() has no quantized cache here
+    check = cfg.overhead_check and bs == 1 and kv_cache == "default" and not peer   # generate(): no quantized KV
 
     def one() -> Run:
         torch.manual_seed(cfg.seed)
+        if peer:
+            return peer_run(lm, prompts, n, device)
         if bs == 1:
             return engine_run(lm, prompts[0], n, cfg.seed, device, fast, kv_cache)
         if kv_cache != "default":
@@ -211,7 +251,8 @@ def measure(lm, cfg: RunConfig, row: ResultRow, device: str, fast: bool = False,
     row.memory = Memory(peak_rss_gb=peak("peak_rss_gb"), peak_gpu_mem_gb=peak("peak_gpu_mem_gb"),
                         peak_gpu_reserved_gb=peak("peak_gpu_reserved_gb"), peak_gpu_nvml_gb=peak("peak_gpu_nvml_gb"),
                         nvml_scope=runs[0].mem.nvml_scope, kv_cache_gb=runs[-1].extra.get("kv_cache_gb"))
-    row.set(repeats=len(runs), timed_with=("engine.stream_reply" if bs == 1 else "batched greedy loop")
+    row.set(repeats=len(runs), timed_with=("transformers generate(cache_implementation='static')" if peer else
+                                           "engine.stream_reply" if bs == 1 else "batched greedy loop")
             + (" (static cache, compiled step)" if fast else ""))
     row.raw.update(
         ttft_ms=ttft, decode_tok_s=dec, e2e_s=[r.total_s for r in runs], wall_s=[r.wall_s for r in runs],
@@ -254,6 +295,23 @@ def quality_columns(lm, cfg: RunConfig, label: str, ev: Events) -> tuple[dict, d
         return asdict(Quality(**values)), extra
     except RowError as exc:     # a value the row cannot hold: said in the row, not a dead worker
         return asdict(Quality(quality_error=f"error: {exc}")), extra
+
+
+def measure_mode(lm, cfg: RunConfig, row: ResultRow, device: str, mode: str, kv: str, ev: Events) -> None:
+    """One row: this project's engine in decode ``mode`` (auto/fast/eager) with KV cache ``kv``, or the peer."""
+    if mode in PEER_MODES:
+        row.set(decode_mode=mode)
+        if kv != "default":
+            row.set(status="unsupported", repeats=0,
+                    error="the transformers peer row is measured with the default KV cache only")
+            return
+        measure(lm, cfg, row, device, peer=True)
+        return
+    fast = use_fast(lm, mode if kv == "default" else "eager", device, row, ev)
+    if kv != "default" and mode != "eager" and (mode == "fast" or device.startswith("cuda")):
+        row.raw["notes"].append(f"kv_cache={kv}: a quantized KV cache decodes eagerly (the fast "
+                                f"decoder's static cache cannot hold it)")
+    measure(lm, cfg, row, device, fast, kv)
 
 
 def measure_bandwidth(device: str) -> float | None:
@@ -343,12 +401,9 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
             ev.progress(0.0, f"{model} [{variant}] bs={bs} prompt={p} new={n} decode={mode} kv={kv}")
             try:
                 row.set(read_bandwidth_gb_s=roof["bandwidth"], decode_bytes_gb=roof["bytes"] / GB)
-                fast = use_fast(lm, mode if kv == "default" else "eager", device, row, ev)
-                if kv != "default" and mode != "eager" and (mode == "fast" or device.startswith("cuda")):
-                    row.raw["notes"].append(f"kv_cache={kv}: a quantized KV cache decodes eagerly (the fast "
-                                            f"decoder's static cache cannot hold it)")
-                measure(lm, cfg, row, device, fast, kv)
-                row.set(**roofline_columns(row.latency.decode_tok_s, bs, roof["bandwidth"], roof["bytes"]))
+                measure_mode(lm, cfg, row, device, mode, kv, ev)
+                if row.status == "ok":
+                    row.set(**roofline_columns(row.latency.decode_tok_s, bs, roof["bandwidth"], roof["bytes"]))
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()
                 row.fail(classify(exc), describe(exc))
