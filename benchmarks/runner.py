@@ -26,19 +26,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from playground.device_use import device_sharers, sharing_device
+
 from .config import RunConfig
 from .environment import ROOT, collect_environment
 from .generation import load_prompt_text
 from .results import failed_rows, save_run
 
-_ACTIVE = threading.Event()
+DEVICE_SHARER = "benchmark"    # the Chat and Compare tabs say "A benchmark is running" (``playground.device_use``)
 POLL_S = 0.2
 OOM_SIGNALS = {signal.SIGKILL}
 
 
 def is_running() -> bool:
-    """True while a sweep runs in this process (the chat tab can say the device is busy)."""
-    return _ACTIVE.is_set()
+    """True while a sweep runs in this process (the chat tab says the device is busy: ``playground.device_use``)."""
+    return DEVICE_SHARER in device_sharers()
 
 
 def resolve_device(device: str) -> str:
@@ -277,58 +279,57 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
         say(done_units / total, f"{row['model']} [{row['variant']}] bs={row['batch_size']} "
                                 f"p={row['prompt_tokens']} n={row['new_tokens']}: {row['status']}")
 
-    _ACTIVE.set()
     try:
-        for model in config.models:
-            for variant in config.variants:
-                if cancel is not None and cancel.is_set():
-                    data["cancelled"] = True
-                    break
-                base = done_units
-                missing = [c for c in config.combos() if (model, variant, device, *c) not in measured]
-                if not missing:                  # resumed: everything of this (model, variant) is there
-                    done_units = base + per_mv
-                    continue
-                reason = _precheck(variant, device)
-                if reason:
-                    done_units += 1
-                    for row in failed_rows(config, model, variant, device, "unsupported", reason, done=[
-                            c for c in config.combos() if c not in missing]):
-                        add(row)
-                    done_units = base + per_mv
-                    continue
-                # resumed with some combos already measured: the worker does the smallest grid that covers
-                # the missing ones; rows it makes for combos already kept are dropped
-                sub = config if len(missing) == len(config.combos()) else replace(
-                    config, batch_sizes=_ordered(config.batch_sizes, {c[0] for c in missing}),
-                    prompt_tokens=_ordered(config.prompt_tokens, {c[1] for c in missing}),
-                    new_tokens=_ordered(config.new_tokens, {c[2] for c in missing}))
-                say(base / total, f"starting {model} [{variant}] on {device}")
-
-                def on_event(msg, loaded=[False]):
-                    nonlocal done_units
-                    kind = msg.get("event")
-                    if not loaded[0] and (kind == "row" or (kind == "progress" and msg["fraction"] >= 1.0)):
-                        loaded[0] = True       # the load step of this (model, variant) is over
+        with sharing_device(DEVICE_SHARER):
+            for model in config.models:
+                for variant in config.variants:
+                    if cancel is not None and cancel.is_set():
+                        data["cancelled"] = True
+                        break
+                    base = done_units
+                    missing = [c for c in config.combos() if (model, variant, device, *c) not in measured]
+                    if not missing:                  # resumed: everything of this (model, variant) is there
+                        done_units = base + per_mv
+                        continue
+                    reason = _precheck(variant, device)
+                    if reason:
                         done_units += 1
-                    if kind == "row" and _row_key(msg["row"]) not in measured:
-                        add(msg["row"])
-                    elif kind == "progress":
-                        frac = 0.0 if loaded[0] else max(0.0, msg["fraction"])
-                        say((done_units + frac) / total, msg["message"])
+                        for row in failed_rows(config, model, variant, device, "unsupported", reason, done=[
+                                c for c in config.combos() if c not in missing]):
+                            add(row)
+                        done_units = base + per_mv
+                        continue
+                    # resumed with some combos already measured: the worker does the smallest grid that covers
+                    # the missing ones; rows it makes for combos already kept are dropped
+                    sub = config if len(missing) == len(config.combos()) else replace(
+                        config, batch_sizes=_ordered(config.batch_sizes, {c[0] for c in missing}),
+                        prompt_tokens=_ordered(config.prompt_tokens, {c[1] for c in missing}),
+                        new_tokens=_ordered(config.new_tokens, {c[2] for c in missing}))
+                    say(base / total, f"starting {model} [{variant}] on {device}")
 
-                log = (out or Path(tempfile.gettempdir()) / "bench-logs") / "logs" / \
-                    f"{Path(model).name.replace(':', '_')}__{variant}.log"
-                outcome = run_worker(sub, model, variant, device, log, on_event, cancel)
-                done_units = base + per_mv
-                if outcome == "cancelled":
-                    data["cancelled"] = True
+                    def on_event(msg, loaded=[False]):
+                        nonlocal done_units
+                        kind = msg.get("event")
+                        if not loaded[0] and (kind == "row" or (kind == "progress" and msg["fraction"] >= 1.0)):
+                            loaded[0] = True       # the load step of this (model, variant) is over
+                            done_units += 1
+                        if kind == "row" and _row_key(msg["row"]) not in measured:
+                            add(msg["row"])
+                        elif kind == "progress":
+                            frac = 0.0 if loaded[0] else max(0.0, msg["fraction"])
+                            say((done_units + frac) / total, msg["message"])
+
+                    log = (out or Path(tempfile.gettempdir()) / "bench-logs") / "logs" / \
+                        f"{Path(model).name.replace(':', '_')}__{variant}.log"
+                    outcome = run_worker(sub, model, variant, device, log, on_event, cancel)
+                    done_units = base + per_mv
+                    if outcome == "cancelled":
+                        data["cancelled"] = True
+                        break
+                    save_run(out, data, report=True)
+                if data["cancelled"]:
                     break
-                save_run(out, data, report=True)
-            if data["cancelled"]:
-                break
     finally:
-        _ACTIVE.clear()
         data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if hasattr(os, "getloadavg"):
             data["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -22,7 +22,7 @@ def _check_benchmark_wiring(blocks):
     import inspect
 
     from playground.catalog import DEFAULT_MODEL
-    from playground.ui import benchmark_tab as tab
+    from benchmarks import ui_tab as tab
     from playground.variants import VARIANTS
     kinds = {"bench-banner": gr.HTML, "bench-models": gr.Dropdown, "bench-variants": gr.CheckboxGroup,
              "bench-bs": gr.Textbox, "bench-prompt": gr.Textbox, "bench-new": gr.Textbox, "bench-repeats": gr.Number,
@@ -45,7 +45,7 @@ def _check_benchmark_wiring(blocks):
 
     # ▶ Run: start(...) gets the 11 settings in start_job's order and updates status, banner, both buttons, seen
     run = ui_event(blocks, "bench-run")
-    assert run.fn.__name__ == "start" and run.fn.__module__ == "playground.ui.benchmark_tab"
+    assert run.fn.__name__ == "start" and run.fn.__module__ == "benchmarks.ui_tab"
     assert [i.elem_id for i in run.inputs] == list(RUN_INPUTS)
     params = list(inspect.signature(tab.start_job).parameters)
     n = len(RUN_INPUTS)
@@ -60,7 +60,7 @@ def _check_benchmark_wiring(blocks):
     assert [o.elem_id for o in stop.outputs] == ["bench-status"]
     # the timer polls the job into the status, banner, buttons, table, plots and the zip
     ticks = [f for f in blocks.fns.values()
-             if f.name == "tick" and getattr(f.fn, "__module__", "") == "playground.ui.benchmark_tab"]
+             if f.name == "tick" and getattr(f.fn, "__module__", "") == "benchmarks.ui_tab"]
     assert len(ticks) == 1 and ticks[0].inputs == [seen]
     assert isinstance(blocks.blocks[ticks[0].targets[0][0]], gr.Timer) and ticks[0].targets[0][1] == "tick"
     assert [getattr(o, "elem_id", None) for o in ticks[0].outputs] == [
@@ -70,7 +70,7 @@ def _check_benchmark_wiring(blocks):
 
 
 def test_tab_builds_standalone_and_in_the_app(manager):
-    from playground.ui.benchmark_tab import build_benchmark_tab
+    from benchmarks.ui_tab import build_benchmark_tab
     with gr.Blocks() as demo:
         with gr.Tab("Benchmark"):
             build_benchmark_tab(manager)
@@ -83,11 +83,11 @@ def test_tab_builds_standalone_and_in_the_app(manager):
     while node is not None and node is not tab:       # the Run button sits inside the app's Benchmark tab
         node = node.parent
     assert node is tab
-    assert ui_handler(app, "benchmark_tab", "start") is ui_event(app, "bench-run").fn
+    assert ui_handler(app, "benchmarks.ui_tab", "start") is ui_event(app, "bench-run").fn
 
 
 def test_bad_settings_are_refused_with_a_message(manager):
-    from playground.ui.benchmark_tab import start_job
+    from benchmarks.ui_tab import start_job
     with pytest.raises(ValueError, match="unknown variant"):
         start_job(manager, ["smollm2-135m-instruct"], ["int3"], "1", "32", "8", 1, 0, "cpu", None, False)
     with pytest.raises(ValueError, match="batch sizes"):
@@ -101,7 +101,7 @@ class _Request:
 @pytest.mark.slow
 def test_background_sweep_fills_table_plots_and_zip(manager, smollm_bf16, tmp_path, monkeypatch):
     from benchmarks import runner
-    from playground.ui import benchmark_tab as tab
+    from benchmarks import ui_tab as tab
     from playground.ui.app import build_app
     monkeypatch.setattr(tab, "RESULTS_ROOT", tmp_path)
     app = build_app(manager)
@@ -133,7 +133,7 @@ def test_background_sweep_fills_table_plots_and_zip(manager, smollm_bf16, tmp_pa
     names = zipfile.ZipFile(make_zip(job.out)).namelist()
     assert len(names) == 3 and tab.busy_banner(job) == ""
     # what the tab's timer shows once the run is over: the table, the plots and the zip to download
-    tick = ui_handler(app, "benchmark_tab", "tick")
+    tick = ui_handler(app, "benchmarks.ui_tab", "tick")
     status, banner, run_btn, stop_btn, rows, compact, *figs, zip_path, version = tick(-1)
     assert banner == "" and version == job.version and len(rows) == 2 and all(f is not None for f in figs)
     assert sorted(zipfile.ZipFile(zip_path).namelist()) == sorted(names)
@@ -145,8 +145,8 @@ def test_app_runs_go_to_the_users_cache_or_the_results_dir_never_the_checkout(ma
     """Runs started in the app wrote into the repository's results/ (untracked files in a git checkout)."""
     from pathlib import Path
 
-    from playground.ui import benchmark_tab as tab
-    repo = Path(tab.__file__).resolve().parents[2]
+    from benchmarks import ui_tab as tab
+    repo = Path(tab.__file__).resolve().parents[1]
     monkeypatch.setenv("PLAYGROUND_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("PLAYGROUND_RESULTS_DIR", raising=False)
     assert tab.results_root() == tmp_path / "cache" / "results"

@@ -1,8 +1,10 @@
-"""Benchmark tab: pick models, variants and sizes; the sweep runs in the background (one worker process per
-(model, variant), see ``benchmarks.runner``) while a live table and plots fill in; the results download as a zip.
+"""The app's Benchmark tab: pick models, variants and sizes; the sweep runs in the background (one worker process
+per (model, variant), see ``benchmarks.runner``) while a live table and plots fill in; the results download as a zip.
 
-``build_benchmark_tab(manager)`` builds the tab's content (call it inside ``with gr.Tab("Benchmark"):``);
-``build_tab(ctx)`` is the hook ``app.py`` looks for and wraps it in its own tab.
+A ``playground.tabs`` plugin (``playground/ui/plugins.py``; declared in pyproject.toml): ``build_tab(ctx)`` adds
+the tab to the app after the built-in ones, and ``served_folders()`` names the folder whose zips the browser may
+download. It lives in benchmarks/ because it drives the runner; playground/ never imports it.
+``build_benchmark_tab(manager)`` builds the tab's content alone (call it inside ``with gr.Tab("Benchmark"):``).
 The sweep runs in other processes, so chat keeps working in this one; while it runs, a banner says that the
 device is shared (replies slow down and the benchmark's timings are disturbed).
 """
@@ -17,10 +19,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..catalog import CATALOG, DEFAULT_MODEL
-from ..errors import PlaygroundError
-from ..manager import ModelManager
-from ..variants import VARIANTS
+from playground.catalog import CATALOG, DEFAULT_MODEL
+from playground.errors import PlaygroundError
+from playground.manager import ModelManager
+from playground.variants import VARIANTS
 
 PRIVATE = "private"
 TABLE_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status", "decode_tok_s", "ttft_ms",
@@ -54,7 +56,7 @@ def results_root() -> Path:
     cache (``~/.cache/quant-playground/results``); never the repository's ``results/`` (committed runs only)."""
     import os
 
-    from ..catalog import cache_root
+    from playground.catalog import cache_root
     if RESULTS_ROOT is not None:
         return Path(RESULTS_ROOT)
     configured = os.environ.get("PLAYGROUND_RESULTS_DIR")
@@ -80,7 +82,7 @@ SHARED_CAPS = {"repeats": 5, "warmup": 3, "batch_sizes": 16, "prompt_tokens": 40
 def check_shared_models(ctx, models, memory_cap_gb: float) -> None:
     """A stranger's sweep (shared mode) names the shipped architectures and the host's models only, and no
     random-weight model bigger than the memory cap; checked before anything reads a file. Raises ValueError."""
-    from benchmarks.random_weights import estimated_params, list_architectures, load_architecture
+    from .random_weights import estimated_params, list_architectures, load_architecture
     shipped = set(list_architectures())
     for name in models or []:
         name = str(name).strip()
@@ -120,8 +122,8 @@ def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_token
     """Validate, then run the sweep in a background thread. Raises ValueError with a readable message.
     ``ctx`` (the UI context) brings the sharing policy; in shared mode ``check_shared_sweep`` applies."""
     global _JOB
-    from benchmarks.config import ConfigError, RunConfig
-    from benchmarks.runner import run_sweep
+    from .config import ConfigError, RunConfig
+    from .runner import run_sweep
     shared = ctx is not None and ctx.policy.shared
     if shared:
         if not memory_cap_gb:                   # a memory cap by default: the app's own budget
@@ -217,7 +219,7 @@ def table_rows(job: Job | None) -> list[list]:
 
 
 def figures(rows: list[dict]):
-    from benchmarks import plots
+    from . import plots
     sweep = next((f for f in (plots.sweep_figure(rows, a) for a in ("batch_size", "prompt_tokens", "new_tokens"))
                   if f is not None), None)
     return plots.bars_figure(rows), plots.scatter_figure(rows), sweep
@@ -225,9 +227,9 @@ def figures(rows: list[dict]):
 
 def build_benchmark_tab(manager: ModelManager, device: str | None = None, default_model: str = DEFAULT_MODEL,
                         ctx=None) -> None:
-    from benchmarks.random_weights import list_architectures
+    from .random_weights import list_architectures
 
-    from .common import user_id
+    from playground.ui.common import user_id
     shared = ctx is not None and ctx.policy.shared
     offered = [m for m in ctx.policy.offered_models() if m not in CATALOG] if ctx is not None else []
     model_choices = list(CATALOG) + offered + [f"random:{a}" for a in list_architectures()]
@@ -312,12 +314,12 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
                   gr.Button(interactive=not finished)]
         if job.version == last_version:
             return (*common, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last_version)
-        from benchmarks.report import compact_table
+        from .report import compact_table
         rows = list(job.rows)
         figs = figures(rows) if rows else (None, None, None)
         zip_path = None
         if finished and (Path(job.out) / "results.json").exists():
-            from benchmarks.bundle import make_zip
+            from .bundle import make_zip
             zip_path = make_zip(job.out)
         return (*common, table_rows(job), compact_table(rows) if rows else "", *figs, zip_path, job.version)
 
@@ -329,6 +331,13 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
 
 
 def build_tab(ctx) -> None:
-    """The hook ``playground.ui.app`` calls: the benchmark tab in its own ``gr.Tab``."""
+    """The plugin's tab (``playground.ui.plugins``): the benchmark tab in its own ``gr.Tab``."""
     with gr.Tab("Benchmark", id="benchmark", elem_id="tab-benchmark"):
         build_benchmark_tab(ctx.manager, ctx.device, ctx.default_model, ctx=ctx)
+
+
+def served_folders() -> list[Path]:
+    """The plugin's folders the app may send files from (gradio's ``allowed_paths``): the runs' zips."""
+    root = results_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return [root]
