@@ -186,6 +186,8 @@ def cmd_compare(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from playground import process_setup
+    process_setup()
     args = build_parser().parse_args(argv)
     if args.cmd == "architectures":
         from .random_weights import ARCH_DIR, list_architectures, load_architecture

@@ -142,6 +142,8 @@ def interactive(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import process_setup
+    process_setup()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
