@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     process_setup()
     args = parse_args(argv)
     if args.share and not args.auth_pairs and not args.share_without_auth:
-        print(f"launch.py: refusing to --share without a login.\n{AUTH_HINT}", file=sys.stderr)
-        return 2
+        from playground.errors import usage_error
+        return usage_error(f"refusing to --share without a login.\n{AUTH_HINT}", "launch.py", label="")
 
     from playground.manager import ModelManager
     from playground.ui import build_app, launch_app
