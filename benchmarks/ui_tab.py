@@ -28,6 +28,20 @@ PRIVATE = "private"
 TABLE_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status", "decode_tok_s", "ttft_ms",
               "itl_p50_ms", "e2e_long_s", "peak_rss_gb", "peak_gpu_mem_gb", "weights_gb", "load_read_s",
               "perplexity", "perplexity_zh", "accuracy", "error"]
+# what the live table calls each column (the results files keep the column names)
+TABLE_LABELS = {"model": "model", "variant": "variant", "batch_size": "batch", "prompt_tokens": "prompt tokens",
+                "new_tokens": "new tokens", "status": "status", "decode_tok_s": "decode tok/s", "ttft_ms": "TTFT ms",
+                "itl_p50_ms": "ITL p50 ms", "e2e_long_s": "256-token answer s", "peak_rss_gb": "peak RAM GB (RSS)",
+                "peak_gpu_mem_gb": "peak GPU GB (allocator)", "weights_gb": "weights GB",
+                "load_read_s": "load s (read)", "perplexity": "perplexity en", "perplexity_zh": "perplexity zh",
+                "accuracy": "accuracy (ARC-Easy)", "error": "error"}
+ALWAYS_SHOWN = ("model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status")   # even when empty
+# headers on one line, the table scrolling sideways: one long error made the other headers one letter wide
+TABLE_CSS = """
+#bench-table th, #bench-table th * { white-space: nowrap !important; word-break: keep-all !important;
+                                     overflow-wrap: normal !important; }
+#bench-table .table-wrap { overflow-x: auto; }
+"""
 RESULTS_ROOT: Path | None = None   # where the app's runs go; None: ``results_root()``
 
 
@@ -102,6 +116,48 @@ def check_shared_models(ctx, models, memory_cap_gb: float) -> None:
                 raise ValueError(str(exc)) from None
 
 
+def check_model_names(models) -> None:
+    """Every real-weight model of a sweep can be found before any worker starts (was: an unknown name ran a worker
+    that ended in a three-level chained exception). Catalog keys, folders with a config.json, and Hugging Face ids
+    in the local cache or on the reachable hub pass; ``random:`` names are ``RunConfig``'s to check.
+    Raises ValueError with one line."""
+    from playground.catalog import resolve
+    for name in models or []:
+        name = str(name).strip()
+        if not name or name in CATALOG or name.startswith("random:"):
+            continue                                # an empty name: RunConfig says so
+        try:
+            source = resolve(name)                  # not a catalog key: no conversion, no network
+        except PlaygroundError as exc:
+            raise ValueError(str(exc)) from None
+        if not source.local:
+            _check_hub_id(name)
+
+
+def _check_hub_id(name: str) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+    try:
+        if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+            return
+    except HFValidationError as exc:
+        raise ValueError(f"{name[:80]}: not a catalog key, a model folder or a Hugging Face id "
+                         f"({str(exc).splitlines()[0][:160]})") from None
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"{name} is not in the local Hugging Face cache and the hub cannot be reached "
+                         f"(HF_HUB_OFFLINE=1): download it on a machine with internet or pass a local folder")
+    try:
+        huggingface_hub.model_info(name, timeout=10)
+    except huggingface_hub.errors.GatedRepoError:
+        return                                  # there, behind a licence: the worker says what to do
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        raise ValueError(f"{name}: no such model on the Hugging Face hub (check the spelling)") from None
+    except Exception as exc:  # noqa: BLE001 - no answer from the hub: the worker could not download it either
+        raise ValueError(f"{name} is not in the local Hugging Face cache and the hub cannot be reached "
+                         f"({type(exc).__name__})") from None
+
+
 def check_shared_caps(cfg) -> None:
     """A stranger's sweep stays within ``SHARED_CAPS``. Raises ValueError."""
     for key in ("repeats", "warmup"):
@@ -129,6 +185,7 @@ def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_token
         if not memory_cap_gb:                   # a memory cap by default: the app's own budget
             memory_cap_gb = manager.budget_bytes / 2 ** 30
         check_shared_models(ctx, models, float(memory_cap_gb))
+    check_model_names(models)
     with _LOCK:
         if _JOB is not None and not _JOB.done:
             raise ValueError("a benchmark is already running: wait for it or press Stop" if not shared or
@@ -206,7 +263,13 @@ def status_text(job: Job | None) -> str:
     return head + f"  \nResults folder: `{job.out}`"
 
 
-def table_rows(job: Job | None) -> list[list]:
+def table_columns(rows: list[dict]) -> list[str]:
+    """The columns of ``TABLE_COLS`` worth a place: ``ALWAYS_SHOWN`` and those with a value in some row (a CPU run
+    has no GPU memory, a run without quality no perplexity, an all-ok run no error)."""
+    return [c for c in TABLE_COLS if c in ALWAYS_SHOWN or any(r.get(c) not in (None, "") for r in rows)]
+
+
+def table_rows(job: Job | None, columns: list[str] = TABLE_COLS) -> list[list]:
     if job is None:
         return []
 
@@ -215,7 +278,14 @@ def table_rows(job: Job | None) -> list[list]:
         if c == "model" and r.get("random_weights"):
             return f"{v} [random weights]"
         return round(v, 3) if isinstance(v, float) else ("" if v is None else v)
-    return [[cell(r, c) for c in TABLE_COLS] for r in job.rows]
+    return [[cell(r, c) for c in columns] for r in job.rows]
+
+
+def results_table(job: Job | None):
+    """The live table: the columns with something to show, under their labels."""
+    import pandas as pd
+    columns = table_columns(job.rows if job is not None else [])
+    return pd.DataFrame(table_rows(job, columns), columns=[TABLE_LABELS[c] for c in columns])
 
 
 def figures(rows: list[dict]):
@@ -223,6 +293,28 @@ def figures(rows: list[dict]):
     sweep = next((f for f in (plots.sweep_figure(rows, a) for a in ("batch_size", "prompt_tokens", "new_tokens"))
                   if f is not None), None)
     return plots.bars_figure(rows), plots.scatter_figure(rows), sweep
+
+
+def note_figure(text: str):
+    """A plot panel that says why there is nothing to plot (instead of gradio's empty broken-chart panel)."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    fig.add_annotation(text=html.escape(text), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font={"size": 14})
+    fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, height=220,
+                      margin={"l": 10, "r": 10, "t": 10, "b": 10}, plot_bgcolor="rgba(0,0,0,0)")
+    return fig
+
+
+def shown_figures(rows: list[dict]):
+    """``figures(rows)`` with a note in each panel that has nothing to plot."""
+    bars, scatter, sweep = figures(rows)
+    no_ok = "nothing to plot yet: no row has finished ok"
+    if not any(r.get("status") == "ok" for r in rows):
+        return note_figure(no_ok), note_figure(no_ok), note_figure(no_ok)
+    return (bars or note_figure(no_ok), scatter or note_figure(no_ok),
+            sweep or note_figure("nothing to plot yet: the sweep plot needs two or more batch sizes, prompt "
+                                 "lengths or new-token counts (comma separated)"))
 
 
 def build_benchmark_tab(manager: ModelManager, device: str | None = None, default_model: str = DEFAULT_MODEL,
@@ -275,7 +367,8 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
         run_btn = gr.Button("▶ Run benchmark", variant="primary", elem_id="bench-run")
         stop_btn = gr.Button("■ Stop", variant="stop", interactive=False, elem_id="bench-stop")
     status = gr.Markdown(status_text(None if shared else _JOB), elem_id="bench-status")
-    table = gr.Dataframe(value=table_rows(None if shared else _JOB), headers=TABLE_COLS, interactive=False, wrap=True,
+    shown = results_table(None if shared else _JOB)
+    table = gr.Dataframe(value=shown, headers=list(shown.columns), interactive=False, wrap=True, max_chars=160,
                          label="Results (live)", elem_id="bench-table")
     compact = gr.HTML("", elem_id="bench-compact")
     with gr.Row():
@@ -316,12 +409,12 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
             return (*common, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last_version)
         from .report import compact_table
         rows = list(job.rows)
-        figs = figures(rows) if rows else (None, None, None)
+        figs = shown_figures(rows) if rows else (None, None, None)
         zip_path = None
         if finished and (Path(job.out) / "results.json").exists():
             from .bundle import make_zip
             zip_path = make_zip(job.out)
-        return (*common, table_rows(job), compact_table(rows) if rows else "", *figs, zip_path, job.version)
+        return (*common, results_table(job), compact_table(rows) if rows else "", *figs, zip_path, job.version)
 
     outs = [status, banner, run_btn, stop_btn, table, compact, bars, scatter, sweep, download, seen]
     run_btn.click(start, [models, variants, batch_sizes, prompt_tokens, new_tokens, repeats, warmup, dev, cap,
@@ -334,6 +427,11 @@ def build_tab(ctx) -> None:
     """The plugin's tab (``playground.ui.plugins``): the benchmark tab in its own ``gr.Tab``."""
     with gr.Tab("Benchmark", id="benchmark", elem_id="tab-benchmark"):
         build_benchmark_tab(ctx.manager, ctx.device, ctx.default_model, ctx=ctx)
+
+
+def css() -> str:
+    """The plugin's CSS, added to the app's (``playground.ui.plugins``)."""
+    return TABLE_CSS
 
 
 def served_folders() -> list[Path]:

@@ -85,7 +85,7 @@ def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 78
     return app.launch(server_name=host, server_port=port, auth=auth or None, share=False,
                       app_kwargs={"middleware": [Middleware(RequestGuard, blocks=app, policy=policy)]},
                       max_file_size=policy.max_upload_bytes, allowed_paths=[str(p) for p in plugins.served_folders()],
-                      prevent_thread_lock=prevent_thread_lock, quiet=quiet, css=APP_CSS,
+                      prevent_thread_lock=prevent_thread_lock, quiet=quiet, css=APP_CSS + plugins.plugin_css(),
                       theme=THEME, show_error=True, ssr_mode=False,
                       auth_message="LLM quantization playground: sign in with the user name and password "
                                    "the operator gave you.")

@@ -2,7 +2,8 @@
 
 A tab plugin is a module (or any object) with ``build_tab(ctx: UIContext) -> None``, which opens its own
 ``gr.Tab`` inside the app's ``gr.Tabs``, and optionally ``served_folders() -> list[Path]``: folders whose files the
-app may send to the browser (gradio's ``allowed_paths``). Plugins come after the built-in tabs, by name.
+app may send to the browser (gradio's ``allowed_paths``), and ``css() -> str``: rules added to the app's CSS.
+Plugins come after the built-in tabs, by name.
 
 Why a plugin and not an import: the Benchmark tab drives the benchmark runner, and ``benchmarks/`` builds on
 ``playground/``; if the app imported the tab, the two packages would import each other. So the tab lives in
@@ -62,3 +63,9 @@ def served_folders(plugins: list | None = None) -> list[Path]:
     """Every folder the plugins let the browser download from (``allowed_paths`` of the app's launch)."""
     plugins = tab_plugins() if plugins is None else plugins
     return [Path(p) for plugin in plugins for p in getattr(plugin, "served_folders", list)()]
+
+
+def plugin_css(plugins: list | None = None) -> str:
+    """The plugins' CSS rules, to add to the app's own."""
+    plugins = tab_plugins() if plugins is None else plugins
+    return "".join(getattr(plugin, "css", str)() for plugin in plugins)
