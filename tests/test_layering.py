@@ -44,7 +44,7 @@ def test_the_shipped_tab_plugins_are_the_ones_pyproject_declares():
     assert declared == SHIPPED_TAB_PLUGINS == {"benchmark": "benchmarks.ui_tab"}
 
 
-def test_tab_plugins_come_from_the_entry_points_else_the_shipped_list(monkeypatch):
+def test_tab_plugins_are_the_shipped_list_and_the_entry_points(monkeypatch):
     import types
 
     from playground.ui import plugins
@@ -52,11 +52,14 @@ def test_tab_plugins_come_from_the_entry_points_else_the_shipped_list(monkeypatc
     import benchmarks.ui_tab
     assert plugins.tab_plugins() == [benchmarks.ui_tab]
     monkeypatch.setattr(plugins, "entry_points", lambda group: [
-        types.SimpleNamespace(name="zz", value="benchmarks.ui_tab"),
+        types.SimpleNamespace(name="benchmark", value="benchmarks.ui_tab"),
         types.SimpleNamespace(name="aa", value="playground.ui.chat_tab")])    # installed: the group, by name
-    assert plugins.declared_tab_plugins() == {"aa": "playground.ui.chat_tab", "zz": "benchmarks.ui_tab"}
+    assert plugins.declared_tab_plugins() == {"aa": "playground.ui.chat_tab", "benchmark": "benchmarks.ui_tab"}
     import playground.ui.chat_tab
     assert plugins.tab_plugins() == [playground.ui.chat_tab, benchmarks.ui_tab]
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [            # an entry point replaces its namesake
+        types.SimpleNamespace(name="benchmark", value="playground.ui.models_tab")])
+    assert plugins.declared_tab_plugins() == {"benchmark": "playground.ui.models_tab"}
 
 
 def test_a_plugin_not_installed_is_left_out_with_a_line_but_a_broken_one_raises(monkeypatch, tmp_path, capsys):
@@ -104,3 +107,15 @@ def test_the_chat_busy_note_follows_what_shares_the_device():
         assert device_busy_note() == ("⏳ A benchmark is running on this machine: replies share the device with it "
                                       "(slower), and chatting disturbs the benchmark's timings.")
     assert device_busy_note() == "" and not runner.is_running() and device_sharers() == []
+
+
+def test_an_installed_distribution_declaring_the_group_is_found(monkeypatch, tmp_path):
+    """Real package metadata (what ``pip install -e .`` writes from pyproject.toml), not a stand-in function."""
+    from playground.ui import plugins
+    info = tmp_path / "some_tabs-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: some-tabs\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[playground.tabs]\nmodels-again = playground.ui.models_tab\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    declared = plugins.declared_tab_plugins()
+    assert declared["models-again"] == "playground.ui.models_tab" and declared["benchmark"] == "benchmarks.ui_tab"

@@ -13,9 +13,10 @@ Why a plugin and not an import: the Benchmark tab drives the benchmark runner, a
     benchmark = "benchmarks.ui_tab"
 
 Entry points are written into the environment by ``pip install -e .`` (setup.sh does it). A checkout that was
-never installed, or installed before the group existed, has none: then the plugins this repository ships,
-``SHIPPED_TAB_PLUGINS`` (the same lines as pyproject.toml), are loaded by module name, so ``python launch.py``
-shows the same tabs either way. A plugin whose package is not installed at all is left out with a line on stderr;
+never installed, or installed before the group existed, lacks them: so the plugins this repository ships,
+``SHIPPED_TAB_PLUGINS`` (the same lines as pyproject.toml), are always included by module name, and entry points
+of the same name take their place; ``python launch.py`` shows the same tabs either way, and other installed
+packages can add theirs. A plugin whose package is not installed at all is left out with a line on stderr;
 any other error while importing it is raised (a broken tab must not vanish quietly).
 """
 from __future__ import annotations
@@ -30,9 +31,9 @@ SHIPPED_TAB_PLUGINS = {"benchmark": "benchmarks.ui_tab"}   # name → module, as
 
 
 def declared_tab_plugins() -> dict[str, str]:
-    """The group's entry points (name → ``module`` or ``module:attr``), else ``SHIPPED_TAB_PLUGINS``."""
+    """``SHIPPED_TAB_PLUGINS`` and the group's entry points (name → ``module`` or ``module:attr``), by name."""
     found = {ep.name: ep.value for ep in entry_points(group=GROUP)}
-    return dict(sorted((found or SHIPPED_TAB_PLUGINS).items()))
+    return dict(sorted({**SHIPPED_TAB_PLUGINS, **found}.items()))
 
 
 def load_plugin(name: str, target: str):
