@@ -3,7 +3,8 @@ per (model, variant), see ``benchmarks.runner``) while a live table and plots fi
 
 A ``playground.tabs`` plugin (``playground/ui/plugins.py``; declared in pyproject.toml): ``build_tab(ctx)`` adds
 the tab to the app after the built-in ones, ``served_folders()`` names the folder whose zips the browser may
-download, and ``css()`` adds the results table's rules to the app's CSS. It lives in benchmarks/ because it drives the runner; playground/ never imports it.
+download, and ``css()`` adds the results table's rules to the app's CSS. It lives in benchmarks/ because it
+drives the runner; playground/ never imports it.
 ``build_benchmark_tab(manager)`` builds the tab's content alone (call it inside ``with gr.Tab("Benchmark"):``).
 The sweep runs in other processes, so chat keeps working in this one; while it runs, a banner says that the
 device is shared (replies slow down and the benchmark's timings are disturbed).
