@@ -14,12 +14,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
+from playground.errors import OneLineArgumentParser, usage_error
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage + message; one line is enough here
-        self.exit(2, f"benchmarks: error: {message} (see --help)\n")
+PROG = "benchmarks"         # the name in front of its error lines: "benchmarks: error: ..."
+_fail = partial(usage_error, prog=PROG)   # print "benchmarks: error: MESSAGE", return exit status 2
+
+
+class OneLineParser(OneLineArgumentParser):
+    error_prog = PROG
 
 
 def _csv(value: str) -> list[str]:
@@ -79,11 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .serving import add_parser as add_serve_parser
     add_serve_parser(sub)
     return ap
-
-
-def _fail(message: str) -> int:
-    print(f"benchmarks: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _quality_options(args) -> dict:
@@ -191,6 +191,8 @@ def cmd_compare(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from playground import process_setup
+    process_setup()
     args = build_parser().parse_args(argv)
     if args.cmd == "architectures":
         from .random_weights import ARCH_DIR, list_architectures, load_architecture

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from pathlib import Path
 
 from playground.engine import eos_token_ids, input_device
@@ -47,34 +48,34 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 def batched_greedy(model, prompts: list[list[int]], new_tokens: int, stop_ids: list[int], tracker,
                    fast=None) -> list[list[int]]:
     """Greedy decode of a batch of equal-length prompts; calls ``tracker.token()`` after each step.
-    ``fast``: a ``playground.fast_decode.FastDecoder`` (static cache, compiled step) instead of eager steps."""
+    ``fast``: a ``playground.fast_decode.FastDecoder`` (static cache, compiled step) instead of eager steps, its
+    cache held through ``FastDecoder.session`` for the whole batch. A measurement never falls back to eager: a
+    length the decoder cannot take raises ``FastDecodeUnsupported``, a cache in use a RuntimeError."""
     import torch
 
-    from playground.fast_decode import last_logits_kwargs
+    from playground.fast_decode import BUSY_NOTE, FastDecodeUnsupported, last_logits_kwargs
     dev = input_device(model)
     keep = last_logits_kwargs(model)
-    cache = fast.acquire(len(prompts), len(prompts[0]) + new_tokens) if fast is not None else None
-    if fast is not None and cache is None:
-        raise RuntimeError("the fast decoder's cache for this batch is busy")
-    with (torch.no_grad() if fast is not None else torch.inference_mode()):
-        try:
-            return _greedy_steps(model, fast, cache, torch.tensor(prompts, device=dev), new_tokens, stop_ids,
-                                 tracker, keep)
-        finally:
-            if fast is not None:
-                fast.release(cache)
+    held = fast.session(len(prompts[0]) + new_tokens, batch=len(prompts)) if fast is not None else nullcontext()
+    with held as session, (torch.no_grad() if fast is not None else torch.inference_mode()):
+        if session is not None and not session.fast:
+            if session.note == BUSY_NOTE:
+                raise RuntimeError("the fast decoder's cache for this batch is busy")
+            raise FastDecodeUnsupported(session.note)
+        return _greedy_steps(model, session, torch.tensor(prompts, device=dev), new_tokens, stop_ids, tracker, keep)
 
 
-def _greedy_steps(model, fast, cache, ids, new_tokens, stop_ids, tracker, keep) -> list[list[int]]:
+def _greedy_steps(model, session, ids, new_tokens, stop_ids, tracker, keep) -> list[list[int]]:
+    """``session``: a ``FastSession`` with its cache, or None (eager steps with the dynamic cache)."""
     import torch
-    past, out_ids = cache, []
+    past, out_ids = None, []
     for step in range(new_tokens):
-        if fast is None:
+        if session is None:
             out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
             past = out.past_key_values
             logits = out.logits[:, -1, :]
         else:
-            logits = fast.prefill(ids, cache) if step == 0 else fast.step(ids, cache)
+            logits = session.prefill(ids) if step == 0 else session.step(ids)
         if stop_ids:
             logits[:, stop_ids] = -float("inf")
         ids = torch.argmax(logits, dim=-1, keepdim=True)

@@ -26,19 +26,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from playground.device_use import device_sharers, sharing_device
+
 from .config import RunConfig
 from .environment import ROOT, collect_environment
 from .generation import load_prompt_text
-from .results import failed_rows, save_run
+from .results import failed_rows, new_row, save_run
+from .rows import ResultRow
 
-_ACTIVE = threading.Event()
+DEVICE_SHARER = "benchmark"    # the Chat and Compare tabs say "A benchmark is running" (``playground.device_use``)
 POLL_S = 0.2
 OOM_SIGNALS = {signal.SIGKILL}
 
 
 def is_running() -> bool:
-    """True while a sweep runs in this process (the chat tab can say the device is busy)."""
-    return _ACTIVE.is_set()
+    """True while a sweep runs in this process (the chat tab says the device is busy: ``playground.device_use``)."""
+    return DEVICE_SHARER in device_sharers()
 
 
 def resolve_device(device: str) -> str:
@@ -129,9 +132,41 @@ def _kill(proc: subprocess.Popen) -> None:
             continue
 
 
-def _follow(proc, ev, config: RunConfig, cancel, on_event) -> tuple[set, bool, bool, bool]:
-    """Forward the worker's events until it exits (or is cancelled / times out).
-    Returns (combos reported, saw "done", timed out, cancelled)."""
+def _combo_of(row) -> tuple[int, int, int] | None:
+    """(batch_size, prompt_tokens, new_tokens) of a row, when they are there and are whole numbers of at least 1."""
+    if not isinstance(row, dict):
+        return None
+    combo = tuple(row.get(c) for c in ("batch_size", "prompt_tokens", "new_tokens"))
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in combo)
+    return combo if ok else None
+
+
+class WorkerRows:
+    """Checks each row a worker sends by reading it as a ``ResultRow`` (``rows.py``): a row that reads back is
+    passed on as the typed row writes it; one that does not becomes an error row of its combination saying why
+    (the worker's row kept in ``raw``), so a worker bug never leaves a silently wrong results file. A row too broken
+    to name its combination is dropped and its reason becomes the error of the combinations left unreported."""
+
+    def __init__(self, model: str, variant: str, device: str):
+        self.model, self.variant, self.device = model, variant, device
+        self.unreadable: list[str] = []
+
+    def check(self, row) -> dict | None:
+        try:
+            return ResultRow.from_dict(row).to_dict()
+        except (ValueError, TypeError) as exc:         # RowError is a ValueError
+            why = f"the worker sent a row the runner cannot read: {exc}"
+        combo = _combo_of(row)
+        if combo is None:
+            self.unreadable.append(why)
+            return None
+        return new_row(self.model, self.variant, self.device, *combo, status="error", error=why, repeats=0,
+                       raw={"worker_row": row})
+
+
+def _follow(proc, ev, config: RunConfig, cancel, on_event, check_row=lambda row: row) -> tuple[set, bool, bool, bool]:
+    """Forward the worker's events until it exits (or is cancelled / times out); each row goes through
+    ``check_row`` first (None: dropped). Returns (combos reported, saw "done", timed out, cancelled)."""
     done: set[tuple] = set()
     finished = timed_out = False
     t0, buf = time.monotonic(), ""
@@ -148,7 +183,9 @@ def _follow(proc, ev, config: RunConfig, cancel, on_event) -> tuple[set, bool, b
             except json.JSONDecodeError:
                 continue
             if msg.get("event") == "row":
-                r = msg["row"]
+                r = msg["row"] = check_row(msg.get("row"))
+                if r is None:
+                    continue
                 done.add((r["batch_size"], r["prompt_tokens"], r["new_tokens"]))
             finished = finished or msg.get("event") == "done"
             on_event(msg)
@@ -171,11 +208,12 @@ def run_worker(config: RunConfig, model: str, variant: str, device: str, log_pat
         spec.write_text(json.dumps({"config": config.to_dict(), "model": model, "variant": variant,
                                     "device": device}))
         events.touch()
+        rows = WorkerRows(model, variant, device)
         with open(log_path, "wb") as log, open(events, encoding="utf-8") as ev:
             proc = subprocess.Popen(worker_command(spec, events), cwd=ROOT, env=_worker_env(config),
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                done, finished, timed_out, cancelled = _follow(proc, ev, config, cancel, on_event)
+                done, finished, timed_out, cancelled = _follow(proc, ev, config, cancel, on_event, rows.check)
             except BaseException:  # Ctrl+C or a callback error: never leave the worker running alone
                 _kill(proc)
                 raise
@@ -185,6 +223,8 @@ def run_worker(config: RunConfig, model: str, variant: str, device: str, log_pat
         if finished and rc == 0 and len(done) == len(config.combos()):
             return "done"
         status, error = _death_row_status(rc, _log_tail(log_path), timed_out, config.timeout_s)
+        if rows.unreadable and not timed_out and rc == 0:    # the worker ran to its end: its rows were the problem
+            status, error = "error", "; ".join(rows.unreadable[:3])
         for row in failed_rows(config, model, variant, device, status, error, done=done):
             row["raw"]["log"] = str(log_path)
             on_event({"event": "row", "row": row})
@@ -277,58 +317,57 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
         say(done_units / total, f"{row['model']} [{row['variant']}] bs={row['batch_size']} "
                                 f"p={row['prompt_tokens']} n={row['new_tokens']}: {row['status']}")
 
-    _ACTIVE.set()
     try:
-        for model in config.models:
-            for variant in config.variants:
-                if cancel is not None and cancel.is_set():
-                    data["cancelled"] = True
-                    break
-                base = done_units
-                missing = [c for c in config.combos() if (model, variant, device, *c) not in measured]
-                if not missing:                  # resumed: everything of this (model, variant) is there
-                    done_units = base + per_mv
-                    continue
-                reason = _precheck(variant, device)
-                if reason:
-                    done_units += 1
-                    for row in failed_rows(config, model, variant, device, "unsupported", reason, done=[
-                            c for c in config.combos() if c not in missing]):
-                        add(row)
-                    done_units = base + per_mv
-                    continue
-                # resumed with some combos already measured: the worker does the smallest grid that covers
-                # the missing ones; rows it makes for combos already kept are dropped
-                sub = config if len(missing) == len(config.combos()) else replace(
-                    config, batch_sizes=_ordered(config.batch_sizes, {c[0] for c in missing}),
-                    prompt_tokens=_ordered(config.prompt_tokens, {c[1] for c in missing}),
-                    new_tokens=_ordered(config.new_tokens, {c[2] for c in missing}))
-                say(base / total, f"starting {model} [{variant}] on {device}")
-
-                def on_event(msg, loaded=[False]):
-                    nonlocal done_units
-                    kind = msg.get("event")
-                    if not loaded[0] and (kind == "row" or (kind == "progress" and msg["fraction"] >= 1.0)):
-                        loaded[0] = True       # the load step of this (model, variant) is over
+        with sharing_device(DEVICE_SHARER):
+            for model in config.models:
+                for variant in config.variants:
+                    if cancel is not None and cancel.is_set():
+                        data["cancelled"] = True
+                        break
+                    base = done_units
+                    missing = [c for c in config.combos() if (model, variant, device, *c) not in measured]
+                    if not missing:                  # resumed: everything of this (model, variant) is there
+                        done_units = base + per_mv
+                        continue
+                    reason = _precheck(variant, device)
+                    if reason:
                         done_units += 1
-                    if kind == "row" and _row_key(msg["row"]) not in measured:
-                        add(msg["row"])
-                    elif kind == "progress":
-                        frac = 0.0 if loaded[0] else max(0.0, msg["fraction"])
-                        say((done_units + frac) / total, msg["message"])
+                        for row in failed_rows(config, model, variant, device, "unsupported", reason, done=[
+                                c for c in config.combos() if c not in missing]):
+                            add(row)
+                        done_units = base + per_mv
+                        continue
+                    # resumed with some combos already measured: the worker does the smallest grid that covers
+                    # the missing ones; rows it makes for combos already kept are dropped
+                    sub = config if len(missing) == len(config.combos()) else replace(
+                        config, batch_sizes=_ordered(config.batch_sizes, {c[0] for c in missing}),
+                        prompt_tokens=_ordered(config.prompt_tokens, {c[1] for c in missing}),
+                        new_tokens=_ordered(config.new_tokens, {c[2] for c in missing}))
+                    say(base / total, f"starting {model} [{variant}] on {device}")
 
-                log = (out or Path(tempfile.gettempdir()) / "bench-logs") / "logs" / \
-                    f"{Path(model).name.replace(':', '_')}__{variant}.log"
-                outcome = run_worker(sub, model, variant, device, log, on_event, cancel)
-                done_units = base + per_mv
-                if outcome == "cancelled":
-                    data["cancelled"] = True
+                    def on_event(msg, loaded=[False]):
+                        nonlocal done_units
+                        kind = msg.get("event")
+                        if not loaded[0] and (kind == "row" or (kind == "progress" and msg["fraction"] >= 1.0)):
+                            loaded[0] = True       # the load step of this (model, variant) is over
+                            done_units += 1
+                        if kind == "row" and _row_key(msg["row"]) not in measured:
+                            add(msg["row"])
+                        elif kind == "progress":
+                            frac = 0.0 if loaded[0] else max(0.0, msg["fraction"])
+                            say((done_units + frac) / total, msg["message"])
+
+                    log = (out or Path(tempfile.gettempdir()) / "bench-logs") / "logs" / \
+                        f"{Path(model).name.replace(':', '_')}__{variant}.log"
+                    outcome = run_worker(sub, model, variant, device, log, on_event, cancel)
+                    done_units = base + per_mv
+                    if outcome == "cancelled":
+                        data["cancelled"] = True
+                        break
+                    save_run(out, data, report=True)
+                if data["cancelled"]:
                     break
-                save_run(out, data, report=True)
-            if data["cancelled"]:
-                break
     finally:
-        _ACTIVE.clear()
         data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if hasattr(os, "getloadavg"):
             data["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

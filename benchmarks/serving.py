@@ -326,11 +326,11 @@ def add_parser(sub) -> None:
 
 def cmd_serve(args) -> int:
     import sys
+
+    from playground.errors import usage_error
     out = args.out or f"results/serve-{time.strftime('%Y%m%d-%H%M%S')}"
     if (Path(out) / "results.json").exists() and not args.overwrite:
-        print(f"benchmarks: error: {out} already holds results.json: choose another --out or pass --overwrite",
-              file=sys.stderr)
-        return 2
+        return usage_error(f"{out} already holds results.json: choose another --out or pass --overwrite", "benchmarks")
     try:
         cfg = ServeConfig(url=args.endpoint, model=args.model, concurrency=args.concurrency,
                           request_rates=args.request_rate, requests=args.requests, prompt_tokens=args.prompt_tokens,
@@ -338,11 +338,9 @@ def cmd_serve(args) -> int:
                           ignore_eos=args.ignore_eos, tokenizer=args.tokenizer, timeout_s=args.timeout_s, out=out,
                           run_name=Path(out).name)
     except ConfigError as exc:
-        print(f"benchmarks: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(str(exc), "benchmarks")
     if cfg.key_env and not os.environ.get(cfg.key_env):
-        print(f"benchmarks: error: --key-env {cfg.key_env}: that environment variable is not set", file=sys.stderr)
-        return 2
+        return usage_error(f"--key-env {cfg.key_env}: that environment variable is not set", "benchmarks")
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

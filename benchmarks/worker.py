@@ -421,6 +421,8 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    from playground import process_setup
+    process_setup()
     ap = argparse.ArgumentParser(prog="python -m benchmarks.worker")
     ap.add_argument("--spec", required=True)
     ap.add_argument("--events", required=True)

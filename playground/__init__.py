@@ -1,4 +1,10 @@
-"""LLM quantization playground: load a causal LM in one of several variants, chat with it, measure it."""
+"""LLM quantization playground: load a causal LM in one of several variants, chat with it, measure it.
+
+Importing the package changes nothing in the process. Every entry point (``python launch.py`` / ``playground``,
+``python -m playground.cli``, ``python -m benchmarks``, the benchmark's worker processes, the experiments) calls
+``process_setup()`` first, before torch starts CUDA or oneDNN; a program that uses playground as a library
+calls it too if it wants the same settings.
+"""
 from __future__ import annotations
 
 import logging
@@ -46,6 +52,11 @@ def return_freed_gpu_pages() -> None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
-bound_cpu_kernel_caches()
-return_freed_gpu_pages()
-quiet_libraries()
+def process_setup() -> None:
+    """The process-wide settings of every entry point, each one kept where you set it yourself: small oneDNN
+    kernel caches, CUDA's expandable segments, no gradio analytics, quiet library loggers. Call it first: the
+    environment variables count only when set before torch's first CPU kernel / CUDA allocation."""
+    bound_cpu_kernel_caches()
+    return_freed_gpu_pages()
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    quiet_libraries()

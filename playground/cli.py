@@ -10,25 +10,14 @@ import os
 import sys
 
 from .catalog import CATALOG, DEFAULT_MODEL
-from .errors import PlaygroundError
+from .errors import OneLineArgumentParser, PlaygroundError, UsageError, usage_error
 
 USER_COLOR, BOT_COLOR, INFO_COLOR, ERR_COLOR, RESET = "\033[1;32m", "\033[1;34m", "\033[2m", "\033[1;31m", "\033[0m"
 
 
-class CliError(Exception):
-    """Bad command-line arguments: printed as one line, exit code 2."""
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse prints the usage block on a bad argument; here the reason alone is one line on stderr."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .variants import VARIANTS
-    p = OneLineErrorParser(prog="python -m playground.cli", description=__doc__,
+    p = OneLineArgumentParser(prog="python -m playground.cli", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"catalog key ({', '.join(CATALOG)}), local folder or Hugging Face id")
@@ -73,7 +62,7 @@ def one_shot(args) -> int:
     from .engine import chat
     params = _params(args)            # validate before the (slow) load
     if not args.prompt.strip():
-        raise CliError("--prompt is empty")
+        raise UsageError("--prompt is empty")
     lm = _load(args)
     text, stats = chat(lm, [{"role": "user", "content": args.prompt}], args.system, params)
     print(text)
@@ -142,13 +131,14 @@ def interactive(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import process_setup
+    process_setup()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return one_shot(args) if args.prompt is not None else interactive(args)
-    except (PlaygroundError, CliError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except PlaygroundError as exc:
+        return usage_error(str(exc))
     except KeyboardInterrupt:
         return 130
 

@@ -1,4 +1,15 @@
-"""Errors with messages meant for people: the UI and CLI show ``str(exc)`` as is, without a traceback."""
+"""Errors with messages meant for people: the UI and CLI show ``str(exc)`` as is, without a traceback.
+
+The command lines (``playground.cli``, ``playground.launch``, ``python -m benchmarks``) end on a bad argument, a
+``PlaygroundError`` or a benchmark ``ConfigError`` the same way: ``usage_error`` prints one line and returns the
+exit status 2, and ``OneLineArgumentParser`` does that for argparse's own errors (instead of the usage block).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_USAGE = 2      # the exit status of a command line that cannot run as given (argparse's)
 
 
 class PlaygroundError(Exception):
@@ -27,6 +38,27 @@ class InvalidParameterError(PlaygroundError, ValueError):
 
 class MemoryBudgetError(PlaygroundError):
     """The model cannot fit the configured memory budget even after unloading others."""
+
+
+class UsageError(PlaygroundError):
+    """Command-line arguments that cannot work together: printed as one line, exit status 2."""
+
+
+def usage_error(message: str, prog: str | None = None, label: str = "error") -> int:
+    """Print ``PROG: error: MESSAGE`` on stderr (no ``PROG: `` when None, no ``error: `` when label is "") and
+    return ``EXIT_USAGE``: ``return usage_error(str(exc), "benchmarks")``."""
+    head = (f"{prog}: " if prog else "") + (f"{label}: " if label else "")
+    print(head + message, file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints the usage block on a bad argument; this parser prints one line, ``usage_error``'s, with
+    "(see --help)" (``error_prog``: the name before "error:", set by a subclass; None: no name)."""
+    error_prog: str | None = None
+
+    def error(self, message: str):
+        self.exit(usage_error(f"{message} (see --help)", self.error_prog))
 
 
 OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc", "memoryerror",

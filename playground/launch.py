@@ -14,8 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from playground import process_setup
 
 SHARE_TIMEOUT_S = 60.0
 AUTH_HINT = ("--share makes the app reachable by anyone who gets the link, and it can run models on this "
@@ -232,10 +231,11 @@ def preload(manager, models: list[str], variant: str, trusted: set[str]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    process_setup()
     args = parse_args(argv)
     if args.share and not args.auth_pairs and not args.share_without_auth:
-        print(f"launch.py: refusing to --share without a login.\n{AUTH_HINT}", file=sys.stderr)
-        return 2
+        from playground.errors import usage_error
+        return usage_error(f"refusing to --share without a login.\n{AUTH_HINT}", "launch.py", label="")
 
     from playground.manager import ModelManager
     from playground.ui import build_app, launch_app

@@ -12,6 +12,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import playground  # noqa: E402 - after sys.path: the checkout's package
+
+playground.process_setup()   # what every entry point does first (oneDNN caches, CUDA allocator, quiet loggers)
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 

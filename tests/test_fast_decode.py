@@ -231,3 +231,32 @@ def test_reply_session_decides_per_reply_and_starts_the_decoder_only_when_asked(
     with reply_session(lm, 64, "fast") as s:
         assert not s.fast and s.note == NOT_STARTED_NOTE
     assert started == [lm] and lm.fast is None
+
+
+def test_the_benchmarks_batched_loop_holds_its_cache_through_a_session():
+    """``benchmarks.generation.batched_greedy`` with the fast decoder: the same tokens as its eager loop, the cache
+    held through ``FastDecoder.session`` and given back afterwards; a cache in use or a length the decoder cannot
+    take is an error (a measurement never turns eager quietly)."""
+    import torch
+
+    from benchmarks.generation import batched_greedy
+    from playground.fast_decode import FastDecoder, FastDecodeUnsupported
+
+    class Count:
+        n = 0
+
+        def token(self):
+            self.n += 1
+    model = _tiny_windowed_model()
+    fd = FastDecoder(model, "cpu", backend="eager")
+    prompts = torch.randint(0, 256, (2, 12)).tolist()
+    eager = batched_greedy(model, prompts, 8, [3], Count())
+    tracker = Count()
+    assert batched_greedy(model, prompts, 8, [3], tracker, fast=fd) == eager and tracker.n == 8
+    assert fd._busy == set()                                 # given back
+    with fd.session(20, batch=2):                             # the same bucket, held elsewhere
+        with pytest.raises(RuntimeError, match="cache for this batch is busy"):
+            batched_greedy(model, prompts, 8, [3], Count(), fast=fd)
+    with pytest.raises(FastDecodeUnsupported, match="window 256"):
+        batched_greedy(model, [prompts[0] * 25], 8, [3], Count(), fast=fd)     # 300 + 8 positions
+    assert fd._busy == set() and batched_greedy(model, prompts, 8, [3], Count(), fast=fd) == eager

@@ -106,7 +106,7 @@ def test_benchmark_tab_checkbox_reaches_the_run_config(monkeypatch, tmp_path):
 
     import benchmarks.runner
     from playground.manager import ModelManager
-    from playground.ui import benchmark_tab as tab
+    from benchmarks import ui_tab as tab
     from playground.ui.app import build_app
     from ui_support import by_elem_id, ui_event
 

@@ -160,3 +160,43 @@ def test_the_runner_and_the_serving_scenario_share_the_writer():
     for mod in (runner, serving):
         src = inspect.getsource(mod)
         assert mod.save_run is save_run and "write_results(" not in src and "write_report(" not in src, mod
+
+
+FAKE_WORKER = r"""
+import json, sys
+from benchmarks.results import new_row
+good = new_row("smollm2-135m-instruct", "bf16", "cpu", 1, 16, 4, decode_tok_s=12.5, repeats=1)
+bad_value = dict(new_row("smollm2-135m-instruct", "bf16", "cpu", 2, 16, 4, repeats=1), decode_tok_s="fast")
+no_combo = {k: v for k, v in new_row("smollm2-135m-instruct", "bf16", "cpu", 4, 16, 4).items() if k != "batch_size"}
+with open(sys.argv[1], "a", encoding="utf-8") as ev:
+    for row in (good, bad_value, no_combo):
+        ev.write(json.dumps({"event": "row", "row": row}) + "\n")
+    ev.write(json.dumps({"event": "done"}) + "\n")
+"""
+
+
+def test_the_runner_reads_every_worker_row_as_a_typed_row(tmp_path, monkeypatch):
+    """Was: a worker's row went into the files as it came (a text in a number column, a row without its batch
+    size ended the sweep with a KeyError). Now each is read with ResultRow.from_dict: a good row passes as it was,
+    a bad one becomes an error row of its combination saying why, a row without its combination makes the
+    combination left unreported an error row with that reason."""
+    import sys
+
+    from benchmarks import runner
+    from benchmarks.config import RunConfig
+    monkeypatch.setattr(runner, "worker_command", lambda spec, events: [sys.executable, "-c", FAKE_WORKER,
+                                                                        str(events)])
+    cfg = RunConfig(models=["smollm2-135m-instruct"], variants=["bf16"], batch_sizes=[1, 2, 4], prompt_tokens=[16],
+                    new_tokens=[4], repeats=1, warmup=0, device="cpu", out=str(tmp_path))
+    events = []
+    outcome = runner.run_worker(cfg, "smollm2-135m-instruct", "bf16", "cpu", tmp_path / "w.log", events.append)
+    rows = {r["batch_size"]: r for r in (e["row"] for e in events if e.get("event") == "row")}
+    assert outcome == "died" and sorted(rows) == [1, 2, 4]
+    assert rows[1] == new_row("smollm2-135m-instruct", "bf16", "cpu", 1, 16, 4, decode_tok_s=12.5, repeats=1)
+    assert rows[2]["status"] == "error" and rows[2]["decode_tok_s"] is None
+    assert rows[2]["error"] == ("the worker sent a row the runner cannot read: decode_tok_s must be a number or "
+                                "None, got 'fast' (str)"), rows[2]["error"]
+    assert rows[2]["raw"]["worker_row"]["decode_tok_s"] == "fast"
+    assert rows[4]["status"] == "error" and rows[4]["error"].startswith(
+        "the worker sent a row the runner cannot read: a result row needs model, variant, device, batch_size"), rows[4]
+    assert all(list(r) == [*COLUMNS, RAW] for r in rows.values())

@@ -200,7 +200,7 @@ def test_benchmark_sweeps_of_a_stranger_stay_within_the_shipped_shapes_and_caps(
     memory cap, and a stranger could stop another user's sweep."""
     from playground.manager import ModelManager
     from playground.sharing import SharingPolicy
-    from playground.ui import benchmark_tab as tab
+    from benchmarks import ui_tab as tab
     from playground.ui.common import UIContext
     manager = ModelManager(device="cpu", budget_bytes=8 * 2 ** 30)
     ctx = UIContext(manager=manager, default_model=DEFAULT_MODEL, policy=SharingPolicy.for_launch(logins=True))

@@ -25,9 +25,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 def ui_handler(app, module: str, name: str):
-    """The event handler function ``name`` of ``playground.ui.<module>`` in a built app (to call it in-process)."""
+    """The event handler function ``name`` of ``playground.ui.<module>`` (or of the dotted module ``module``, e.g.
+    ``benchmarks.ui_tab``) in a built app (to call it in-process)."""
+    module = module if "." in module else f"playground.ui.{module}"
     for block_fn in app.fns.values():
-        if getattr(block_fn.fn, "__module__", "") == f"playground.ui.{module}" and block_fn.fn.__name__ == name:
+        if getattr(block_fn.fn, "__module__", "") == module and block_fn.fn.__name__ == name:
             return block_fn.fn
     raise AssertionError(f"no {module}.{name} event handler")
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from playground import process_setup
+    process_setup()
     ap = argparse.ArgumentParser(prog="python -m benchmarks.experiments.kv_quality")
     ap.add_argument("--model", required=True)
     ap.add_argument("--variant", default="bf16")

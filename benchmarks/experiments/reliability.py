@@ -378,6 +378,8 @@ def write_section(out_dir: Path, name: str, section: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from playground import process_setup
+    process_setup()
     ap = argparse.ArgumentParser(prog="python -m benchmarks.experiments.reliability",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["load", "memory", "all"])

@@ -280,6 +280,8 @@ def write(summary: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from playground import process_setup
+    process_setup()
     p = argparse.ArgumentParser(prog="python -m benchmarks.experiments.ui_streaming_cost",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--pairs", type=int, default=5)

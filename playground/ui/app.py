@@ -1,13 +1,12 @@
 """Compose the web UI from its tabs.
 
 Every tab lives in its own module with ``build_tab(ctx: UIContext) -> None``, which creates its own ``gr.Tab``
-inside the ``gr.Tabs`` opened here. To add a tab, add a module and a line to ``TAB_MODULES``;
-``OPTIONAL_TAB_MODULES`` are included only when the module exists (so work in progress never shows an empty tab).
+inside the ``gr.Tabs`` opened here. To add a tab, add a module and a line to ``TAB_MODULES``; tabs of other
+packages (the Benchmark tab, ``benchmarks/ui_tab.py``) are ``playground.tabs`` plugins (``plugins.py``).
 """
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Iterable
 
 import gradio as gr
@@ -16,12 +15,10 @@ from ..catalog import DEFAULT_MODEL
 from ..endpoints import EndpointRegistry
 from ..manager import ModelManager
 from ..sharing import SharingPolicy
-from . import api
+from . import api, plugins
 from .common import UIContext
 
 TAB_MODULES = ("chat_tab", "compare_tab", "models_tab")
-# Hook for the benchmark tab: playground/ui/benchmark_tab.py with ``build_tab(ctx: UIContext)``.
-OPTIONAL_TAB_MODULES = ("benchmark_tab",)
 
 APP_CSS = """
 .reply-badge { display: inline-block; margin-top: 2px; font-size: 0.78em; opacity: 0.75;
@@ -37,12 +34,8 @@ THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
                        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
 
 
-def tab_modules(names: Iterable[str] = TAB_MODULES, optional: Iterable[str] = OPTIONAL_TAB_MODULES) -> list:
-    mods = [importlib.import_module(f"{__package__}.{n}") for n in names]
-    for name in optional:
-        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
-            mods.append(importlib.import_module(f"{__package__}.{name}"))
-    return mods
+def tab_modules(names: Iterable[str] = TAB_MODULES) -> list:
+    return [importlib.import_module(f"{__package__}.{n}") for n in names] + plugins.tab_plugins()
 
 
 def build_app(manager: ModelManager, default_model: str = DEFAULT_MODEL, default_variant: str = "bf16",
@@ -73,14 +66,6 @@ def build_app(manager: ModelManager, default_model: str = DEFAULT_MODEL, default
     return app
 
 
-def _results_root():
-    """The Benchmark tab's results folder (its zips are downloaded from there)."""
-    from .benchmark_tab import results_root
-    root = results_root()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
 def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 7860,
                auth: list[tuple[str, str]] | None = None, concurrency_limit: int = 2, max_queue: int | None = 64,
                prevent_thread_lock: bool = False, quiet: bool = False, policy=None):
@@ -99,8 +84,8 @@ def launch_app(app: gr.Blocks, *, host: str = "127.0.0.1", port: int | None = 78
     # shared mode also: login before any parsing, size limits, failed-login and per-user queue limits
     return app.launch(server_name=host, server_port=port, auth=auth or None, share=False,
                       app_kwargs={"middleware": [Middleware(RequestGuard, blocks=app, policy=policy)]},
-                      max_file_size=policy.max_upload_bytes, allowed_paths=[str(_results_root())],
-                      prevent_thread_lock=prevent_thread_lock, quiet=quiet, css=APP_CSS,
+                      max_file_size=policy.max_upload_bytes, allowed_paths=[str(p) for p in plugins.served_folders()],
+                      prevent_thread_lock=prevent_thread_lock, quiet=quiet, css=APP_CSS + plugins.plugin_css(),
                       theme=THEME, show_error=True, ssr_mode=False,
                       auth_message="LLM quantization playground: sign in with the user name and password "
                                    "the operator gave you.")

@@ -264,12 +264,12 @@ def make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, s
 
 # ---- text -------------------------------------------------------------------------------------------------------
 def device_busy_note() -> str:
-    """A line for the Chat/Compare status while the Benchmark tab's sweep runs (it shares the device); else ""."""
-    from benchmarks.runner import is_running
-    if not is_running():
-        return ""
-    return ("⏳ A benchmark is running on this machine: replies share the device with it (slower), and chatting "
-            "disturbs the benchmark's timings.")
+    """A line for the Chat/Compare status while a benchmark sweep runs (it shares the device); else "".
+
+    The sweep says so through ``playground.device_use`` (the UI does not import ``benchmarks``)."""
+    from ..device_use import device_sharers
+    return "  \n".join(f"⏳ A {what} is running on this machine: replies share the device with it (slower), and "
+                       f"chatting disturbs the {what}'s timings." for what in device_sharers())
 
 
 def badge_text(stats: ReplyStats, continue_hint: bool = False) -> str:

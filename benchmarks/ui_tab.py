@@ -1,8 +1,11 @@
-"""Benchmark tab: pick models, variants and sizes; the sweep runs in the background (one worker process per
-(model, variant), see ``benchmarks.runner``) while a live table and plots fill in; the results download as a zip.
+"""The app's Benchmark tab: pick models, variants and sizes; the sweep runs in the background (one worker process
+per (model, variant), see ``benchmarks.runner``) while a live table and plots fill in; the results download as a zip.
 
-``build_benchmark_tab(manager)`` builds the tab's content (call it inside ``with gr.Tab("Benchmark"):``);
-``build_tab(ctx)`` is the hook ``app.py`` looks for and wraps it in its own tab.
+A ``playground.tabs`` plugin (``playground/ui/plugins.py``; declared in pyproject.toml): ``build_tab(ctx)`` adds
+the tab to the app after the built-in ones, ``served_folders()`` names the folder whose zips the browser may
+download, and ``css()`` adds the results table's rules to the app's CSS. It lives in benchmarks/ because it
+drives the runner; playground/ never imports it.
+``build_benchmark_tab(manager)`` builds the tab's content alone (call it inside ``with gr.Tab("Benchmark"):``).
 The sweep runs in other processes, so chat keeps working in this one; while it runs, a banner says that the
 device is shared (replies slow down and the benchmark's timings are disturbed).
 """
@@ -17,15 +20,30 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..catalog import CATALOG, DEFAULT_MODEL
-from ..errors import PlaygroundError
-from ..manager import ModelManager
-from ..variants import VARIANTS
+from playground.catalog import CATALOG, DEFAULT_MODEL
+from playground.manager import ModelManager
+from playground.variants import VARIANTS
+
+from .sweep_checks import SHARED_CAPS, check_model_names, check_shared_caps, check_shared_models
 
 PRIVATE = "private"
 TABLE_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status", "decode_tok_s", "ttft_ms",
               "itl_p50_ms", "e2e_long_s", "peak_rss_gb", "peak_gpu_mem_gb", "weights_gb", "load_read_s",
               "perplexity", "perplexity_zh", "accuracy", "error"]
+# what the live table calls each column (the results files keep the column names)
+TABLE_LABELS = {"model": "model", "variant": "variant", "batch_size": "batch", "prompt_tokens": "prompt tokens",
+                "new_tokens": "new tokens", "status": "status", "decode_tok_s": "decode tok/s", "ttft_ms": "TTFT ms",
+                "itl_p50_ms": "ITL p50 ms", "e2e_long_s": "256-token answer s", "peak_rss_gb": "peak RAM GB (RSS)",
+                "peak_gpu_mem_gb": "peak GPU GB (allocator)", "weights_gb": "weights GB",
+                "load_read_s": "load s (read)", "perplexity": "perplexity en", "perplexity_zh": "perplexity zh",
+                "accuracy": "accuracy (ARC-Easy)", "error": "error"}
+ALWAYS_SHOWN = ("model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status")   # even when empty
+# headers on one line, the table scrolling sideways: one long error made the other headers one letter wide
+TABLE_CSS = """
+#bench-table th, #bench-table th * { white-space: nowrap !important; word-break: keep-all !important;
+                                     overflow-wrap: normal !important; }
+#bench-table .table-wrap { overflow-x: auto; }
+"""
 RESULTS_ROOT: Path | None = None   # where the app's runs go; None: ``results_root()``
 
 
@@ -54,7 +72,7 @@ def results_root() -> Path:
     cache (``~/.cache/quant-playground/results``); never the repository's ``results/`` (committed runs only)."""
     import os
 
-    from ..catalog import cache_root
+    from playground.catalog import cache_root
     if RESULTS_ROOT is not None:
         return Path(RESULTS_ROOT)
     configured = os.environ.get("PLAYGROUND_RESULTS_DIR")
@@ -72,61 +90,19 @@ def _ints(name: str, text: str) -> list[str]:
     return items
 
 
-# Shared mode (strangers): what one sweep may ask for
-SHARED_CAPS = {"repeats": 5, "warmup": 3, "batch_sizes": 16, "prompt_tokens": 4096, "new_tokens": 512,
-               "combinations": 24}
-
-
-def check_shared_models(ctx, models, memory_cap_gb: float) -> None:
-    """A stranger's sweep (shared mode) names the shipped architectures and the host's models only, and no
-    random-weight model bigger than the memory cap; checked before anything reads a file. Raises ValueError."""
-    from benchmarks.random_weights import estimated_params, list_architectures, load_architecture
-    shipped = set(list_architectures())
-    for name in models or []:
-        name = str(name).strip()
-        if name.startswith("random:"):
-            arch = name[len("random:"):]
-            if arch not in shipped:
-                raise ValueError(f"{name[:60]}: on this shared app random-weight models are the shipped "
-                                 f"architectures only ({', '.join(sorted(shipped))})")
-            size_gb = 2 * estimated_params(load_architecture(arch)["config"]) / 2 ** 30
-            if size_gb > memory_cap_gb:
-                raise ValueError(f"{name}: about {size_gb:.0f} GB in bf16, over this sweep's memory cap of "
-                                 f"{memory_cap_gb:.0f} GB")
-        else:
-            try:
-                ctx.policy.model_name(name)
-            except PlaygroundError as exc:
-                raise ValueError(str(exc)) from None
-
-
-def check_shared_caps(cfg) -> None:
-    """A stranger's sweep stays within ``SHARED_CAPS``. Raises ValueError."""
-    for key in ("repeats", "warmup"):
-        if getattr(cfg, key) > SHARED_CAPS[key]:
-            raise ValueError(f"{key}: at most {SHARED_CAPS[key]} on this shared app")
-    for key in ("batch_sizes", "prompt_tokens", "new_tokens"):
-        if max(getattr(cfg, key)) > SHARED_CAPS[key]:
-            raise ValueError(f"{key.replace('_', ' ')}: at most {SHARED_CAPS[key]} on this shared app")
-    combos = len(cfg.models) * len(cfg.variants) * len(cfg.batch_sizes) * len(cfg.prompt_tokens) * \
-        len(cfg.new_tokens)
-    if combos > SHARED_CAPS["combinations"]:
-        raise ValueError(f"{combos} combinations: at most {SHARED_CAPS['combinations']} per sweep on this "
-                         f"shared app")
-
-
 def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_tokens, new_tokens, repeats, warmup,
               device, memory_cap_gb, unload_first, quality=False, ctx=None, owner: str = "") -> Job:
     """Validate, then run the sweep in a background thread. Raises ValueError with a readable message.
-    ``ctx`` (the UI context) brings the sharing policy; in shared mode ``check_shared_sweep`` applies."""
+    ``ctx`` (the UI context) brings the sharing policy; the checks are ``sweep_checks``'s (more in shared mode)."""
     global _JOB
-    from benchmarks.config import ConfigError, RunConfig
-    from benchmarks.runner import run_sweep
+    from .config import ConfigError, RunConfig
+    from .runner import run_sweep
     shared = ctx is not None and ctx.policy.shared
     if shared:
         if not memory_cap_gb:                   # a memory cap by default: the app's own budget
             memory_cap_gb = manager.budget_bytes / 2 ** 30
         check_shared_models(ctx, models, float(memory_cap_gb))
+    check_model_names(models)
     with _LOCK:
         if _JOB is not None and not _JOB.done:
             raise ValueError("a benchmark is already running: wait for it or press Stop" if not shared or
@@ -204,7 +180,13 @@ def status_text(job: Job | None) -> str:
     return head + f"  \nResults folder: `{job.out}`"
 
 
-def table_rows(job: Job | None) -> list[list]:
+def table_columns(rows: list[dict]) -> list[str]:
+    """The columns of ``TABLE_COLS`` worth a place: ``ALWAYS_SHOWN`` and those with a value in some row (a CPU run
+    has no GPU memory, a run without quality no perplexity, an all-ok run no error)."""
+    return [c for c in TABLE_COLS if c in ALWAYS_SHOWN or any(r.get(c) not in (None, "") for r in rows)]
+
+
+def table_rows(job: Job | None, columns: list[str] = TABLE_COLS) -> list[list]:
     if job is None:
         return []
 
@@ -213,21 +195,50 @@ def table_rows(job: Job | None) -> list[list]:
         if c == "model" and r.get("random_weights"):
             return f"{v} [random weights]"
         return round(v, 3) if isinstance(v, float) else ("" if v is None else v)
-    return [[cell(r, c) for c in TABLE_COLS] for r in job.rows]
+    return [[cell(r, c) for c in columns] for r in job.rows]
+
+
+def results_table(job: Job | None):
+    """The live table: the columns with something to show, under their labels."""
+    import pandas as pd
+    columns = table_columns(job.rows if job is not None else [])
+    return pd.DataFrame(table_rows(job, columns), columns=[TABLE_LABELS[c] for c in columns])
 
 
 def figures(rows: list[dict]):
-    from benchmarks import plots
+    from . import plots
     sweep = next((f for f in (plots.sweep_figure(rows, a) for a in ("batch_size", "prompt_tokens", "new_tokens"))
                   if f is not None), None)
     return plots.bars_figure(rows), plots.scatter_figure(rows), sweep
 
 
+def note_figure(text: str):
+    """A plot panel that says why there is nothing to plot (instead of gradio's empty broken-chart panel)."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    fig.add_annotation(text=html.escape(text), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font={"size": 14})
+    fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, height=220,
+                      margin={"l": 10, "r": 10, "t": 10, "b": 10}, plot_bgcolor="rgba(0,0,0,0)")
+    return fig
+
+
+def shown_figures(rows: list[dict]):
+    """``figures(rows)`` with a note in each panel that has nothing to plot."""
+    bars, scatter, sweep = figures(rows)
+    no_ok = "nothing to plot yet: no row has finished ok"
+    if not any(r.get("status") == "ok" for r in rows):
+        return note_figure(no_ok), note_figure(no_ok), note_figure(no_ok)
+    return (bars or note_figure(no_ok), scatter or note_figure(no_ok),
+            sweep or note_figure("nothing to plot yet: the sweep plot needs two or more batch sizes, prompt "
+                                 "lengths or new-token counts (comma separated)"))
+
+
 def build_benchmark_tab(manager: ModelManager, device: str | None = None, default_model: str = DEFAULT_MODEL,
                         ctx=None) -> None:
-    from benchmarks.random_weights import list_architectures
+    from .random_weights import list_architectures
 
-    from .common import user_id
+    from playground.ui.common import user_id
     shared = ctx is not None and ctx.policy.shared
     offered = [m for m in ctx.policy.offered_models() if m not in CATALOG] if ctx is not None else []
     model_choices = list(CATALOG) + offered + [f"random:{a}" for a in list_architectures()]
@@ -273,7 +284,8 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
         run_btn = gr.Button("▶ Run benchmark", variant="primary", elem_id="bench-run")
         stop_btn = gr.Button("■ Stop", variant="stop", interactive=False, elem_id="bench-stop")
     status = gr.Markdown(status_text(None if shared else _JOB), elem_id="bench-status")
-    table = gr.Dataframe(value=table_rows(None if shared else _JOB), headers=TABLE_COLS, interactive=False, wrap=True,
+    shown = results_table(None if shared else _JOB)
+    table = gr.Dataframe(value=shown, headers=list(shown.columns), interactive=False, wrap=True, max_chars=160,
                          label="Results (live)", elem_id="bench-table")
     compact = gr.HTML("", elem_id="bench-compact")
     with gr.Row():
@@ -312,14 +324,14 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
                   gr.Button(interactive=not finished)]
         if job.version == last_version:
             return (*common, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last_version)
-        from benchmarks.report import compact_table
+        from .report import compact_table
         rows = list(job.rows)
-        figs = figures(rows) if rows else (None, None, None)
+        figs = shown_figures(rows) if rows else (None, None, None)
         zip_path = None
         if finished and (Path(job.out) / "results.json").exists():
-            from benchmarks.bundle import make_zip
+            from .bundle import make_zip
             zip_path = make_zip(job.out)
-        return (*common, table_rows(job), compact_table(rows) if rows else "", *figs, zip_path, job.version)
+        return (*common, results_table(job), compact_table(rows) if rows else "", *figs, zip_path, job.version)
 
     outs = [status, banner, run_btn, stop_btn, table, compact, bars, scatter, sweep, download, seen]
     run_btn.click(start, [models, variants, batch_sizes, prompt_tokens, new_tokens, repeats, warmup, dev, cap,
@@ -329,6 +341,18 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
 
 
 def build_tab(ctx) -> None:
-    """The hook ``playground.ui.app`` calls: the benchmark tab in its own ``gr.Tab``."""
+    """The plugin's tab (``playground.ui.plugins``): the benchmark tab in its own ``gr.Tab``."""
     with gr.Tab("Benchmark", id="benchmark", elem_id="tab-benchmark"):
         build_benchmark_tab(ctx.manager, ctx.device, ctx.default_model, ctx=ctx)
+
+
+def css() -> str:
+    """The plugin's CSS, added to the app's (``playground.ui.plugins``)."""
+    return TABLE_CSS
+
+
+def served_folders() -> list[Path]:
+    """The plugin's folders the app may send files from (gradio's ``allowed_paths``): the runs' zips."""
+    root = results_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return [root]
