@@ -31,6 +31,14 @@ APP_CSS = """
 .compare-reply { min-height: 120px; }
 #compare-badge-0, #compare-badge-1, #compare-badge-2, #compare-badge-3 { font-size: 0.78em; opacity: 0.8; }
 footer { display: none !important; }
+/* load bars (Chat above the conversation, Compare in the slot): the line wraps, it is never cut */
+.load-bar { width: 100%; }
+.load-bar-track { height: 8px; border-radius: 4px; background: var(--neutral-200); overflow: hidden; }
+.load-bar-fill { height: 100%; background: var(--color-accent); transition: width 0.4s ease; }
+.load-bar-text { font-size: 0.9em; margin-top: 4px; white-space: normal; overflow-wrap: anywhere; }
+#chat-loading { gap: 8px; align-items: center; }
+#chat-loading:not(:has(.load-bar)) { display: none; }
+.status-line, .status-line * { white-space: normal; overflow-wrap: anywhere; }
 """
 # System fonts only: the default Google fonts cannot load on offline machines and delay the first paint.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],

@@ -6,6 +6,7 @@ shows it (the badge is appended to the displayed reply, never sent back to the m
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -13,8 +14,10 @@ import gradio as gr
 from ..endpoints import is_endpoint_name
 from ..errors import PlaygroundError
 from ..manager import check_variant_available
+from ..progress import LoadCancelled, LoadTracker
 from .common import (PRIVATE, ParamWidgets, UIContext, badge_html, badge_text, bind, describe_loaded, device_busy_note,
                      model_dropdown, params_accordion, params_from, session_id, user_error, variant_dropdown)
+from .loading import bar_html, events_in_thread, load_in_thread, note_html, prompt_tokens, wait_note
 from .reply import reply_source
 from .served import endpoint_status, model_choices
 
@@ -50,12 +53,12 @@ def selection_status(ctx: UIContext, model: str, variant: str, request: gr.Reque
     try:
         lm = ctx.find(model, variant)
     except PlaygroundError as exc:    # a model this shared app does not offer, a name that is not text
-        return f"⛔ {exc}"
+        return f"⛔ Not available: {exc}"
     if lm is not None:
         return describe_loaded(lm)
     reason = check_variant_available(variant, ctx.device or ctx.manager.device) if variant else None
     if reason:
-        return f"⛔ {reason}"
+        return f"⛔ Not available: {reason}"
     return f"⚪ {model or '(no model)'} [{variant}] is not loaded: press **Load**, or just send a message."
 
 
@@ -72,6 +75,8 @@ class ChatUI:
     preset: gr.Dropdown
     system: gr.Textbox
     params: ParamWidgets
+    loadbar: gr.HTML
+    cancel_btn: gr.Button
     chatbot: gr.Chatbot
     message: gr.Textbox
     send_btn: gr.Button
@@ -83,11 +88,26 @@ class ChatUI:
 
 
 # ---- handlers (module level: tests import them; ``bind(fn, ctx)`` makes the event handler) -----------------------
+BUSY = "A reply is generating: press Stop first, then {what}."
+N_OUT = 6   # chatbot, history, message box, status, load bar, Cancel button
+
+
+def frame(chat=None, hist=None, box=None, status=None, bar=None, cancel=None) -> tuple:
+    """One update of the reply events' outputs; None leaves an output as it is."""
+    values = (chat, hist, box, status, bar, cancel)
+    return tuple(gr.skip() if v is None else v for v in values)
+
+
+def _cancel_button(visible: bool):
+    return gr.Button(visible=visible)
+
+
 def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, params: dict, request, progress,
               rollback, box):
     """Stream a reply to ``hist`` (ending with the user turn, or with a reply to continue). On errors restore
-    ``rollback`` (history, message box). Yields (chatbot, history, message box, status)."""
-    cancel = ctx.cancels.start(session_id(request), "chat")
+    ``rollback`` (history, message box). Yields (chatbot, history, message box, status, load bar, Cancel)."""
+    sid = session_id(request)
+    cancel = ctx.cancels.start(sid, "chat")
     continuing = hist[-1]["role"] == "assistant"        # Continue: the last reply grows
     prefix, base = (hist[-1]["content"], hist[:-1]) if continuing else ("", hist)
     try:
@@ -97,35 +117,71 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
         if continuing and source.endpoint is not None:
             raise PlaygroundError("Continue works with local models: the OpenAI API has no way to "
                                   "continue a reply")
+        waited = ""
         if source.needs_load:
-            yield (to_display(base, pending=prefix), gr.skip(), box,
-                   f"⏳ loading {model_name} [{variant_name}] …")
-            source.load(progress)
-        described, events = source.describe(), source.stream(msgs, system_prompt, gen_params, cancel)
+            tracker, t0 = LoadTracker(f"{model_name} [{variant_name}]", cancel), time.monotonic()
+            for snap in load_in_thread(lambda: source.load(tracker), tracker):
+                yield frame(to_display(base, pending=prefix), box=box, status=snap.line(), bar=bar_html(snap),
+                            cancel=_cancel_button(True))
+            waited = wait_note(source.loaded, time.monotonic() - t0)
+        described = source.describe()
         busy = device_busy_note()
         described += f"  \n{busy}" if busy else ""
-        yield to_display(base, pending=prefix), gr.skip(), box, described
-        event = None
-        for event in events:
+        n_prompt = None if source.endpoint is not None else prompt_tokens(source.loaded, msgs, system_prompt)
+        # until the first token: a note above the conversation (a 20k-character prompt takes seconds to read)
+        waiting = (f"⏳ Processing the prompt ({n_prompt} tokens)… Stop ends it." if n_prompt is not None else
+                   "⏳ Waiting for the server…" if source.endpoint is not None else "")
+        yield frame(to_display(base, pending=prefix), box=box, status=described,
+                    bar=note_html(waiting) if waiting else "", cancel=_cancel_button(False))
+        event, started = None, False
+        for event in events_in_thread(source.stream(msgs, system_prompt, gen_params, cancel), cancel):
+            if event is None:              # no token yet: a Stop during the prefill acts now, not at its end
+                if cancel.is_set() and not started:
+                    break
+                continue
             if event.done:
                 break
-            yield to_display(base, pending=prefix + event.text), gr.skip(), gr.skip(), gr.skip()
+            yield frame(to_display(base, pending=prefix + event.text), bar=None if started else "")
+            started = True
+        if event is None or not event.done or (not started and not event.text
+                                               and event.stats.finish_reason == "stopped"):   # before any token
+            final = hist if continuing else base
+            what = f" ({n_prompt} tokens)" if n_prompt is not None else ""
+            yield frame(to_display(final), final, status=f"{described}  \n⏹ Stopped while the model was processing "
+                                                         f"the prompt{what}: no reply", bar="")
+            return
         stats = event.stats
+        badge = badge_text(stats, continue_hint=True)
         final = base + [{"role": "assistant", "content": prefix + event.text,
-                         "badge": badge_text(stats, continue_hint=True)}]
+                         "badge": f"{waited} · {badge}" if waited else badge}]
         last = (f"  \nlast reply: {stats.prompt_tokens} prompt tokens → {stats.new_tokens} new "
                 f"({stats.finish_reason}, {stats.mode} mode)")
         notes = "".join(f"  \nℹ️ {n}" for n in stats.notes)
-        yield to_display(final), final, gr.skip(), described + last + notes
+        yield frame(to_display(final), final, status=described + last + notes, bar="")
+    except LoadCancelled as exc:        # the user's Cancel: no error, the message goes back to the box
+        yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"⏹ Cancelled: {exc}", "",
+                    _cancel_button(False))
     except PlaygroundError as exc:
-        yield to_display(rollback[0]), rollback[0], rollback[1], f"⚠️ {exc}"
+        yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"⚠️ Error: {exc}", "",
+                    _cancel_button(False))
         raise user_error(str(exc)) from None
     except gr.Error:
         raise
     except Exception as exc:  # unexpected: log the traceback, show one line
         log.exception("chat reply failed")
-        yield to_display(rollback[0]), rollback[0], rollback[1], f"⚠️ {type(exc).__name__}: {exc}"
+        yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"⚠️ Error: {type(exc).__name__}: {exc}",
+                    "", _cancel_button(False))
         raise user_error(f"unexpected error ({type(exc).__name__}): {exc}") from None
+    finally:
+        ctx.cancels.finish(sid, "chat", cancel)
+
+
+def _busy(ctx: UIContext, request, what: str) -> bool:
+    """A reply is generating in this session: say so (a warning) instead of ignoring the click."""
+    if ctx.cancels.running(session_id(request), "chat"):
+        gr.Warning(BUSY.format(what=what))
+        return True
+    return False
 
 
 # gradio injects gr.Request / gr.Progress only into positional parameters; the generation parameters arrive as
@@ -133,9 +189,12 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
 def send(ctx: UIContext, model_name, variant_name, text, hist, system_prompt, request: gr.Request,
          progress=gr.Progress(), **params):
     hist = list(hist or [])
+    if _busy(ctx, request, "send (your message stays in the box)"):
+        yield frame()
+        return
     if not (text or "").strip():
         gr.Warning("The message is empty: type something to send.")
-        yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        yield frame()
         return
     new = hist + [{"role": "user", "content": text}]
     yield from run_reply(ctx, model_name, variant_name, new, system_prompt, params, request, progress, (hist, text),
@@ -145,10 +204,13 @@ def send(ctx: UIContext, model_name, variant_name, text, hist, system_prompt, re
 def regenerate(ctx: UIContext, model_name, variant_name, hist, system_prompt, request: gr.Request,
                progress=gr.Progress(), **params):
     hist = list(hist or [])
+    if _busy(ctx, request, "regenerate"):
+        yield frame()
+        return
     base = hist[:-1] if hist and hist[-1]["role"] == "assistant" else hist
     if not base or base[-1]["role"] != "user":
         gr.Warning("Nothing to regenerate yet: send a message first.")
-        yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        yield frame()
         return
     yield from run_reply(ctx, model_name, variant_name, base, system_prompt, params, request, progress,
                          (hist, gr.skip()), gr.skip())
@@ -157,37 +219,62 @@ def regenerate(ctx: UIContext, model_name, variant_name, hist, system_prompt, re
 def continue_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, request: gr.Request,
                    progress=gr.Progress(), **params):
     hist = list(hist or [])
+    if _busy(ctx, request, "continue"):
+        yield frame()
+        return
     if not hist or hist[-1]["role"] != "assistant" or not hist[-1]["content"].strip():
         gr.Warning("Nothing to continue yet: Continue extends the last reply (one cut at its token limit).")
-        yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        yield frame()
         return
     yield from run_reply(ctx, model_name, variant_name, hist, system_prompt, params, request, progress,
                          (hist, gr.skip()), gr.skip())
 
 
-def undo(hist):
+def undo(ctx: UIContext, model_name, variant_name, hist, request: gr.Request):
+    """Take back the last exchange (its message returns to the box); the status drops its "last reply" line."""
+    if _busy(ctx, request, "undo"):
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     hist = list(hist or [])
     if hist and hist[-1]["role"] == "assistant":
         hist.pop()
     text = hist.pop()["content"] if hist and hist[-1]["role"] == "user" else gr.skip()
-    return to_display(hist), hist, text
+    return to_display(hist), hist, text, selection_status(ctx, model_name, variant_name, request)
 
 
-def clear():
-    return [], []
+def clear(ctx: UIContext, model_name, variant_name, request: gr.Request):
+    if _busy(ctx, request, "clear"):
+        return gr.skip(), gr.skip(), gr.skip()
+    return [], [], selection_status(ctx, model_name, variant_name, request)
 
 
 def stop(ctx: UIContext, request: gr.Request):
     ctx.cancels.stop(session_id(request), "chat")
 
 
-def load(ctx: UIContext, model_name, variant_name, request: gr.Request, progress=gr.Progress()):
+def load(ctx: UIContext, model_name, variant_name, request: gr.Request):
+    """The Load button: a bar while it loads (Cancel stops it), then the model's line. Yields (status, bar,
+    Cancel)."""
     if is_endpoint_name(model_name):   # nothing to load: say whether the server answers
-        return endpoint_status(ctx, model_name, request, probe=True)
+        yield endpoint_status(ctx, model_name, request, probe=True), "", _cancel_button(False)
+        return
+    sid = session_id(request)
+    if _busy(ctx, request, "load"):
+        yield gr.skip(), gr.skip(), gr.skip()
+        return
+    cancel = ctx.cancels.start(sid, "chat")
+    loaded: list = []
     try:
-        return describe_loaded(ctx.load(model_name, variant_name, progress))
+        tracker = LoadTracker(f"{model_name} [{variant_name}]", cancel)
+        for snap in load_in_thread(lambda: loaded.append(ctx.load(model_name, variant_name, tracker)), tracker):
+            yield snap.line(), bar_html(snap), _cancel_button(True)
+        yield describe_loaded(loaded[0]), "", _cancel_button(False)
+    except LoadCancelled as exc:
+        yield f"⏹ Cancelled: {exc}", "", _cancel_button(False)
     except PlaygroundError as exc:
+        yield f"⚠️ Error: {exc}", "", _cancel_button(False)
         raise user_error(str(exc)) from None
+    finally:
+        ctx.cancels.finish(sid, "chat", cancel)
 
 
 def unload(ctx: UIContext, model_name, variant_name):
@@ -234,7 +321,11 @@ def create_ui(ctx: UIContext) -> ChatUI:
                 system = gr.Textbox(value=PRESETS[DEFAULT_PRESET], label="System prompt", lines=3,
                                     elem_id="chat-system")
                 params = params_accordion("chat")
-            with gr.Column(scale=3, min_width=400):
+            with gr.Column(scale=3, min_width=400, elem_id="chat-main"):
+                with gr.Row(equal_height=True, elem_id="chat-loading"):
+                    loadbar = gr.HTML("", elem_id="chat-loadbar", padding=False)
+                    cancel_btn = gr.Button("Cancel loading", variant="stop", size="sm", visible=False, scale=0,
+                                           min_width=130, elem_id="chat-cancel-load")
                 chatbot = gr.Chatbot(label="Conversation", height=500, elem_id="chat-chatbot",
                                      buttons=["copy", "copy_all"], feedback_options=None,
                                      placeholder="Ask something. Replies stream in; the line under each reply "
@@ -250,23 +341,30 @@ def create_ui(ctx: UIContext) -> ChatUI:
                     continue_btn = gr.Button("Continue", size="sm", elem_id="chat-continue")
                     undo_btn = gr.Button("Undo", size="sm", elem_id="chat-undo")
                     clear_btn = gr.Button("Clear", size="sm", elem_id="chat-clear")
-    return ChatUI(tab, history, model, variant, load_btn, unload_btn, status, preset, system, params, chatbot,
-                  message, send_btn, stop_btn, regen_btn, continue_btn, undo_btn, clear_btn)
+    return ChatUI(tab, history, model, variant, load_btn, unload_btn, status, preset, system, params, loadbar,
+                  cancel_btn, chatbot, message, send_btn, stop_btn, regen_btn, continue_btn, undo_btn, clear_btn)
 
 
 def wire_events(ctx: UIContext, ui: ChatUI) -> None:
-    out = [ui.chatbot, ui.history, ui.message, ui.status]
-    reply = dict(outputs=out, inputs_kwargs=ui.params.as_kwargs(), api_visibility=PRIVATE,
+    out = [ui.chatbot, ui.history, ui.message, ui.status, ui.loadbar, ui.cancel_btn]
+    # trigger_mode "multiple": a Send (or Regenerate, Continue) while a reply generates reaches the handler, which
+    # says so, instead of the page dropping the click without a word
+    reply = dict(outputs=out, inputs_kwargs=ui.params.as_kwargs(), api_visibility=PRIVATE, trigger_mode="multiple",
                  show_progress="minimal", show_progress_on=[ui.status])
     for trigger in (ui.send_btn.click, ui.message.submit):
         trigger(bind(send, ctx), [ui.model, ui.variant, ui.message, ui.history, ui.system], **reply)
     ui.regen_btn.click(bind(regenerate, ctx), [ui.model, ui.variant, ui.history, ui.system], **reply)
     ui.continue_btn.click(bind(continue_reply, ctx), [ui.model, ui.variant, ui.history, ui.system], **reply)
-    ui.stop_btn.click(bind(stop, ctx), None, None, queue=False, api_visibility=PRIVATE)
-    ui.undo_btn.click(undo, [ui.history], [ui.chatbot, ui.history, ui.message], queue=False, api_visibility=PRIVATE)
-    ui.clear_btn.click(clear, None, [ui.chatbot, ui.history], queue=False, api_visibility=PRIVATE)
+    for button in (ui.stop_btn, ui.cancel_btn):
+        button.click(bind(stop, ctx), None, None, queue=False, api_visibility=PRIVATE)
+    ui.undo_btn.click(bind(undo, ctx), [ui.model, ui.variant, ui.history], [ui.chatbot, ui.history, ui.message,
+                                                                            ui.status],
+                      queue=False, api_visibility=PRIVATE)
+    ui.clear_btn.click(bind(clear, ctx), [ui.model, ui.variant], [ui.chatbot, ui.history, ui.status], queue=False,
+                       api_visibility=PRIVATE)
     ui.chatbot.clear(lambda: [], None, [ui.history], queue=False, api_visibility=PRIVATE)  # the 🗑 icon
-    ui.load_btn.click(bind(load, ctx), [ui.model, ui.variant], [ui.status], api_visibility=PRIVATE)
+    ui.load_btn.click(bind(load, ctx), [ui.model, ui.variant], [ui.status, ui.loadbar, ui.cancel_btn],
+                      api_visibility=PRIVATE, show_progress="hidden")
     ui.unload_btn.click(bind(unload, ctx), [ui.model, ui.variant], [ui.status], api_visibility=PRIVATE)
     ui.preset.change(preset_text, [ui.preset], [ui.system], queue=False, api_visibility=PRIVATE)
     ui.tab.select(bind(refresh_models, ctx), [ui.model], [ui.model], queue=False, api_visibility=PRIVATE)

@@ -18,6 +18,7 @@ from ..engine import KV_CACHE_OPTIONS, GenerationParams, ReplyStats
 from ..endpoints import EndpointRegistry
 from ..errors import InvalidParameterError
 from ..manager import GB, LoadedModel, ModelManager
+from ..progress import LoadTracker
 from ..sharing import SharingPolicy
 from ..variants import VARIANTS
 
@@ -40,6 +41,17 @@ class CancelRegistry:
         with self._lock:
             self._events[(session or "", scope)] = event
         return event
+
+    def finish(self, session: str | None, scope: str, event: threading.Event) -> None:
+        """The reply (or load) that ``start`` gave ``event`` to has ended: ``running`` is False again."""
+        with self._lock:
+            if self._events.get((session or "", scope)) is event:
+                del self._events[(session or "", scope)]
+
+    def running(self, session: str | None, scope: str) -> bool:
+        """A reply (or load) started in this session and scope has not finished yet."""
+        with self._lock:
+            return (session or "", scope) in self._events
 
     def stop(self, session: str | None, scope: str) -> bool:
         with self._lock:
@@ -127,14 +139,15 @@ class UIContext:
             self.session_endpoints.pop(session_id(request), None)
 
     def load(self, name: str, variant: str, progress=None) -> LoadedModel:
-        """Load (or fetch from the manager's cache) with a gr.Progress bar fed by the manager's callback."""
+        """Load (or fetch from the manager's cache). ``progress``: a ``LoadTracker`` (the load bars; Cancel), or a
+        gr.Progress fed by the manager's callback."""
         name, variant = self.policy.model_name(_text_arg("model", name)), _text_arg("variant", variant)
 
         def cb(fraction: float, message: str) -> None:
             if progress is not None:
                 progress(max(0.0, min(1.0, fraction)), desc=message)
-        return self.manager.get(name, variant, device=self.device,
-                                trust_remote_code=name in self.trusted_models, progress=cb)
+        return self.manager.get(name, variant, device=self.device, trust_remote_code=name in self.trusted_models,
+                                progress=progress if isinstance(progress, LoadTracker) else cb)
 
     def find(self, name: str, variant: str) -> LoadedModel | None:
         return self.manager.find(self.policy.model_name(_text_arg("model", name)), _text_arg("variant", variant),
@@ -337,7 +350,7 @@ def describe_loaded(lm: LoadedModel) -> str:
         parts.append(f"kernel {lm.kernel}")
     if not lm.has_chat_template:
         parts.append("no chat template: completion mode")
-    line = "✅ " + " · ".join(parts)
+    line = "✅ Loaded: " + " · ".join(parts)
     if s.notes:
         line += "  \n" + "  \n".join(f"ℹ️ {html.escape(n)}" for n in s.notes)
     return line

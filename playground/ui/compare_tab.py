@@ -20,8 +20,10 @@ from ..endpoints import is_endpoint_name
 from ..errors import PlaygroundError
 from ..manager import check_variant_available
 from ..variants import get_variant
+from ..progress import LoadCancelled, LoadTracker
 from .common import (PRIVATE, ParamWidgets, UIContext, badge_html, bind, device_busy_note, gb, model_dropdown,
                      params_accordion, params_from, session_id, user_error, variant_dropdown)
+from .loading import bar_html, load_in_thread
 from .reply import reply_source
 from .served import model_choices
 
@@ -152,7 +154,7 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
     lines, refusal = memory_plan(ctx, slots, request)
     if refusal:
         gr.Warning(refusal.splitlines()[0])
-        yield frame("⛔ " + html.escape(refusal).replace("\n", "  \n"))
+        yield frame("⛔ Refused: " + html.escape(refusal).replace("\n", "  \n"))
         return
     plan = "  \n".join(lines + [note for note in [device_busy_note()] if note])
     for i in range(MAX_SLOTS):
@@ -168,10 +170,11 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
             continue
         try:
             source = reply_source(ctx, name, variant, request)
-            if source.needs_load:
-                out_replies[i] = f"*loading {html.escape(name)} [{variant}] …*"
-                yield frame(plan + f"  \n⏳ slot {i + 1}: loading")
-                source.load(progress)
+            if source.needs_load:      # a bar in the slot: stage, steps, elapsed, estimate; Stop cancels it
+                tracker = LoadTracker(f"{name} [{variant}]", cancel)
+                for snap in load_in_thread(lambda: source.load(tracker), tracker):
+                    out_replies[i] = bar_html(snap, "load-bar compare-load-bar")
+                    yield frame(plan + f"  \n⏳ slot {i + 1}: {html.escape(snap.line())}")
             events = source.stream(msgs, system_prompt, gen_params, cancel)
             yield frame(plan + f"  \n▶️ slot {i + 1}: generating")
             for event in events:
@@ -182,12 +185,14 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
                 yield frame(gr.skip())
             if out_replies[i] == "…":
                 out_replies[i] = "*(empty reply)*"
+        except LoadCancelled as exc:
+            out_replies[i], out_badges[i] = f"⏹ {html.escape(str(exc))}", ""
         except PlaygroundError as exc:
-            out_replies[i], out_badges[i] = f"⚠️ {html.escape(str(exc))}", ""
+            out_replies[i], out_badges[i] = f"⚠️ Error: {html.escape(str(exc))}", ""
             failed.append(i + 1)
         except Exception as exc:  # unexpected: one line in the slot, traceback in the log
             log.exception("compare slot %d failed", i + 1)
-            out_replies[i] = f"⚠️ unexpected error ({type(exc).__name__}): {html.escape(str(exc))}"
+            out_replies[i] = f"⚠️ Error: unexpected ({type(exc).__name__}): {html.escape(str(exc))}"
             failed.append(i + 1)
     end = "⏹ stopped" if cancel.is_set() else "✅ done"
     if failed:
