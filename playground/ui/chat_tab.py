@@ -15,8 +15,10 @@ from ..endpoints import is_endpoint_name
 from ..errors import PlaygroundError
 from ..manager import check_variant_available
 from ..progress import LoadCancelled, LoadTracker
-from .common import (PRIVATE, ParamWidgets, UIContext, badge_html, badge_text, bind, describe_loaded, device_busy_note,
-                     model_dropdown, params_accordion, params_from, session_id, user_error, variant_dropdown)
+from .common import (PARAM_NAMES, PRIVATE, ParamWidgets, UIContext, badge_html, badge_text, bind, describe_loaded,
+                     device_busy_note, model_dropdown, params_accordion, params_from, session_id, user_error,
+                     variant_dropdown)
+from .conversation import ImportProblem, branch_at, meter_text, read_import, write_export
 from .loading import bar_html, events_in_thread, load_in_thread, note_html, prompt_tokens, wait_note
 from .reply import reply_source
 from .served import endpoint_status, model_choices
@@ -85,6 +87,11 @@ class ChatUI:
     continue_btn: gr.Button
     undo_btn: gr.Button
     clear_btn: gr.Button
+    meter: gr.Markdown
+    export_json_btn: gr.Button
+    export_md_btn: gr.Button
+    import_btn: gr.UploadButton
+    export_file: gr.File
 
 
 # ---- handlers (module level: tests import them; ``bind(fn, ctx)`` makes the event handler) -----------------------
@@ -152,8 +159,11 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
             return
         stats = event.stats
         badge = badge_text(stats, continue_hint=True)
+        settings = {"model": model_name, "variant": variant_name, "system_prompt": system_prompt or "",
+                    **{k: getattr(gen_params, k) for k in PARAM_NAMES}}
         final = base + [{"role": "assistant", "content": prefix + event.text,
-                         "badge": f"{waited} · {badge}" if waited else badge}]
+                         "badge": f"{waited} · {badge}" if waited else badge, "stats": stats.to_dict(),
+                         "settings": settings}]
         last = (f"  \nlast reply: {stats.prompt_tokens} prompt tokens → {stats.new_tokens} new "
                 f"({stats.finish_reason}, {stats.mode} mode)")
         notes = "".join(f"  \nℹ️ {n}" for n in stats.notes)
@@ -228,6 +238,70 @@ def continue_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt
         return
     yield from run_reply(ctx, model_name, variant_name, hist, system_prompt, params, request, progress,
                          (hist, gr.skip()), gr.skip())
+
+
+def edit_message(ctx: UIContext, model_name, variant_name, hist, system_prompt, edit: gr.EditData,
+                 request: gr.Request, progress=gr.Progress(), **params):
+    """An earlier user message edited in the conversation: the conversation branches there (what came after it
+    is dropped) and the model answers the edited message."""
+    hist = list(hist or [])
+    if _busy(ctx, request, "edit"):
+        yield frame(to_display(hist))
+        return
+    try:
+        branch = branch_at(hist, edit.index, edit.value)
+    except PlaygroundError as exc:
+        gr.Warning(str(exc))
+        yield frame(to_display(hist))
+        return
+    yield from run_reply(ctx, model_name, variant_name, branch, system_prompt, params, request, progress,
+                         (hist, gr.skip()), gr.skip())
+
+
+def context_meter(ctx: UIContext, model_name, variant_name, hist, system_prompt, max_new_tokens,
+                  request: gr.Request = None) -> str:
+    """The line beside the input: the conversation's tokens + the reply's budget, of the model's context."""
+    if is_endpoint_name(model_name):
+        return meter_text(None, hist, system_prompt, max_new_tokens, endpoint=True)
+    try:
+        lm = ctx.find(model_name, variant_name)
+    except PlaygroundError:
+        return ""
+    return meter_text(lm, list(hist or []), system_prompt, max_new_tokens)
+
+
+def export_json(model_name, variant_name, hist, system_prompt, **params):
+    return _export(model_name, variant_name, hist, system_prompt, params, "json")
+
+
+def export_markdown(model_name, variant_name, hist, system_prompt, **params):
+    return _export(model_name, variant_name, hist, system_prompt, params, "md")
+
+
+def _export(model_name, variant_name, hist, system_prompt, params, kind):
+    if not hist:
+        gr.Warning("Nothing to export yet: the conversation is empty.")
+        return gr.skip()
+    return gr.File(value=write_export(list(hist), system_prompt, model_name, variant_name, params, kind),
+                   visible=True)
+
+
+def import_conversation(ctx: UIContext, model_name, variant_name, upload, request: gr.Request):
+    """A conversation file (Export JSON) → the conversation and its system prompt; a bad file → one line."""
+    if _busy(ctx, request, "import"):
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    path = getattr(upload, "name", upload)
+    if not path:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    try:
+        data = read_import(path)
+    except ImportProblem as exc:
+        gr.Warning(f"Cannot import: {exc}")
+        return gr.skip(), gr.skip(), gr.skip(), f"⚠️ Error: cannot import {exc}"
+    hist = data["messages"]
+    status = selection_status(ctx, model_name, variant_name, request)
+    status += f"  \n📥 Imported: {len(hist)} messages"
+    return to_display(hist), hist, data["system_prompt"], status
 
 
 def undo(ctx: UIContext, model_name, variant_name, hist, request: gr.Request):
@@ -316,18 +390,21 @@ def create_ui(ctx: UIContext) -> ChatUI:
                     unload_btn = gr.Button("Unload", size="sm", min_width=80, elem_id="chat-unload")
                 status = gr.Markdown(selection_status(ctx, ctx.default_model, ctx.default_variant),
                                      elem_id="chat-status", elem_classes=["status-line"])
-                preset = gr.Dropdown(choices=list(PRESETS), value=DEFAULT_PRESET, label="System prompt preset",
-                                     elem_id="chat-preset")
-                system = gr.Textbox(value=PRESETS[DEFAULT_PRESET], label="System prompt", lines=3,
-                                    elem_id="chat-system")
-                params = params_accordion("chat")
+                # open on a wide screen; on a phone (the conversation comes first) app.PHONE_JS closes it
+                with gr.Accordion("Settings (system prompt, parameters)", open=True,
+                                  elem_id="chat-settings"):
+                    preset = gr.Dropdown(choices=list(PRESETS), value=DEFAULT_PRESET, label="System prompt preset",
+                                         elem_id="chat-preset")
+                    system = gr.Textbox(value=PRESETS[DEFAULT_PRESET], label="System prompt", lines=3,
+                                        elem_id="chat-system")
+                    params = params_accordion("chat")
             with gr.Column(scale=3, min_width=400, elem_id="chat-main"):
                 with gr.Row(equal_height=True, elem_id="chat-loading"):
                     loadbar = gr.HTML("", elem_id="chat-loadbar", padding=False)
                     cancel_btn = gr.Button("Cancel loading", variant="stop", size="sm", visible=False, scale=0,
                                            min_width=130, elem_id="chat-cancel-load")
                 chatbot = gr.Chatbot(label="Conversation", height=500, elem_id="chat-chatbot",
-                                     buttons=["copy", "copy_all"], feedback_options=None,
+                                     buttons=["copy", "copy_all"], feedback_options=None, editable="user",
                                      placeholder="Ask something. Replies stream in; the line under each reply "
                                                  "shows time to first token, speed, tokens and peak memory.")
                 with gr.Row(equal_height=True):
@@ -335,14 +412,25 @@ def create_ui(ctx: UIContext) -> ChatUI:
                     message = gr.Textbox(show_label=False, lines=1, max_lines=8, scale=6, elem_id="chat-input",
                                          placeholder="Type a message (Enter sends, Shift+Enter adds a line)")
                     send_btn = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="chat-send")
-                with gr.Row():
-                    stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="chat-stop")
-                    regen_btn = gr.Button("Regenerate", size="sm", elem_id="chat-regenerate")
-                    continue_btn = gr.Button("Continue", size="sm", elem_id="chat-continue")
-                    undo_btn = gr.Button("Undo", size="sm", elem_id="chat-undo")
-                    clear_btn = gr.Button("Clear", size="sm", elem_id="chat-clear")
+                with gr.Row(elem_id="chat-actions", elem_classes=["button-row"]):
+                    stop_btn = gr.Button("Stop", variant="stop", size="sm", min_width=60, elem_id="chat-stop")
+                    regen_btn = gr.Button("Regenerate", size="sm", min_width=60, elem_id="chat-regenerate")
+                    continue_btn = gr.Button("Continue", size="sm", min_width=60, elem_id="chat-continue")
+                    undo_btn = gr.Button("Undo", size="sm", min_width=60, elem_id="chat-undo")
+                    clear_btn = gr.Button("Clear", size="sm", min_width=60, elem_id="chat-clear")
+                meter = gr.Markdown(context_meter(ctx, ctx.default_model, ctx.default_variant, [],
+                                                  PRESETS[DEFAULT_PRESET], params.max_new_tokens.value),
+                                    elem_id="chat-context", elem_classes=["context-meter"])
+                with gr.Row(elem_id="chat-conversation-files", elem_classes=["button-row"]):
+                    export_json_btn = gr.Button("Export JSON", size="sm", min_width=60, elem_id="chat-export-json")
+                    export_md_btn = gr.Button("Export Markdown", size="sm", min_width=60, elem_id="chat-export-md")
+                    import_btn = gr.UploadButton("Import JSON", file_types=[".json"], file_count="single",
+                                                 size="sm", min_width=60, elem_id="chat-import")
+                export_file = gr.File(label="Exported conversation", visible=False, interactive=False,
+                                      elem_id="chat-export-file")
     return ChatUI(tab, history, model, variant, load_btn, unload_btn, status, preset, system, params, loadbar,
-                  cancel_btn, chatbot, message, send_btn, stop_btn, regen_btn, continue_btn, undo_btn, clear_btn)
+                  cancel_btn, chatbot, message, send_btn, stop_btn, regen_btn, continue_btn, undo_btn, clear_btn,
+                  meter, export_json_btn, export_md_btn, import_btn, export_file)
 
 
 def wire_events(ctx: UIContext, ui: ChatUI) -> None:
@@ -351,26 +439,41 @@ def wire_events(ctx: UIContext, ui: ChatUI) -> None:
     # says so, instead of the page dropping the click without a word
     reply = dict(outputs=out, inputs_kwargs=ui.params.as_kwargs(), api_visibility=PRIVATE, trigger_mode="multiple",
                  show_progress="minimal", show_progress_on=[ui.status])
+    meter = dict(fn=bind(context_meter, ctx), inputs=[ui.model, ui.variant, ui.history, ui.system,
+                                                      ui.params.max_new_tokens],
+                 outputs=[ui.meter], queue=False, api_visibility=PRIVATE, show_progress="hidden")
     for trigger in (ui.send_btn.click, ui.message.submit):
-        trigger(bind(send, ctx), [ui.model, ui.variant, ui.message, ui.history, ui.system], **reply)
-    ui.regen_btn.click(bind(regenerate, ctx), [ui.model, ui.variant, ui.history, ui.system], **reply)
-    ui.continue_btn.click(bind(continue_reply, ctx), [ui.model, ui.variant, ui.history, ui.system], **reply)
+        trigger(bind(send, ctx), [ui.model, ui.variant, ui.message, ui.history, ui.system], **reply).then(**meter)
+    ui.regen_btn.click(bind(regenerate, ctx), [ui.model, ui.variant, ui.history, ui.system], **reply).then(**meter)
+    ui.continue_btn.click(bind(continue_reply, ctx), [ui.model, ui.variant, ui.history, ui.system],
+                          **reply).then(**meter)
+    ui.chatbot.edit(bind(edit_message, ctx), [ui.model, ui.variant, ui.history, ui.system], **reply).then(**meter)
     for button in (ui.stop_btn, ui.cancel_btn):
         button.click(bind(stop, ctx), None, None, queue=False, api_visibility=PRIVATE)
+    # queued (not queue=False): a warning (a reply is generating) reaches the page only from a queued event
     ui.undo_btn.click(bind(undo, ctx), [ui.model, ui.variant, ui.history], [ui.chatbot, ui.history, ui.message,
                                                                             ui.status],
-                      queue=False, api_visibility=PRIVATE)
-    ui.clear_btn.click(bind(clear, ctx), [ui.model, ui.variant], [ui.chatbot, ui.history, ui.status], queue=False,
-                       api_visibility=PRIVATE)
-    ui.chatbot.clear(lambda: [], None, [ui.history], queue=False, api_visibility=PRIVATE)  # the 🗑 icon
+                      api_visibility=PRIVATE, show_progress="hidden").then(**meter)
+    ui.clear_btn.click(bind(clear, ctx), [ui.model, ui.variant], [ui.chatbot, ui.history, ui.status],
+                       api_visibility=PRIVATE, show_progress="hidden").then(**meter)
+    ui.chatbot.clear(lambda: [], None, [ui.history], queue=False, api_visibility=PRIVATE).then(**meter)  # the 🗑
     ui.load_btn.click(bind(load, ctx), [ui.model, ui.variant], [ui.status, ui.loadbar, ui.cancel_btn],
-                      api_visibility=PRIVATE, show_progress="hidden")
+                      api_visibility=PRIVATE, show_progress="hidden").then(**meter)
+    files = [ui.model, ui.variant, ui.history, ui.system]
+    ui.export_json_btn.click(export_json, files, [ui.export_file], inputs_kwargs=ui.params.as_kwargs(),
+                             api_visibility=PRIVATE)
+    ui.export_md_btn.click(export_markdown, files, [ui.export_file], inputs_kwargs=ui.params.as_kwargs(),
+                           api_visibility=PRIVATE)
+    ui.import_btn.upload(bind(import_conversation, ctx), [ui.model, ui.variant, ui.import_btn],
+                         [ui.chatbot, ui.history, ui.system, ui.status], api_visibility=PRIVATE).then(**meter)
+    ui.params.max_new_tokens.change(**meter)
+    ui.system.blur(**meter)
     ui.unload_btn.click(bind(unload, ctx), [ui.model, ui.variant], [ui.status], api_visibility=PRIVATE)
     ui.preset.change(preset_text, [ui.preset], [ui.system], queue=False, api_visibility=PRIVATE)
     ui.tab.select(bind(refresh_models, ctx), [ui.model], [ui.model], queue=False, api_visibility=PRIVATE)
     for dd in (ui.model, ui.variant):
         dd.change(bind(show_selection, ctx), [ui.model, ui.variant], [ui.status], queue=False,
-                  api_visibility=PRIVATE)
+                  api_visibility=PRIVATE).then(**meter)
 
 
 def build_tab(ctx: UIContext) -> ChatUI:
