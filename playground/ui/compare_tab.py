@@ -1,7 +1,10 @@
 """Compare tab: one prompt, 2–4 model × variant slots, each streaming its own reply and stats badge.
 
-Slots run one after another: on a CPU two models decoding at once only slow each other down, and in sequence
-each slot's TTFT and tok/s are measured without interference. Before anything runs, the slots' estimated
+Local slots run one after another (the later ones say which slot they wait for): on one device two models
+decoding at once only slow each other down, and in sequence each slot's TTFT and tok/s are measured without
+interference. Endpoint slots stream at the same time as the local ones and as each other (each on a worker
+thread), unless this user may have only one reply at a time (a shared app's --replies-per-user 1). Before
+anything runs, the slots' estimated
 memory is checked against the manager's budget, so a comparison that cannot fit is refused up front instead of
 loading and evicting models in turn.
 """
@@ -10,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
+import queue
 import secrets
+import threading
 from dataclasses import dataclass
 
 import gradio as gr
@@ -160,40 +165,68 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
     for i in range(MAX_SLOTS):
         out_replies[i], out_badges[i] = ("*waiting…*" if i < n else "", "")
     yield frame(plan)
-    cancel = ctx.cancels.start(session_id(request), "compare")
+    sid = session_id(request)
+    cancel = ctx.cancels.start(sid, "compare")
     msgs = [{"role": "user", "content": text}]
-    failed = []
-    answers: list[str | None] = [None] * n
-    for i, (name, variant) in enumerate(slots):
-        if cancel.is_set():
-            out_replies[i] = "*skipped (stopped)*"
-            continue
-        try:
-            source = reply_source(ctx, name, variant, request)
-            if source.needs_load:      # a bar in the slot: stage, steps, elapsed, estimate; Stop cancels it
-                tracker = LoadTracker(f"{name} [{variant}]", cancel)
-                for snap in load_in_thread(lambda: source.load(tracker), tracker):
-                    out_replies[i] = bar_html(snap, "load-bar compare-load-bar")
-                    yield frame(plan + f"  \n⏳ slot {i + 1}: {html.escape(snap.line())}")
-            events = source.stream(msgs, system_prompt, gen_params, cancel)
-            yield frame(plan + f"  \n▶️ slot {i + 1}: generating")
-            for event in events:
-                out_replies[i] = event.text or "…"
-                if event.done:
-                    out_badges[i] = badge_html(event.stats)
-                    answers[i] = event.text
-                yield frame(gr.skip())
-            if out_replies[i] == "…":
-                out_replies[i] = "*(empty reply)*"
-        except LoadCancelled as exc:
-            out_replies[i], out_badges[i] = f"⏹ {html.escape(str(exc))}", ""
-        except PlaygroundError as exc:
-            out_replies[i], out_badges[i] = f"⚠️ Error: {html.escape(str(exc))}", ""
-            failed.append(i + 1)
-        except Exception as exc:  # unexpected: one line in the slot, traceback in the log
-            log.exception("compare slot %d failed", i + 1)
-            out_replies[i] = f"⚠️ Error: unexpected ({type(exc).__name__}): {html.escape(str(exc))}"
-            failed.append(i + 1)
+    failed, answers = [], [None] * n
+    lanes = slot_lanes(ctx, slots)
+    for lane in lanes:           # a slot that runs after another says which one it waits for
+        for before, after in zip(lane, lane[1:]):
+            out_replies[after] = f"*waiting for slot {before + 1}…*"
+    box: queue.Queue = queue.Queue()
+    for lane in lanes:
+        threading.Thread(target=_run_lane, args=(ctx, lane, slots, request, msgs, system_prompt, gen_params,
+                                                 cancel, box.put),
+                         name="playground-compare", daemon=True).start()
+    yield frame(plan + "  \n" + lanes_line(lanes))
+    loading, generating, lanes_left, finished = {}, set(), len(lanes), False
+    try:
+        while lanes_left:
+            try:
+                kind, i, value = box.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if kind == "lane done":
+                lanes_left -= 1
+                continue
+            if kind == "start":
+                for lane in lanes:
+                    if i in lane:
+                        for later in lane[lane.index(i) + 1:]:
+                            out_replies[later] = f"*waiting for slot {i + 1}…*"
+                continue
+            if kind == "load":
+                loading[i] = value
+                out_replies[i] = bar_html(value, "load-bar compare-load-bar")
+            elif kind == "generating":
+                loading.pop(i, None)
+                generating.add(i)
+                out_replies[i] = "…"
+            elif kind == "text":
+                out_replies[i] = value or "…"
+            elif kind == "done":
+                generating.discard(i)
+                out_replies[i] = value.text or "*(empty reply)*"
+                out_badges[i], answers[i] = badge_html(value.stats), value.text
+            elif kind in ("error", "cancelled", "skipped"):
+                loading.pop(i, None)
+                generating.discard(i)
+                out_replies[i] = ("*skipped (stopped)*" if kind == "skipped" else
+                                  f"⏹ {html.escape(value)}" if kind == "cancelled" else
+                                  f"⚠️ Error: {html.escape(value)}")
+                out_badges[i] = ""
+                if kind == "error":
+                    failed.append(i + 1)
+            now = [f"⏳ slot {j + 1}: {html.escape(snap.line())}" for j, snap in sorted(loading.items())]
+            if generating:
+                now.append("▶️ generating: " + ", ".join(f"slot {j + 1}" for j in sorted(generating)))
+            yield frame(plan + ("  \n" + "  \n".join(now) if now else ""))
+        finished = True
+    finally:
+        if not finished:          # the page went away: the lanes stop at their next step
+            cancel.set()
+        ctx.cancels.finish(sid, "compare", cancel)
+    failed.sort()
     end = "⏹ stopped" if cancel.is_set() else "✅ done"
     if failed:
         end += f" (slot {', '.join(map(str, failed))} failed: see the message in the slot)"
@@ -201,6 +234,60 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
     how = "greedy" if gen_params.greedy else f"sampled with seed {gen_params.seed} in every slot"
     lines = agreement_lines(texts)
     yield frame(plan + "  \n" + end + (f"  \n**Answers** ({how}): " + "; ".join(lines) if lines else ""))
+
+
+def slot_lanes(ctx: UIContext, slots: list[tuple[str, str]]) -> list[list[int]]:
+    """Which slots run at the same time: the local models one after another (they share the device, and each
+    one's speed is measured undisturbed), each endpoint beside them. When this user may have only one reply at a
+    time (a shared app's --replies-per-user), all of them one after another."""
+    remote = [i for i, (name, _) in enumerate(slots) if is_endpoint_name((name or "").strip())]
+    local = [i for i in range(len(slots)) if i not in remote]
+    lanes = ([local] if local else []) + [[i] for i in remote]
+    limit = ctx.policy.replies_per_user
+    if limit is not None and len(lanes) > limit:
+        return [list(range(len(slots)))]
+    return lanes
+
+
+def lanes_line(lanes: list[list[int]]) -> str:
+    def names(lane):
+        return " → ".join(f"slot {i + 1}" for i in lane)
+    if len(lanes) == 1:
+        return f"⏳ one after another: {names(lanes[0])}" if len(lanes[0]) > 1 else ""
+    return "⏳ at the same time: " + " | ".join(names(lane) for lane in lanes)
+
+
+def _run_lane(ctx, lane, slots, request, msgs, system_prompt, gen_params, cancel, post) -> None:
+    """One lane's slots, in order, on a worker thread; everything is posted to the handler as (kind, slot, value)."""
+    try:
+        for i in lane:
+            post(("start", i, None))
+            _run_slot(ctx, i, *slots[i], request, msgs, system_prompt, gen_params, cancel, post)
+    finally:
+        post(("lane done", -1, None))
+
+
+def _run_slot(ctx, i, name, variant, request, msgs, system_prompt, gen_params, cancel, post) -> None:
+    if cancel.is_set():
+        post(("skipped", i, None))
+        return
+    try:
+        source = reply_source(ctx, name, variant, request)
+        if source.needs_load:      # a bar in the slot: stage, steps, elapsed, estimate; Stop cancels it
+            tracker = LoadTracker(f"{name} [{variant}]", cancel)
+            for snap in load_in_thread(lambda: source.load(tracker), tracker):
+                post(("load", i, snap))
+        events = source.stream(msgs, system_prompt, gen_params, cancel)
+        post(("generating", i, None))
+        for event in events:
+            post(("done", i, event) if event.done else ("text", i, event.text))
+    except LoadCancelled as exc:
+        post(("cancelled", i, str(exc)))
+    except PlaygroundError as exc:
+        post(("error", i, str(exc)))
+    except Exception as exc:  # unexpected: one line in the slot, traceback in the log
+        log.exception("compare slot %d failed", i + 1)
+        post(("error", i, f"unexpected ({type(exc).__name__}): {exc}"))
 
 
 def stop(ctx: UIContext, request: gr.Request):
