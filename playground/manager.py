@@ -436,7 +436,7 @@ def _wrap_loading_tqdm() -> None:
 
 def _reporting(iterable, report: Progress):
     total = len(iterable)
-    every = max(1, total // 50)
+    every = max(1, total // 20)   # a console bar without a tty prints every step as a line
     for i, item in enumerate(iterable):
         if i % every == 0:
             report(i / max(1, total), f"loading weights: {i}/{total} tensors")

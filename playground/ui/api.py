@@ -15,6 +15,7 @@ import gradio as gr
 
 from ..errors import InvalidParameterError, PlaygroundError
 from .common import PARAM_NAMES, UIContext, bind, params_from, session_id, user_error
+from .loading import events_in_thread
 from .reply import reply_source
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,11 @@ def chat(ctx: UIContext, model: str, variant: str, message: str, history: list[d
         source = reply_source(ctx, model, variant, request)   # endpoint:<name>: its variant is ignored
         source.load()
         cancel = ctx.cancels.start(session_id(request), "api")
-        events = source.stream(msgs, system_prompt or None, params, cancel)
+        # on the reply pool's threads like the Chat tab's replies (warm OpenMP teams: see ui/loading.py)
+        events = events_in_thread(source.stream(msgs, system_prompt or None, params, cancel), cancel)
         for event in events:
+            if event is None:
+                continue
             if event.done:
                 stats = event.stats.to_dict()
                 stats["badge"] = event.stats.badge()

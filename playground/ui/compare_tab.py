@@ -15,7 +15,6 @@ import html
 import logging
 import queue
 import secrets
-import threading
 from dataclasses import dataclass
 
 import gradio as gr
@@ -28,7 +27,7 @@ from ..variants import get_variant
 from ..progress import LoadCancelled, LoadTracker
 from .common import (PRIVATE, ParamWidgets, UIContext, badge_html, bind, device_busy_note, gb, model_dropdown,
                      params_accordion, params_from, session_id, user_error, variant_dropdown)
-from .loading import bar_html, load_in_thread
+from .loading import REPLY_POOL, bar_html, load_in_thread
 from .reply import reply_source
 from .served import model_choices
 
@@ -174,10 +173,8 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
         for before, after in zip(lane, lane[1:]):
             out_replies[after] = f"*waiting for slot {before + 1}…*"
     box: queue.Queue = queue.Queue()
-    for lane in lanes:
-        threading.Thread(target=_run_lane, args=(ctx, lane, slots, request, msgs, system_prompt, gen_params,
-                                                 cancel, box.put),
-                         name="playground-compare", daemon=True).start()
+    for lane in lanes:          # on the reply pool (warm OpenMP teams: see ui/loading.py)
+        REPLY_POOL.submit(_run_lane, ctx, lane, slots, request, msgs, system_prompt, gen_params, cancel, box.put)
     yield frame(plan + "  \n" + lanes_line(lanes))
     loading, generating, lanes_left, finished = {}, set(), len(lanes), False
     try:

@@ -12,12 +12,18 @@ import html
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from ..engine import build_prompt
 from ..manager import LoadedModel
 from ..progress import LoadSnapshot, LoadTracker, fmt_seconds
 
 POLL_S = 0.5
+# Long-lived worker threads, reused reply after reply: torch's OpenMP pool belongs to the thread that runs the ops,
+# so a fresh thread per reply would start a new team of OpenMP threads each time (and libgomp ends the process
+# when it cannot create them, e.g. near a memory limit). Idle workers are reused before a new one starts.
+REPLY_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="playground-reply")
+LOAD_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="playground-load")
 
 
 def bar_html(snap: LoadSnapshot | None, elem_class: str = "load-bar") -> str:
@@ -40,6 +46,7 @@ def load_in_thread(load: Callable[[], object], tracker: LoadTracker, poll_s: flo
                    ) -> Iterator[LoadSnapshot]:
     """Run ``load()`` on a worker thread; yield the tracker's snapshot every ``poll_s`` until it ends, then re-raise
     what it raised (``LoadCancelled`` after a Cancel). The first snapshot comes at once."""
+    done = threading.Event()
     failed: list[BaseException] = []
 
     def work():
@@ -47,14 +54,13 @@ def load_in_thread(load: Callable[[], object], tracker: LoadTracker, poll_s: flo
             load()
         except BaseException as exc:   # handed to the caller's thread
             failed.append(exc)
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=work, name="playground-load", daemon=True)
-    worker.start()
+    LOAD_POOL.submit(work)
     yield tracker.snapshot()
-    while worker.is_alive():
-        worker.join(poll_s or POLL_S)
-        if worker.is_alive():
-            yield tracker.snapshot()
+    while not done.wait(poll_s or POLL_S):
+        yield tracker.snapshot()
     if failed:
         raise failed[0]
 
@@ -85,8 +91,9 @@ def prompt_tokens(lm: LoadedModel | None, messages: list[dict], system: str | No
 
 
 def events_in_thread(events: Iterator, cancel: threading.Event, poll_s: float = 0.25) -> Iterator:
-    """Iterate ``events`` on a worker thread; yield each event, and ``None`` every ``poll_s`` while none comes
-    (the caller looks at ``cancel`` then: a Stop during a long prompt's prefill needs no token to act on).
+    """Iterate ``events`` on a worker thread of ``REPLY_POOL``; yield each event, and ``None`` every ``poll_s``
+    while none comes (the caller looks at ``cancel`` then: a Stop during a long prompt's prefill needs no token to
+    act on).
 
     If the caller stops early (Stop, or the browser went away), ``cancel`` is set: the engine checks it before
     every step and ends at the next one (a prefill already running finishes first, holding the model till then)."""
@@ -107,8 +114,7 @@ def events_in_thread(events: Iterator, cancel: threading.Event, poll_s: float = 
                 close()
             box.put(end)
 
-    worker = threading.Thread(target=pump, name="playground-reply", daemon=True)
-    worker.start()
+    REPLY_POOL.submit(pump)
     finished = False
     try:
         while True:
