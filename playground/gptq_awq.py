@@ -271,21 +271,34 @@ def _quantize(
         _fix_awq_scaling_for_gemma3(model)
     n_layers = _num_layers(model)
     t_loaded = time.perf_counter()
-    report(0.05, f"{method.upper()}: quantizing {n_layers} layers with {len(rows)} samples "
-                 f"(<= {max_tokens} tokens each)")
+    label = f"{method.upper()} calibration"
+    report(0.05, f"{label}: 0/{n_layers} layers done ({len(rows)} samples of <= {max_tokens} tokens)")
 
+    # Progress per layer part and per layer. gptqmodel calls both callbacks on its main loop's thread with
+    # raise_in_place (looper/module_looper.py, callbackup / _subset_event_dispatch), so a ``report`` that raises
+    # (the UI's Cancel: progress.LoadCancelled) ends ``model.quantize`` and ``building`` below drops the
+    # half-written folder. (The finalize callback, submodule_finalized=True, can come from a watcher thread where
+    # an exception is only logged: it reports nothing.)
     def on_layer(layer_idx: int, submodule_finalized: bool, **_: Any) -> None:
-        # gptqmodel's ModuleLooper calls this after each decoder layer (looper/module_looper.py, callbackup)
-        if submodule_finalized and n_layers:
+        if not submodule_finalized and n_layers:
             report(0.05 + 0.85 * min(1.0, (layer_idx + 1) / n_layers),
-                   f"{method.upper()}: layer {layer_idx + 1}/{n_layers} done")
+                   f"{label}: {layer_idx + 1}/{n_layers} layers done")
+
+    def on_subset(stage: str = "", layer_idx: int = 0, subset_index: int = 0, subset_total: int = 1,
+                  **_: Any) -> None:
+        if stage == "quant_start" and n_layers:
+            part = (subset_index + 1) / max(1, subset_total)
+            report(0.05 + 0.85 * min(1.0, (layer_idx + part) / n_layers),
+                   f"{label}: {layer_idx}/{n_layers} layers done (layer {layer_idx + 1}: part "
+                   f"{subset_index + 1} of {subset_total})")
 
     model.layer_callback = on_layer
+    model.subset_callback = on_subset
 
     with building(out_dir) as tmp:
         model.quantize(rows, batch_size=1, backend=quant_backend, calibration_data_min_length=CALIB_MIN_TOKENS)
         t_quantized = time.perf_counter()
-        report(0.92, f"{method.upper()}: saving")
+        report(0.92, f"{method.upper()}: saving")   # raises here too when cancelled: nothing is saved
         _repair_rope_parameters(getattr(model, "model", None))
         # gptqmodel's writer print()s the file list and both config files on every save
         # (gptqmodel/models/writer.py, debug_saved_config); errors still raise.

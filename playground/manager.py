@@ -14,6 +14,7 @@ import time
 import weakref
 from collections.abc import Callable
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,13 +255,15 @@ class ModelManager:
 
     def _load(self, key, name, variant_name, device, options, trust_remote_code, progress) -> LoadedModel:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         variant = get_variant(variant_name)
         variant.check_supported(device)
         stats = LoadStats()
+        # the bar's ranges: conversion (first use of a packaged GGUF) 0-15 %, quantization (first GPTQ/AWQ use)
+        # 15-80 %, reading the weights (bitsandbytes quantizes here) 80-97 %: each moves with its own steps
         progress(0.0, f"resolving {name}")
-        source = resolve(name, scaled(progress, 0.0, 0.2))
+        source = resolve(name, scaled(progress, 0.0, 0.15))
         stats.convert_s = source.convert_s
         if source.entry is not None and variant_name in source.entry.nan_variants:
             stats.notes.append(f"{name} is known to overflow to NaN/inf in {variant_name}: replies will fail "
@@ -269,10 +272,10 @@ class ModelManager:
         if evicted:
             stats.notes.append("unloaded to fit the memory budget: " + ", ".join(evicted))
 
-        plan = variant.plan(source, options, device, scaled(progress, 0.2, 0.6))
+        plan = variant.plan(source, options, device, scaled(progress, 0.15, 0.8))
         stats.quantize_s = plan.quantize_s
         stats.notes.extend(plan.notes)
-        progress(0.6, f"loading {name} as {variant_name} on {device}")
+        progress(0.8, f"loading {name} as {variant_name} on {device}")
         local_only = source.local or os.environ.get("HF_HUB_OFFLINE") == "1"
         common = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
         kwargs = dict(plan.kwargs, **common)
@@ -284,15 +287,8 @@ class ModelManager:
             kwargs["device_map"] = device
         t0 = time.perf_counter()
         try:
-            if plan.loader == "gptqmodel":
-                from . import gptq_awq
-                model, info = gptq_awq.load_quantized(plan.path, device=device,
-                                                      dtype=torch.bfloat16 if options.compute_dtype == "bf16" else None,
-                                                      backend=options.kernel)
-                kernel = info.get("kernel")
-            else:
-                model = AutoModelForCausalLM.from_pretrained(plan.path, **kwargs)
-                kernel = None
+            with weight_loading_progress(scaled(progress, 0.8, 0.97)):
+                model, kernel = self._read_weights(plan, kwargs, device, options)
             tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
         except OSError as exc:
             raise self._explain_os_error(name, exc, source.local) from exc
@@ -332,6 +328,19 @@ class ModelManager:
         progress(1.0, f"loaded {name} [{variant_name}] in {stats.load_s:.1f}s"
                       + (f" + {stats.warmup_s:.1f}s decode warm-up" if stats.warmup_s else ""))
         return lm
+
+    @staticmethod
+    def _read_weights(plan, kwargs: dict, device: str, options: VariantOptions):
+        """The model from its (converted, quantized) folder, and the kernel its quantized layers run on."""
+        import torch
+        from transformers import AutoModelForCausalLM
+        if plan.loader == "gptqmodel":
+            from . import gptq_awq
+            model, info = gptq_awq.load_quantized(plan.path, device=device,
+                                                  dtype=torch.bfloat16 if options.compute_dtype == "bf16" else None,
+                                                  backend=options.kernel)
+            return model, info.get("kernel")
+        return AutoModelForCausalLM.from_pretrained(plan.path, **kwargs), None
 
     @staticmethod
     def _explain_os_error(name: str, exc: OSError, local: bool = False) -> PlaygroundError:
@@ -385,6 +394,54 @@ class ModelManager:
         with self._lock:
             for key in list(self._models):
                 self._unload_key(key)
+
+
+# ---- progress while transformers reads the weights ----------------------------------------------------------------
+_weights_report = threading.local()     # this thread's progress callback while it loads (None: none)
+
+
+@contextmanager
+def weight_loading_progress(progress: Progress):
+    """Report transformers' "Loading weights" loop (one step per tensor; bitsandbytes quantizes in it) to
+    ``progress`` as "loading weights: i/n tensors", in this thread only. A callback that raises (Cancel) stops the
+    load there. transformers has no callback for it, so its loop's ``tqdm`` is wrapped once
+    (transformers/core_model_loading.py, ``for ... in tqdm(param_name_to_load.items(), desc="Loading weights")``);
+    other threads and other bars go through unchanged."""
+    _wrap_loading_tqdm()
+    previous = getattr(_weights_report, "fn", None)
+    _weights_report.fn = progress
+    try:
+        yield
+    finally:
+        _weights_report.fn = previous
+
+
+def _wrap_loading_tqdm() -> None:
+    try:
+        from transformers import core_model_loading as cml
+    except ImportError:        # another transformers layout: loads still work, without per-tensor progress
+        return
+    original = getattr(cml, "tqdm", None)
+    if original is None or getattr(original, "playground_wrapped", False):
+        return
+
+    def tqdm(iterable=None, *args, **kwargs):
+        report = getattr(_weights_report, "fn", None)
+        if report is None or iterable is None or not hasattr(iterable, "__len__"):
+            return original(iterable, *args, **kwargs)
+        return _reporting(iterable, report)
+    tqdm.playground_wrapped = True
+    cml.tqdm = tqdm
+
+
+def _reporting(iterable, report: Progress):
+    total = len(iterable)
+    every = max(1, total // 20)   # a console bar without a tty prints every step as a line
+    for i, item in enumerate(iterable):
+        if i % every == 0:
+            report(i / max(1, total), f"loading weights: {i}/{total} tensors")
+        yield item
+    report(1.0, f"loading weights: {total}/{total} tensors")
 
 
 def enable_fast_decode(lm: LoadedModel, compile: bool = True):

@@ -79,3 +79,39 @@ def test_a_one_token_reply_has_no_decode_speed_not_zero():
     assert "— tok/s" in one.badge() and "0.0 tok/s" not in one.badge(), one.badge()
     two = ReplyStats(model="m", variant="bf16", device="cpu", new_tokens=2, ttft_s=0.2, decode_tok_s=12.5)
     assert "12.5 tok/s" in two.badge()
+
+
+def test_endpoint_slots_stream_at_the_same_time_and_local_slots_say_which_they_wait_for(manager, smollm_bf16):
+    """Issue #17 item 3: slots ran one after another. Endpoints now stream beside each other (and beside the local
+    slots); local slots, which share the device, still take turns, and a waiting one names the slot it waits for."""
+    import dataclasses
+
+    from test_ui_browser_claims import fake_openai_server
+
+    from playground.endpoints import Endpoint
+    from playground.ui import compare_tab
+    from playground.ui.app import build_app
+    question = " ".join(f"word{i}" for i in range(30))            # the fake server echoes it, 50 ms a word
+    with fake_openai_server() as fake:
+        app = build_app(manager, endpoints=[Endpoint(fake.url, name="a"), Endpoint(fake.url, name="b")])
+        ctx = app.playground_ctx
+        assert compare_tab.slot_lanes(ctx, [(DEFAULT_MODEL, "bf16"), ("endpoint:a", "served"),
+                                            (DEFAULT_MODEL, "bf16"), ("endpoint:b", "served")]) == [[0, 2], [1], [3]]
+        frames = list(compare_tab.run(ctx, question, 4, "", _Request(), None, max_new_tokens=12, temperature=0.7,
+                                      top_p=0.9, top_k=50, repetition_penalty=1.0, seed=-1, greedy=True,
+                                      kv_cache="default", model0="endpoint:a", model1="endpoint:b",
+                                      model2=DEFAULT_MODEL, model3=DEFAULT_MODEL, variant0="served",
+                                      variant1="served", variant2="bf16", variant3="bf16"))
+    final = fake.reply_to(question)
+    replies = [f[:4] for f in frames]
+    both_partial = [r for r in replies if all(isinstance(t, str) and "word" in t and t != final for t in r[:2])]
+    assert both_partial, "the two endpoint slots never streamed at the same time"
+    assert any(r[3] == "*waiting for slot 3…*" and isinstance(r[2], str) and r[2] not in ("", "…")
+               and not r[2].startswith("*") for r in replies), "slot 4 did not say it waits for slot 3"
+    assert "at the same time: slot 3 → slot 4 | slot 1 | slot 2" in str(frames[1][-1])
+    last = frames[-1]
+    assert last[0] == final and last[1] == final and last[2] and last[3], last[:4]
+    assert all("TTFT" in b for b in last[4:8]) and "✅ done" in last[8]
+    # a shared app that allows one reply per user at a time: all slots in one lane
+    one = dataclasses.replace(ctx, policy=dataclasses.replace(ctx.policy, replies_per_user=1))
+    assert compare_tab.slot_lanes(one, [(DEFAULT_MODEL, "bf16"), ("endpoint:a", "served")]) == [[0, 1]]

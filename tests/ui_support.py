@@ -25,13 +25,31 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 def ui_handler(app, module: str, name: str):
-    """The event handler function ``name`` of ``playground.ui.<module>`` (or of the dotted module ``module``, e.g.
-    ``benchmarks.ui_tab``) in a built app (to call it in-process)."""
+    """The event handler ``name`` of ``playground.ui.<module>`` (or of the dotted module ``module``, e.g.
+    ``benchmarks.ui_tab``) in a built app (to call it in-process), called as the page calls it: the event's input
+    values in their order on the wire (its ``inputs``, then its ``inputs_kwargs``), then what Gradio injects
+    (request, progress)."""
     module = module if "." in module else f"playground.ui.{module}"
     for block_fn in app.fns.values():
         if getattr(block_fn.fn, "__module__", "") == module and block_fn.fn.__name__ == name:
-            return block_fn.fn
+            return page_call(block_fn)
     raise AssertionError(f"no {module}.{name} event handler")
+
+
+def page_call(block_fn):
+    """``block_fn.fn`` itself, or, for an event with keyword inputs, a function that takes every value in wire
+    order and passes the keyword ones by name (as Gradio does)."""
+    names = list(block_fn.input_keyword_names)
+    if not names:
+        return block_fn.fn
+    fn, n_positional = block_fn.fn, len(block_fn.inputs) - len(names)
+
+    def call(*values):
+        positional, keyword = values[:n_positional], values[n_positional:n_positional + len(names)]
+        injected = values[n_positional + len(names):]
+        return fn(*positional, *injected, **dict(zip(names, keyword)))
+    call.__name__ = fn.__name__
+    return call
 
 
 def by_elem_id(blocks, elem_id: str):

@@ -16,7 +16,7 @@ from ..endpoints import EndpointRegistry
 from ..manager import ModelManager
 from ..sharing import SharingPolicy
 from . import api, plugins
-from .common import UIContext
+from .common import PRIVATE, UIContext
 
 TAB_MODULES = ("chat_tab", "compare_tab", "models_tab")
 
@@ -28,7 +28,48 @@ APP_CSS = """
 .compare-reply { min-height: 120px; }
 #compare-badge-0, #compare-badge-1, #compare-badge-2, #compare-badge-3 { font-size: 0.78em; opacity: 0.8; }
 footer { display: none !important; }
+/* load bars (Chat above the conversation, Compare in the slot): the line wraps, it is never cut */
+.load-bar { width: 100%; }
+.load-bar-track { height: 8px; border-radius: 4px; background: var(--neutral-200); overflow: hidden; }
+.load-bar-fill { height: 100%; background: var(--color-accent); transition: width 0.4s ease; }
+.load-bar-text { font-size: 0.9em; margin-top: 4px; white-space: normal; overflow-wrap: anywhere; }
+#chat-loading { gap: 8px; align-items: center; }
+#chat-loading:not(:has(.load-bar)) { display: none; }
+.status-line, .status-line * { white-space: normal; overflow-wrap: anywhere; }
+/* a failed event's "Error" pill sat on the status text, which already says "⚠️ Error: ..." (the toast has it too) */
+.status-line [data-testid="status-tracker"]:has(.error) { display: none !important; }
+.context-meter { font-size: 0.85em; opacity: 0.85; }
+/* tables scroll sideways instead of breaking words one letter per line */
+.table-wrap, [data-testid="dataframe"] .table-wrap { overflow-x: auto !important; }
+table th, table td { word-break: normal !important; overflow-wrap: normal !important; }
+@media (max-width: 700px) {
+  #app-header p { display: none; }                          /* the title stays, the blurb goes */
+  #chat-main { order: -1; }                                  /* the conversation and the input first */
+  #chat-chatbot { height: 52vh !important; }
+  .button-row { flex-wrap: wrap !important; gap: 6px !important; }
+  .button-row > * { flex: 1 1 28% !important; min-width: 0 !important; }
+  /* every tab in the bar (Gradio moves the ones that do not fit into a "…" menu) */
+  .tab-wrapper .tab-container button { padding: 0 8px !important; font-size: 14px !important; }
+  /* Gradio sizes each column to its share of the (narrow) table: fixed widths instead, and the table scrolls */
+  .table-wrap table { width: max-content !important; }
+  /* (tables without column widths of their own; the Models table has pixel widths) */
+  .table-wrap th:not(#models-table *), .table-wrap td:not(#models-table *) {
+    width: 112px !important; min-width: 112px !important; max-width: 112px !important; }
+  .table-wrap th:last-child:not(#models-table *), .table-wrap td:last-child:not(#models-table *) {
+    width: 240px !important; min-width: 240px !important; max-width: 240px !important; }
+  .table-wrap td *, .table-wrap th * { word-break: normal !important; overflow-wrap: normal !important; }
+}
 """
+# On a phone the Chat tab's settings start closed (the conversation and the input come first).
+PHONE_JS = """() => {
+  if (!window.matchMedia('(max-width: 700px)').matches) return;
+  const close = (tries) => {
+    const button = document.querySelector('#chat-settings > button.label-wrap, #chat-settings button.label-wrap');
+    if (button) { if (button.classList.contains('open')) button.click(); return; }
+    if (tries > 0) setTimeout(() => close(tries - 1), 200);
+  };
+  close(50);
+}"""
 # System fonts only: the default Google fonts cannot load on offline machines and delay the first paint.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
                        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
@@ -62,6 +103,7 @@ def build_app(manager: ModelManager, default_model: str = DEFAULT_MODEL, default
             ctx.drop_session(request)
 
         app.unload(forget_session)
+        app.load(None, None, None, js=PHONE_JS, api_visibility=PRIVATE, queue=False)
     app.playground_ctx = ctx  # for tests and for tabs added later
     return app
 

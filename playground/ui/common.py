@@ -1,12 +1,15 @@
 """Pieces shared by the tabs: the UI context, stop signals per session, parameter widgets, badges, loading."""
 from __future__ import annotations
 
+import functools
 import html
+import inspect
 import math
 import threading
 from collections import Counter
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import gradio as gr
 
@@ -15,6 +18,7 @@ from ..engine import KV_CACHE_OPTIONS, GenerationParams, ReplyStats
 from ..endpoints import EndpointRegistry
 from ..errors import InvalidParameterError
 from ..manager import GB, LoadedModel, ModelManager
+from ..progress import LoadTracker
 from ..sharing import SharingPolicy
 from ..variants import VARIANTS
 
@@ -37,6 +41,17 @@ class CancelRegistry:
         with self._lock:
             self._events[(session or "", scope)] = event
         return event
+
+    def finish(self, session: str | None, scope: str, event: threading.Event) -> None:
+        """The reply (or load) that ``start`` gave ``event`` to has ended: ``running`` is False again."""
+        with self._lock:
+            if self._events.get((session or "", scope)) is event:
+                del self._events[(session or "", scope)]
+
+    def running(self, session: str | None, scope: str) -> bool:
+        """A reply (or load) started in this session and scope has not finished yet."""
+        with self._lock:
+            return (session or "", scope) in self._events
 
     def stop(self, session: str | None, scope: str) -> bool:
         with self._lock:
@@ -124,14 +139,15 @@ class UIContext:
             self.session_endpoints.pop(session_id(request), None)
 
     def load(self, name: str, variant: str, progress=None) -> LoadedModel:
-        """Load (or fetch from the manager's cache) with a gr.Progress bar fed by the manager's callback."""
+        """Load (or fetch from the manager's cache). ``progress``: a ``LoadTracker`` (the load bars; Cancel), or a
+        gr.Progress fed by the manager's callback."""
         name, variant = self.policy.model_name(_text_arg("model", name)), _text_arg("variant", variant)
 
         def cb(fraction: float, message: str) -> None:
             if progress is not None:
                 progress(max(0.0, min(1.0, fraction)), desc=message)
-        return self.manager.get(name, variant, device=self.device,
-                                trust_remote_code=name in self.trusted_models, progress=cb)
+        return self.manager.get(name, variant, device=self.device, trust_remote_code=name in self.trusted_models,
+                                progress=progress if isinstance(progress, LoadTracker) else cb)
 
     def find(self, name: str, variant: str) -> LoadedModel | None:
         return self.manager.find(self.policy.model_name(_text_arg("model", name)), _text_arg("variant", variant),
@@ -188,9 +204,14 @@ class ParamWidgets:
     greedy: gr.Checkbox
     kv_cache: gr.Dropdown
 
-    def as_list(self) -> list:
-        return [self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.repetition_penalty,
-                self.seed, self.greedy, self.kv_cache]
+    def as_kwargs(self) -> dict[str, gr.components.Component]:
+        """{parameter name: widget}, for an event's ``inputs_kwargs``: the handler gets the values as
+        ``**params`` (in this order on the wire, after the event's positional inputs) and builds them with
+        ``params_from``."""
+        return {name: getattr(self, name) for name in PARAM_NAMES}
+
+
+PARAM_NAMES = tuple(f.name for f in fields(ParamWidgets))   # the GenerationParams the widgets set, in wire order
 
 
 def params_accordion(prefix: str, max_new_tokens: int = 256, open: bool = False, greedy: bool = False,
@@ -248,18 +269,46 @@ def _as_bool(name: str, value) -> bool:
     raise InvalidParameterError(f"{name} must be true or false, got {value!r:.80}")
 
 
-def make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy,
-                kv_cache="default") -> GenerationParams:
-    """Widget or API values → validated GenerationParams (raises InvalidParameterError with a clear message)."""
+def params_from(values: Mapping) -> GenerationParams:
+    """Widget or API values ({name: value}, names of ``PARAM_NAMES``; other keys are ignored) → validated
+    GenerationParams (raises InvalidParameterError with a clear message). The one place they are built."""
+    missing = [n for n in PARAM_NAMES if n not in values and n != "kv_cache"]
+    if missing:
+        raise InvalidParameterError(f"missing generation parameter(s): {', '.join(missing)}")
+    seed = values["seed"]
     seed = None if seed is None or str(seed).strip() == "" else _as_int("seed", seed)
     if seed is not None and seed < 0:
         seed = None  # -1 (the widget's default): a fresh random seed per reply
-    return GenerationParams(max_new_tokens=_as_int("max_new_tokens", max_new_tokens),
-                            temperature=_as_float("temperature", temperature),
-                            top_p=_as_float("top_p", top_p), top_k=_as_int("top_k", top_k),
-                            repetition_penalty=_as_float("repetition_penalty", repetition_penalty),
-                            seed=seed, greedy=_as_bool("greedy", greedy),
-                            kv_cache=_text_arg("kv_cache", kv_cache) or "default")
+    return GenerationParams(max_new_tokens=_as_int("max_new_tokens", values["max_new_tokens"]),
+                            temperature=_as_float("temperature", values["temperature"]),
+                            top_p=_as_float("top_p", values["top_p"]), top_k=_as_int("top_k", values["top_k"]),
+                            repetition_penalty=_as_float("repetition_penalty", values["repetition_penalty"]),
+                            seed=seed, greedy=_as_bool("greedy", values["greedy"]),
+                            kv_cache=_text_arg("kv_cache", values.get("kv_cache")) or "default")
+
+
+def make_params(*values) -> GenerationParams:
+    """``params_from`` for values in ``PARAM_NAMES`` order (kv_cache optional)."""
+    return params_from(dict(zip(PARAM_NAMES, values)))
+
+
+def bind(fn: Callable, ctx: UIContext) -> Callable:
+    """A module-level handler ``fn(ctx, ...)`` as the event handler ``handler(...)`` that Gradio calls.
+
+    Not ``functools.partial``: Gradio finds ``gr.Request`` / ``gr.Progress`` parameters by the handler's
+    signature and type hints, which a partial hides. The handler keeps ``fn``'s name (the event's api_name)."""
+    signature = inspect.signature(fn)
+    first = next(iter(signature.parameters))
+    if inspect.isgeneratorfunction(fn):
+        def handler(*args, **kwargs):
+            yield from fn(ctx, *args, **kwargs)
+    else:
+        def handler(*args, **kwargs):
+            return fn(ctx, *args, **kwargs)
+    functools.update_wrapper(handler, fn)
+    handler.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    handler.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != first}
+    return handler
 
 
 # ---- text -------------------------------------------------------------------------------------------------------
@@ -301,7 +350,7 @@ def describe_loaded(lm: LoadedModel) -> str:
         parts.append(f"kernel {lm.kernel}")
     if not lm.has_chat_template:
         parts.append("no chat template: completion mode")
-    line = "✅ " + " · ".join(parts)
+    line = "✅ Loaded: " + " · ".join(parts)
     if s.notes:
         line += "  \n" + "  \n".join(f"ℹ️ {html.escape(n)}" for n in s.notes)
     return line

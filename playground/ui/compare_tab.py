@@ -1,7 +1,10 @@
 """Compare tab: one prompt, 2–4 model × variant slots, each streaming its own reply and stats badge.
 
-Slots run one after another: on a CPU two models decoding at once only slow each other down, and in sequence
-each slot's TTFT and tok/s are measured without interference. Before anything runs, the slots' estimated
+Local slots run one after another (the later ones say which slot they wait for): on one device two models
+decoding at once only slow each other down, and in sequence each slot's TTFT and tok/s are measured without
+interference. Endpoint slots stream at the same time as the local ones and as each other (each on a worker
+thread), unless this user may have only one reply at a time (a shared app's --replies-per-user 1). Before
+anything runs, the slots' estimated
 memory is checked against the manager's budget, so a comparison that cannot fit is refused up front instead of
 loading and evicting models in turn.
 """
@@ -10,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
+import queue
 import secrets
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -19,8 +24,10 @@ from ..endpoints import is_endpoint_name
 from ..errors import PlaygroundError
 from ..manager import check_variant_available
 from ..variants import get_variant
-from .common import (PRIVATE, UIContext, badge_html, device_busy_note, gb, make_params, model_dropdown,
-                     params_accordion, session_id, user_error, variant_dropdown)
+from ..progress import LoadCancelled, LoadTracker
+from .common import (PRIVATE, ParamWidgets, UIContext, badge_html, bind, device_busy_note, gb, model_dropdown,
+                     params_accordion, params_from, session_id, user_error, variant_dropdown)
+from .loading import REPLY_POOL, bar_html, load_in_thread
 from .reply import reply_source
 from .served import model_choices
 
@@ -98,7 +105,203 @@ def agreement_lines(texts: dict[int, str]) -> list[str]:
     return lines
 
 
-def build_tab(ctx: UIContext) -> None:
+@dataclass
+class CompareUI:
+    """The Compare tab's components (``create_ui``), wired by ``wire_events``."""
+    tab: gr.Tab
+    prompt: gr.Textbox
+    system: gr.Textbox
+    count: gr.Radio
+    run_btn: gr.Button
+    stop_btn: gr.Button
+    params: ParamWidgets
+    status: gr.Markdown
+    columns: list[gr.Column]
+    models: list[gr.Dropdown]
+    variants: list[gr.Dropdown]
+    replies: list[gr.Markdown]
+    badges: list[gr.Markdown]
+
+    def slot_kwargs(self) -> dict:
+        """{"model0": ..., "model3", "variant0", ..., "variant3"}: the slots' widgets as keyword inputs."""
+        return {**{f"model{i}": m for i, m in enumerate(self.models)},
+                **{f"variant{i}": v for i, v in enumerate(self.variants)}}
+
+
+# ---- handlers -----------------------------------------------------------------------------------------------------
+# gradio injects gr.Request / gr.Progress only into positional parameters; the generation parameters and the slots'
+# models and variants (model0..3, variant0..3) arrive as keyword arguments (the event's ``inputs_kwargs``).
+def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr.Progress(), **values):
+    """Yields [reply 1..4, badge 1..4, status]."""
+    out_replies, out_badges = [gr.skip()] * MAX_SLOTS, [gr.skip()] * MAX_SLOTS
+
+    def frame(msg):
+        return [*out_replies, *out_badges, msg]
+
+    if not (text or "").strip():
+        gr.Warning("The prompt is empty: type something to compare.")
+        yield frame(gr.skip())
+        return
+    try:
+        n = int(n)
+        if not 1 <= n <= MAX_SLOTS:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise user_error(f"the number of slots must be 1 to {MAX_SLOTS}, got {n!r:.40}") from None
+    slots = [(values.get(f"model{i}"), values.get(f"variant{i}")) for i in range(n)]
+    try:
+        gen_params = params_from(values)
+    except PlaygroundError as exc:
+        raise user_error(str(exc)) from None
+    if not gen_params.greedy and gen_params.seed is None:   # sampling: one seed, the same in every slot
+        gen_params = dataclasses.replace(gen_params, seed=secrets.randbelow(2 ** 31))
+    lines, refusal = memory_plan(ctx, slots, request)
+    if refusal:
+        gr.Warning(refusal.splitlines()[0])
+        yield frame("⛔ Refused: " + html.escape(refusal).replace("\n", "  \n"))
+        return
+    plan = "  \n".join(lines + [note for note in [device_busy_note()] if note])
+    for i in range(MAX_SLOTS):
+        out_replies[i], out_badges[i] = ("*waiting…*" if i < n else "", "")
+    yield frame(plan)
+    sid = session_id(request)
+    cancel = ctx.cancels.start(sid, "compare")
+    msgs = [{"role": "user", "content": text}]
+    failed, answers = [], [None] * n
+    lanes = slot_lanes(ctx, slots)
+    for lane in lanes:           # a slot that runs after another says which one it waits for
+        for before, after in zip(lane, lane[1:]):
+            out_replies[after] = f"*waiting for slot {before + 1}…*"
+    box: queue.Queue = queue.Queue()
+    for lane in lanes:          # on the reply pool (warm OpenMP teams: see ui/loading.py)
+        REPLY_POOL.submit(_run_lane, ctx, lane, slots, request, msgs, system_prompt, gen_params, cancel, box.put)
+    yield frame(plan + "  \n" + lanes_line(lanes))
+    loading, generating, lanes_left, finished = {}, set(), len(lanes), False
+    try:
+        while lanes_left:
+            try:
+                kind, i, value = box.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if kind == "lane done":
+                lanes_left -= 1
+                continue
+            if kind == "start":
+                for lane in lanes:
+                    if i in lane:
+                        for later in lane[lane.index(i) + 1:]:
+                            out_replies[later] = f"*waiting for slot {i + 1}…*"
+                continue
+            if kind == "load":
+                loading[i] = value
+                out_replies[i] = bar_html(value, "load-bar compare-load-bar")
+            elif kind == "generating":
+                loading.pop(i, None)
+                generating.add(i)
+                out_replies[i] = "…"
+            elif kind == "text":
+                out_replies[i] = value or "…"
+            elif kind == "done":
+                generating.discard(i)
+                out_replies[i] = value.text or "*(empty reply)*"
+                out_badges[i], answers[i] = badge_html(value.stats), value.text
+            elif kind in ("error", "cancelled", "skipped"):
+                loading.pop(i, None)
+                generating.discard(i)
+                out_replies[i] = ("*skipped (stopped)*" if kind == "skipped" else
+                                  f"⏹ {html.escape(value)}" if kind == "cancelled" else
+                                  f"⚠️ Error: {html.escape(value)}")
+                out_badges[i] = ""
+                if kind == "error":
+                    failed.append(i + 1)
+            now = [f"⏳ slot {j + 1}: {html.escape(snap.line())}" for j, snap in sorted(loading.items())]
+            if generating:
+                now.append("▶️ generating: " + ", ".join(f"slot {j + 1}" for j in sorted(generating)))
+            yield frame(plan + ("  \n" + "  \n".join(now) if now else ""))
+        finished = True
+    finally:
+        if not finished:          # the page went away: the lanes stop at their next step
+            cancel.set()
+        ctx.cancels.finish(sid, "compare", cancel)
+    failed.sort()
+    end = "⏹ stopped" if cancel.is_set() else "✅ done"
+    if failed:
+        end += f" (slot {', '.join(map(str, failed))} failed: see the message in the slot)"
+    texts = {i + 1: t for i, t in enumerate(answers) if t is not None}
+    how = "greedy" if gen_params.greedy else f"sampled with seed {gen_params.seed} in every slot"
+    lines = agreement_lines(texts)
+    yield frame(plan + "  \n" + end + (f"  \n**Answers** ({how}): " + "; ".join(lines) if lines else ""))
+
+
+def slot_lanes(ctx: UIContext, slots: list[tuple[str, str]]) -> list[list[int]]:
+    """Which slots run at the same time: the local models one after another (they share the device, and each
+    one's speed is measured undisturbed), each endpoint beside them. When this user may have only one reply at a
+    time (a shared app's --replies-per-user), all of them one after another."""
+    remote = [i for i, (name, _) in enumerate(slots) if is_endpoint_name((name or "").strip())]
+    local = [i for i in range(len(slots)) if i not in remote]
+    lanes = ([local] if local else []) + [[i] for i in remote]
+    limit = ctx.policy.replies_per_user
+    if limit is not None and len(lanes) > limit:
+        return [list(range(len(slots)))]
+    return lanes
+
+
+def lanes_line(lanes: list[list[int]]) -> str:
+    def names(lane):
+        return " → ".join(f"slot {i + 1}" for i in lane)
+    if len(lanes) == 1:
+        return f"⏳ one after another: {names(lanes[0])}" if len(lanes[0]) > 1 else ""
+    return "⏳ at the same time: " + " | ".join(names(lane) for lane in lanes)
+
+
+def _run_lane(ctx, lane, slots, request, msgs, system_prompt, gen_params, cancel, post) -> None:
+    """One lane's slots, in order, on a worker thread; everything is posted to the handler as (kind, slot, value)."""
+    try:
+        for i in lane:
+            post(("start", i, None))
+            _run_slot(ctx, i, *slots[i], request, msgs, system_prompt, gen_params, cancel, post)
+    finally:
+        post(("lane done", -1, None))
+
+
+def _run_slot(ctx, i, name, variant, request, msgs, system_prompt, gen_params, cancel, post) -> None:
+    if cancel.is_set():
+        post(("skipped", i, None))
+        return
+    try:
+        source = reply_source(ctx, name, variant, request)
+        if source.needs_load:      # a bar in the slot: stage, steps, elapsed, estimate; Stop cancels it
+            tracker = LoadTracker(f"{name} [{variant}]", cancel)
+            for snap in load_in_thread(lambda: source.load(tracker), tracker):
+                post(("load", i, snap))
+        events = source.stream(msgs, system_prompt, gen_params, cancel)
+        post(("generating", i, None))
+        for event in events:
+            post(("done", i, event) if event.done else ("text", i, event.text))
+    except LoadCancelled as exc:
+        post(("cancelled", i, str(exc)))
+    except PlaygroundError as exc:
+        post(("error", i, str(exc)))
+    except Exception as exc:  # unexpected: one line in the slot, traceback in the log
+        log.exception("compare slot %d failed", i + 1)
+        post(("error", i, f"unexpected ({type(exc).__name__}): {exc}"))
+
+
+def stop(ctx: UIContext, request: gr.Request):
+    ctx.cancels.stop(session_id(request), "compare")
+
+
+def refresh_models(ctx: UIContext, model0, model1, model2, model3, request: gr.Request):
+    """Endpoints added in the Models tab join the slots' model lists when the tab is opened again."""
+    return [gr.Dropdown(choices=model_choices(ctx, m, request)) for m in (model0, model1, model2, model3)]
+
+
+def show_slots(n):
+    return [gr.Column(visible=i < int(n)) for i in range(MAX_SLOTS)]
+
+
+# ---- layout and wiring --------------------------------------------------------------------------------------------
+def create_ui(ctx: UIContext) -> CompareUI:
     with gr.Tab("Compare", id="compare", elem_id="tab-compare") as tab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=400):
@@ -129,90 +332,24 @@ def build_tab(ctx: UIContext) -> None:
                                                min_height=120))
                     badges.append(gr.Markdown("", elem_id=f"compare-badge-{i}"))
                 columns.append(col)
+    return CompareUI(tab, prompt, system, count, run_btn, stop_btn, params, status, columns, models, variants,
+                     replies, badges)
 
-        # gradio injects gr.Request / gr.Progress only into positional parameters: no *args here.
-        def run(text, n, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
-                greedy, kv_cache, model0, model1, model2, model3, variant0, variant1, variant2, variant3,
-                request: gr.Request, progress=gr.Progress()):
-            n = int(n)
-            pv = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, greedy, kv_cache)
-            slots = list(zip((model0, model1, model2, model3), (variant0, variant1, variant2, variant3)))[:n]
-            out_replies, out_badges = [gr.skip()] * MAX_SLOTS, [gr.skip()] * MAX_SLOTS
 
-            def frame(msg):
-                return [*out_replies, *out_badges, msg]
+def wire_events(ctx: UIContext, ui: CompareUI) -> None:
+    ui.tab.select(bind(refresh_models, ctx), ui.models, ui.models, queue=False, api_visibility=PRIVATE)
+    ui.count.change(show_slots, [ui.count], ui.columns, queue=False, api_visibility=PRIVATE)
+    # on the wire (what the page sends): prompt, count, system, the 8 parameters, model0..3, variant0..3
+    run_args = dict(fn=bind(run, ctx), inputs=[ui.prompt, ui.count, ui.system],
+                    inputs_kwargs={**ui.params.as_kwargs(), **ui.slot_kwargs()},
+                    outputs=[*ui.replies, *ui.badges, ui.status], api_visibility=PRIVATE,
+                    show_progress="minimal", show_progress_on=[ui.status])
+    ui.run_btn.click(**run_args)
+    ui.prompt.submit(**run_args)
+    ui.stop_btn.click(bind(stop, ctx), None, None, queue=False, api_visibility=PRIVATE)
 
-            if not (text or "").strip():
-                gr.Warning("The prompt is empty: type something to compare.")
-                yield frame(gr.skip())
-                return
-            try:
-                gen_params = make_params(*pv)
-            except PlaygroundError as exc:
-                raise user_error(str(exc)) from None
-            if not gen_params.greedy and gen_params.seed is None:   # sampling: one seed, the same in every slot
-                gen_params = dataclasses.replace(gen_params, seed=secrets.randbelow(2 ** 31))
-            lines, refusal = memory_plan(ctx, slots, request)
-            if refusal:
-                gr.Warning(refusal.splitlines()[0])
-                yield frame("⛔ " + html.escape(refusal).replace("\n", "  \n"))
-                return
-            plan = "  \n".join(lines + [note for note in [device_busy_note()] if note])
-            for i in range(MAX_SLOTS):
-                out_replies[i], out_badges[i] = ("*waiting…*" if i < n else "", "")
-            yield frame(plan)
-            cancel = ctx.cancels.start(session_id(request), "compare")
-            msgs = [{"role": "user", "content": text}]
-            failed = []
-            answers: list[str | None] = [None] * n
-            for i, (name, variant) in enumerate(slots):
-                if cancel.is_set():
-                    out_replies[i] = "*skipped (stopped)*"
-                    continue
-                try:
-                    source = reply_source(ctx, name, variant, request)
-                    if source.needs_load:
-                        out_replies[i] = f"*loading {html.escape(name)} [{variant}] …*"
-                        yield frame(plan + f"  \n⏳ slot {i + 1}: loading")
-                        source.load(progress)
-                    events = source.stream(msgs, system_prompt, gen_params, cancel)
-                    yield frame(plan + f"  \n▶️ slot {i + 1}: generating")
-                    for event in events:
-                        out_replies[i] = event.text or "…"
-                        if event.done:
-                            out_badges[i] = badge_html(event.stats)
-                            answers[i] = event.text
-                        yield frame(gr.skip())
-                    if out_replies[i] == "…":
-                        out_replies[i] = "*(empty reply)*"
-                except PlaygroundError as exc:
-                    out_replies[i], out_badges[i] = f"⚠️ {html.escape(str(exc))}", ""
-                    failed.append(i + 1)
-                except Exception as exc:  # unexpected: one line in the slot, traceback in the log
-                    log.exception("compare slot %d failed", i + 1)
-                    out_replies[i] = f"⚠️ unexpected error ({type(exc).__name__}): {html.escape(str(exc))}"
-                    failed.append(i + 1)
-            end = "⏹ stopped" if cancel.is_set() else "✅ done"
-            if failed:
-                end += f" (slot {', '.join(map(str, failed))} failed: see the message in the slot)"
-            texts = {i + 1: t for i, t in enumerate(answers) if t is not None}
-            how = "greedy" if gen_params.greedy else f"sampled with seed {gen_params.seed} in every slot"
-            lines = agreement_lines(texts)
-            yield frame(plan + "  \n" + end + (f"  \n**Answers** ({how}): " + "; ".join(lines) if lines else ""))
 
-        def stop(request: gr.Request):
-            ctx.cancels.stop(session_id(request), "compare")
-
-        # endpoints added in the Models tab join the slots' model lists when the tab is opened again
-        def refresh_models(model0, model1, model2, model3, request: gr.Request):
-            return [gr.Dropdown(choices=model_choices(ctx, m, request)) for m in (model0, model1, model2, model3)]
-
-        tab.select(refresh_models, models, models, queue=False, api_visibility=PRIVATE)
-        count.change(lambda n: [gr.Column(visible=i < int(n)) for i in range(MAX_SLOTS)], [count], columns,
-                     queue=False, api_visibility=PRIVATE)
-        inputs = [prompt, count, system, *params.as_list(), *models, *variants]
-        run_args = dict(fn=run, inputs=inputs, outputs=[*replies, *badges, status], api_visibility=PRIVATE,
-                        show_progress="minimal", show_progress_on=[status])
-        run_btn.click(**run_args)
-        prompt.submit(**run_args)
-        stop_btn.click(stop, None, None, queue=False, api_visibility=PRIVATE)
+def build_tab(ctx: UIContext) -> CompareUI:
+    ui = create_ui(ctx)
+    wire_events(ctx, ui)
+    return ui

@@ -8,7 +8,8 @@ from .common import PRIVATE, UIContext, gb
 from .served import build_panel as build_endpoints_panel
 
 COLUMNS = ["model", "variant", "device", "weights GB", "load s", "quantize s", "convert s", "kernel", "notes"]
-WIDTHS = ["20%", "7%", "6%", "9%", "7%", "9%", "9%", "11%", "22%"]
+# in pixels, not shares: on a phone the table scrolls sideways instead of squeezing words into letter stacks
+WIDTHS = ["210px", "80px", "64px", "96px", "70px", "96px", "90px", "130px", "320px"]
 
 
 def table(ctx: UIContext) -> list[list]:

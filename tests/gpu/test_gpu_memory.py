@@ -15,7 +15,7 @@ import weakref
 
 import pytest
 
-import playground  # noqa: F401 - sets the CUDA allocator's configuration before CUDA starts
+import playground  # noqa: F401 - tests/conftest.py calls playground.process_setup() before CUDA starts
 import torch
 
 pytestmark = [pytest.mark.gpu,

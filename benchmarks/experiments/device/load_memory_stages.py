@@ -33,6 +33,8 @@ def snapshot(stage: str) -> dict:
 
 
 def main() -> None:
+    from playground import process_setup
+    process_setup()      # the allocator/oneDNN settings, before torch starts CUDA
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="random:tiny-llama")
     ap.add_argument("--variant", default="awq")

@@ -18,6 +18,8 @@ def log(*a):
 
 
 def main(regional: bool, layers: int | None):
+    from playground import process_setup
+    process_setup()      # the allocator/oneDNN settings, before torch starts CUDA
     from transformers import AutoConfig, AutoModelForCausalLM
     arch = json.load(open("benchmarks/architectures/mistral-7b.json"))["config"]
     arch = dict(arch)

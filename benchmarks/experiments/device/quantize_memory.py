@@ -21,6 +21,8 @@ from pathlib import Path
 
 
 def _one(model: str, method: str, device: str, samples: int, queue) -> None:
+    from playground import process_setup
+    process_setup()
     from benchmarks.random_weights import ensure_random_model
     from benchmarks.trackers import MemoryTracker
     from playground import gptq_awq
@@ -49,6 +51,8 @@ def _one(model: str, method: str, device: str, samples: int, queue) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from playground import process_setup
+    process_setup()      # the allocator/oneDNN settings, before torch starts CUDA
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="random:mistral-7b")
     ap.add_argument("--methods", default="gptq,awq")

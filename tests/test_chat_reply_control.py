@@ -1,0 +1,110 @@
+"""Issue #17 item 6, the Chat parts: Stop during a long prompt's prefill acts at once and the wait is named
+("processing the prompt (N tokens)"); Send, Undo and Clear during a reply say why they do nothing; Undo and Clear
+drop the "last reply" line; status lines say what they mean in words."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from conftest import DEFAULT_MODEL
+
+PARAMS = dict(max_new_tokens=8, temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.0, seed=-1, greedy=True,
+              kv_cache="default")
+
+
+class _Request:
+    def __init__(self, session="reply-control"):
+        self.session_hash, self.username = session, None
+
+
+@pytest.fixture(scope="module")
+def ctx(manager, smollm_bf16):
+    from playground.ui.app import build_app
+    return build_app(manager).playground_ctx
+
+
+def test_stop_during_a_long_prefill_acts_at_once_and_says_the_prompt_size(ctx, smollm_bf16):
+    """Stop acts while the model is still reading the prompt: the handler stops waiting for the engine at once
+    (the engine itself checks Stop before each step, so its prefill, one forward pass, finishes in the background
+    and holds the model until then)."""
+    from playground.engine import GenerationParams, stream_reply
+    from playground.ui import chat_tab
+    text = "Summarize this text. " + "The quick brown fox jumps over the lazy dog near the river bank. " * 300
+    req = _Request("prefill")
+    frames, notes, stopped_at = [], [], []
+
+    def press_stop():
+        stopped_at.append(time.monotonic())
+        chat_tab.stop(ctx, req)
+    for f in chat_tab.send(ctx, DEFAULT_MODEL, "bf16", text, [], "", req, None, **PARAMS):
+        frames.append(f)
+        if not notes and isinstance(f[4], str) and "Processing the prompt" in f[4]:
+            notes.append(f[4])
+            threading.Timer(0.5, press_stop).start()       # the model is in its prefill by then
+    took = time.monotonic() - stopped_at[0]
+    assert notes and "tokens)… Stop ends it." in notes[0], notes
+    n = int(notes[0].split("Processing the prompt (")[1].split()[0])
+    status, history = frames[-1][3], frames[-1][1]
+    assert f"⏹ Stopped while the model was processing the prompt ({n} tokens): no reply" in status, status
+    assert history == [{"role": "user", "content": text}]     # the question stays; Regenerate can answer it
+    assert frames[-1][4] == "" and not ctx.cancels.running("prefill", "chat")
+    # how long that prefill takes (it waits for the abandoned one): Stop acted long before it would have ended
+    t0 = time.monotonic()
+    *_, last = stream_reply(smollm_bf16, [{"role": "user", "content": text}], "",
+                            GenerationParams(max_new_tokens=1, greedy=True))
+    prefill_s = last.stats.ttft_s
+    assert last.stats.prompt_tokens == n and prefill_s > 2.0, (n, prefill_s, time.monotonic() - t0)
+    assert took < 1.0, f"Stop took {took:.1f} s to act (a prefill takes {prefill_s:.1f} s)"
+    # the model stays usable
+    frames = list(chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "", req, None,
+                                **PARAMS))
+    assert "Paris" in frames[-1][1][-1]["content"]
+
+
+def test_send_undo_clear_during_a_reply_say_so_and_undo_clear_drop_the_last_reply_line(ctx):
+    from playground.ui import chat_tab
+    req = _Request("busy")
+    first = list(chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "", req, None,
+                               **PARAMS))
+    history, status = first[-1][1], first[-1][3]
+    assert "last reply:" in status and status.startswith("✅ Loaded: ")
+    # a long reply runs in another thread (as the page's first Send) …
+    started = threading.Event()
+
+    def long_reply():
+        for _ in chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "Tell me a long story.", history, "", req, None,
+                               **dict(PARAMS, max_new_tokens=400)):
+            started.set()
+    worker = threading.Thread(target=long_reply)
+    worker.start()
+    try:
+        assert started.wait(60) and ctx.cancels.running("busy", "chat")
+        # … so a second Send, an Undo and a Clear say why nothing happens (they were dropped without a word)
+        with pytest.warns(UserWarning, match="A reply is generating: press Stop first, then send"):
+            frames = list(chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "And Spain?", history, "", req, None, **PARAMS))
+        assert frames == [chat_tab.frame()]                                  # nothing changes on the page
+        with pytest.warns(UserWarning, match="A reply is generating: press Stop first, then undo"):
+            chat_tab.undo(ctx, DEFAULT_MODEL, "bf16", history, req)
+        with pytest.warns(UserWarning, match="then clear"):
+            chat_tab.clear(ctx, DEFAULT_MODEL, "bf16", req)
+    finally:
+        chat_tab.stop(ctx, req)
+        worker.join(60)
+    assert not ctx.cancels.running("busy", "chat")
+    shown, hist, box, status = chat_tab.undo(ctx, DEFAULT_MODEL, "bf16", history, req)
+    assert hist == [] and box == "What is the capital of France?"
+    assert "last reply" not in status and status.startswith("✅ Loaded: "), status
+    chatbot, hist, status = chat_tab.clear(ctx, DEFAULT_MODEL, "bf16", req)
+    assert hist == [] and "last reply" not in status
+
+
+def test_status_lines_say_what_they_mean_in_words(ctx):
+    from playground.ui import chat_tab
+    frames = []
+    with pytest.raises(Exception, match="unknown variant"):
+        for f in chat_tab.send(ctx, DEFAULT_MODEL, "int3", "Hi", [], "", _Request(), None, **PARAMS):
+            frames.append(f)
+    assert frames[-1][3].startswith("⚠️ Error: unknown variant"), frames[-1][3]
+    assert chat_tab.selection_status(ctx, DEFAULT_MODEL, "bf16").startswith("✅ Loaded: ")
+    assert chat_tab.selection_status(ctx, "no/such-model", "bf16").startswith("⚪ no/such-model [bf16] is not loaded")
