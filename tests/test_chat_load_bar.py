@@ -82,6 +82,7 @@ def test_gptq_load_bar_cancel_leaves_no_checkpoint_and_the_next_load_says_what_i
     assert re.match(r"waited \d+ s: GPTQ calibration \d+ s, then load [\d.]+ s · TTFT", badge), badge
     assert [p.name for p in quantized.iterdir() if not p.name.endswith(".lock")], "no checkpoint was written"
     assert ctx.find(str(tiny_folder), "gptq") is not None
+    ctx.manager.unload_all()
 
 
 def test_reading_weights_reports_each_step_and_a_cancel_stops_it(tiny_folder):

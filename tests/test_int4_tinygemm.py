@@ -140,6 +140,9 @@ def test_the_replaced_layers_hold_no_memory_after_the_repack(tmp_path, monkeypat
     path, _ = ensure_random_model("tiny-llama", "cpu")
     mm = ModelManager(device="cpu")
     gc.collect()
+    # only the layers this load replaces: a quantization run earlier in the same process (the chat's load-bar test)
+    # leaves one model's gptqmodel layers alive, a separate fault (closing note of stop 24) this test does not judge
+    before = {id(o) for o in gc.get_objects() if isinstance(o, BaseQuantLinear)}
     lm = mm.get(path, method, options=VariantOptions(kernel="tinygemm"))
     assert lm.kernel == "TinyGemmInt4Linear"
 
@@ -148,7 +151,7 @@ def test_the_replaced_layers_hold_no_memory_after_the_repack(tmp_path, monkeypat
         for value in vars(layer).values():
             values += list(value.values()) if isinstance(value, dict) else [value]
         return [v for v in values if torch.is_tensor(v)]
-    left = [o for o in gc.get_objects() if isinstance(o, BaseQuantLinear)]
+    left = [o for o in gc.get_objects() if isinstance(o, BaseQuantLinear) and id(o) not in before]
     held = sum(t.numel() * t.element_size() for o in left for t in tensors(o))
     assert held == 0, f"{len(left)} replaced {method} layers still hold {held / 2**20:.1f} MB"
     mm.unload_all()

@@ -49,11 +49,20 @@ def wait_for_rows(proc: subprocess.Popen, out: Path, at_least: int, timeout: flo
     raise AssertionError(f"no {at_least} row(s) in {out} after {timeout:.0f} s")
 
 
+def _cmdline(p: psutil.Process) -> str:
+    """A child's command line; "" for one that ended meanwhile (a short-lived helper the runner started and has
+    not reaped yet is a zombie, whose command line cannot be read)."""
+    try:
+        return " ".join(p.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return ""
+
+
 def worker_of(proc: subprocess.Popen, timeout: float = 180) -> psutil.Process:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the sweep ended early:\n{proc.stdout.read()}"
-        kids = [p for p in psutil.Process(proc.pid).children() if "benchmarks.worker" in " ".join(p.cmdline())]
+        kids = [p for p in psutil.Process(proc.pid).children() if "benchmarks.worker" in _cmdline(p)]
         if kids:
             return kids[0]
         time.sleep(0.1)

@@ -286,11 +286,11 @@ def test_a_sweep_is_seen_and_stopped_only_by_the_user_who_started_it(shared):
     seen = bob.call("tick", [-1])                 # bob's page polls: nothing of alice's run comes back
     assert seen["success"] and seen["output"]["data"][4] == {"__type__": "update"}, seen   # the table: unchanged
     assert "Results folder" not in json.dumps(seen["output"])
-    stop = bob.call("stop_2", [])                 # bob's Stop: nothing of his to stop
+    stop = bob.call("stop_3", [])    # the Benchmark tab's Stop (chat has 2, compare 1): bob has nothing to stop
     assert stop["output"]["data"][0] == "No benchmark run yet in this session.", stop
     again = bob.call("start", settings)           # one sweep at a time on the machine, and bob is told why
     assert any("another user's benchmark is running" in log for log in again["logs"]), again
-    mine = alice.call("stop_2", [], session)     # alice stops her own
+    mine = alice.call("stop_3", [], session)     # alice stops her own
     assert "Results folder" in mine["output"]["data"][0] and "stopped" in mine["output"]["data"][0], mine
     assert "* Benchmark started by user:alice: random:tiny-llama × bf16" in shared.output   # the host sees it
     answered_within(shared.url)

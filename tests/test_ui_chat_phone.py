@@ -90,7 +90,9 @@ def dismiss_toasts(pg: Page) -> None:
 
 
 def open_settings(pg: Page) -> None:
-    """On a phone the settings start closed: open them (a second click would close them)."""
+    """On a phone the settings start closed: open them (a second click would close them), once the page's
+    load-time script has closed them (else it closes them again after this click)."""
+    pg.wait_for_selector("body[data-phone-layout=ready]", state="attached", timeout=30_000)
     if not pg.locator("#chat-preset").is_visible():
         pg.locator("#chat-settings").get_by_text("Settings").first.click()
         expect(pg.locator("#chat-preset")).to_be_visible()

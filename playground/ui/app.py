@@ -62,11 +62,12 @@ table th, table td { word-break: normal !important; overflow-wrap: normal !impor
 """
 # On a phone the Chat tab's settings start closed (the conversation and the input come first).
 PHONE_JS = """() => {
-  if (!window.matchMedia('(max-width: 700px)').matches) return;
+  const done = () => { document.body.dataset.phoneLayout = 'ready'; };   // tests wait for this before clicking
+  if (!window.matchMedia('(max-width: 700px)').matches) { done(); return; }
   const close = (tries) => {
     const button = document.querySelector('#chat-settings > button.label-wrap, #chat-settings button.label-wrap');
-    if (button) { if (button.classList.contains('open')) button.click(); return; }
-    if (tries > 0) setTimeout(() => close(tries - 1), 200);
+    if (button) { if (button.classList.contains('open')) button.click(); done(); return; }
+    if (tries > 0) setTimeout(() => close(tries - 1), 200); else done();
   };
   close(50);
 }"""
