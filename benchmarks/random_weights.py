@@ -14,6 +14,7 @@ from pathlib import Path
 
 from playground.atomic_dir import building
 from playground.gptq_awq import RANDOM_MARKER as MARKER
+from playground.gptq_awq import decoder_linears
 
 ARCH_DIR = Path(__file__).parent / "architectures"
 
@@ -137,14 +138,6 @@ def ensure_random_model(arch_name: str, device: str = "cpu", progress=None, skel
         return str(target), time.perf_counter() - t0
 
 
-def _decoder_linears(skeleton) -> dict:
-    """The linear layers inside the decoder's layer list (what GPTQ/AWQ quantize), by module name."""
-    import torch
-    prefix = next(n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.ModuleList))
-    return {n: m for n, m in skeleton.named_modules()
-            if isinstance(m, torch.nn.Linear) and n.startswith(prefix + ".")}
-
-
 def _build_skeleton(arch: dict, target: Path, device: str, digest: str, progress) -> None:
     import torch
     from safetensors.torch import save_file
@@ -157,7 +150,7 @@ def _build_skeleton(arch: dict, target: Path, device: str, digest: str, progress
     config = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    linears = _decoder_linears(model)
+    linears = decoder_linears(model)
     quantized = {f"{n}.weight" for n in linears} | {f"{n}.bias" for n in linears}
     gen = torch.Generator().manual_seed(0)
     tensors = {}

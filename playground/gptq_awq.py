@@ -599,6 +599,13 @@ def awq_activation_scales(skeleton, model_type: str) -> dict:
     return scales
 
 
+def decoder_linears(model) -> dict:
+    """The linear layers inside the decoder's layer list (what GPTQ/AWQ quantize), by module name."""
+    import torch
+    prefix = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList))
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith(prefix + ".")}
+
+
 def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int = 4, group_size: int = 128,
                             progress=None, shard_bytes: int | None = None) -> None:
     """A GPTQ (v1, sym) or AWQ (gemm) checkpoint with the tensors a calibrated one would have, filled with random
@@ -618,11 +625,9 @@ def write_random_checkpoint(src_dir: str, out_dir: str, method: str, bits: int =
     config = AutoConfig.from_pretrained(src)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
-    layers_prefix = next(n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.ModuleList))
-    linears = {n: m for n, m in skeleton.named_modules()
-               if isinstance(m, torch.nn.Linear) and n.startswith(layers_prefix + ".")}
+    linears = decoder_linears(skeleton)
     if not linears:
-        raise ValueError(f"{src}: no linear layers under {layers_prefix}")
+        raise ValueError(f"{src}: no linear layers in the decoder's layer list")
     gen = torch.Generator().manual_seed(0)
     qcfg = {"quant_method": method, "bits": bits, "group_size": group_size, "desc_act": False,
             "pack_dtype": "int32", "lm_head": False}
