@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from playground.atomic_dir import building
-from playground.gptq_awq import RANDOM_MARKER as MARKER
-from playground.gptq_awq import decoder_linears
+from playground.random_checkpoints import RANDOM_MARKER as MARKER
+from playground.random_checkpoints import decoder_linears
 
 ARCH_DIR = Path(__file__).parent / "architectures"
 
@@ -93,7 +93,7 @@ def make_tokenizer(cfg: dict, text: str):
 
 
 SKELETON_SUFFIX = "-4bit-skeleton"
-SKELETON_VARIANTS = ("gptq", "awq")       # variants whose checkpoint is written from the shapes, not the weights
+SKELETON_VARIANTS = ("gptq", "awq", "nf4", "fp4")   # checkpoints written from the shapes, not the weights
 
 
 def skeleton_above_gb() -> float:
@@ -116,7 +116,8 @@ def ensure_random_model(arch_name: str, device: str = "cpu", progress=None, skel
 
     ``skeleton``: a folder with the config, the tokenizer and only the tensors a 4-bit checkpoint keeps in 16 bits
     (embeddings, norms, lm_head), made one tensor at a time on the CPU; the decoder's linear layers are absent.
-    Only ``write_random_checkpoint`` (GPTQ/AWQ codes of the real shapes) reads it."""
+    Only the random 4-bit writers (``playground.random_checkpoints``: GPTQ/AWQ and bitsandbytes codes of the real
+    shapes) read it."""
     from filelock import FileLock
 
     arch = load_architecture(arch_name)

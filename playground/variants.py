@@ -180,12 +180,25 @@ def _int8_weight_only_plan(source, options: VariantOptions, device, progress) ->
 def _bnb4_plan(quant_type: str):
     def plan(source, options: VariantOptions, device, progress) -> LoadPlan:
         from transformers import BitsAndBytesConfig
+
+        from . import random_checkpoints
+        dtype = torch_dtype(options.compute_dtype)
+        if random_checkpoints.is_skeleton(source.path):
+            # a shape too big to build in bf16 (benchmarks/random_weights.py): write the 4-bit codes directly
+            extra = {"compute_dtype": options.compute_dtype, "double_quant": options.double_quant}
+            out = quantized_cache_dir(source, quant_type, options, extra)
+            quantize_s = _make_once(out, quant_type, options, source, lambda: (
+                random_checkpoints.write_random_bnb4_checkpoint(
+                    source.path, str(out), quant_type, dtype, options.double_quant,
+                    progress=progress)))
+            return LoadPlan(path=str(out), kwargs={"dtype": dtype}, quantize_s=quantize_s, quantized_cache=str(out),
+                            notes=[RANDOM_CODES_NOTE, "a pre-quantized checkpoint: bitsandbytes does not quantize "
+                                                      "while loading"])
         cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                                 bnb_4bit_compute_dtype=torch_dtype(options.compute_dtype),
+                                 bnb_4bit_compute_dtype=dtype,
                                  bnb_4bit_use_double_quant=options.double_quant,
                                  llm_int8_skip_modules=list(options.skip_modules) or None)
-        return LoadPlan(path=source.path, kwargs={"quantization_config": cfg,
-                                                  "dtype": torch_dtype(options.compute_dtype)},
+        return LoadPlan(path=source.path, kwargs={"quantization_config": cfg, "dtype": dtype},
                         notes=["load time includes quantization (bitsandbytes quantizes while loading)"])
     return plan
 
@@ -197,16 +210,38 @@ register_variant("fp4", description="bitsandbytes 4-bit float", weight_bits=4, l
 
 
 # ---- gptqmodel: GPTQ and AWQ ---------------------------------------------------------------------------------
-def quantized_cache_dir(source: ModelSource, method: str, options: VariantOptions) -> Path:
-    """Cache folder keyed by model + every setting that changes the checkpoint."""
+def quantized_cache_dir(source: ModelSource, method: str, options: VariantOptions, extra: dict | None = None) -> Path:
+    """Cache folder keyed by model + every setting that changes the checkpoint (``extra``: the method's own)."""
     key = {"model": source.path, "method": method, "bits": options.bits, "group_size": options.group_size,
-           "calibration_samples": options.calibration_samples, "calibration_sha": _calibration_sha()}
-    from .gptq_awq import RANDOM_CHECKPOINT_FORMAT, is_random_weights
+           "calibration_samples": options.calibration_samples, "calibration_sha": _calibration_sha(), **(extra or {})}
+    from .random_checkpoints import RANDOM_CHECKPOINT_FORMAT, is_random_weights
     if is_random_weights(source.path):
         key["random_checkpoint_format"] = RANDOM_CHECKPOINT_FORMAT   # a fixed writer makes a new folder
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     label = Path(source.path).name if source.local else source.path.replace("/", "--")
     return cache_root() / "quantized" / f"{label}-{method}-w{options.bits}g{options.group_size}-{digest}"
+
+
+def _make_once(out: Path, method: str, options: VariantOptions, source: ModelSource, make) -> float:
+    """Run ``make()`` (which writes the checkpoint ``out`` atomically) unless ``out`` exists, one process at a time;
+    returns the seconds it took (0 when the cached folder was used)."""
+    if (out / "config.json").exists():
+        return 0.0
+    from filelock import FileLock
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "config.json").exists():
+            return 0.0
+        t0 = time.perf_counter()
+        make()
+        quantize_s = time.perf_counter() - t0
+        (out / "playground_quantization.json").write_text(json.dumps(
+            {"method": method, "options": asdict(options), "source": source.path,
+             "quantize_s": round(quantize_s, 2)}, indent=2))
+        return quantize_s
+
+
+RANDOM_CODES_NOTE = "random weights: random 4-bit codes of the real shapes, written directly (no calibration)"
 
 
 def _calibration_sha() -> str:
@@ -216,32 +251,22 @@ def _calibration_sha() -> str:
 
 def _gptqmodel_plan(method: str):
     def plan(source: ModelSource, options: VariantOptions, device: str, progress: Progress) -> LoadPlan:
-        from . import gptq_awq
+        from . import gptq_awq, random_checkpoints
         out = quantized_cache_dir(source, method, options)
-        quantize_s = 0.0
-        if not (out / "config.json").exists():
-            from filelock import FileLock
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(out) + ".lock"):
-                if not (out / "config.json").exists():
-                    src = source.path
-                    t0 = time.perf_counter()
-                    if gptq_awq.is_random_weights(src):
-                        gptq_awq.write_random_checkpoint(src, str(out), method, options.bits, options.group_size,
-                                                         progress)
-                    else:
-                        calib = gptq_awq.calibration_texts(options.calibration_samples)
-                        quantize = gptq_awq.quantize_gptq if method == "gptq" else gptq_awq.quantize_awq
-                        quantize(src, str(out), bits=options.bits, group_size=options.group_size,
-                                 calibration=calib, progress=progress, device=device)
-                    quantize_s = time.perf_counter() - t0
-                    (out / "playground_quantization.json").write_text(json.dumps(
-                        {"method": method, "options": asdict(options), "source": source.path,
-                         "quantize_s": round(quantize_s, 2)}, indent=2))
-        notes = (["random weights: random 4-bit codes of the real shapes, written directly (no calibration)"]
-                 if gptq_awq.is_random_weights(source.path) else [])
+        random = random_checkpoints.is_random_weights(source.path)
+
+        def make():
+            if random:
+                random_checkpoints.write_random_checkpoint(source.path, str(out), method, options.bits,
+                                                           options.group_size, progress)
+                return
+            quantize = gptq_awq.quantize_gptq if method == "gptq" else gptq_awq.quantize_awq
+            quantize(source.path, str(out), bits=options.bits, group_size=options.group_size,
+                     calibration=gptq_awq.calibration_texts(options.calibration_samples), progress=progress,
+                     device=device)
+        quantize_s = _make_once(out, method, options, source, make)
         return LoadPlan(path=str(out), quantize_s=quantize_s, quantized_cache=str(out), loader="gptqmodel",
-                        notes=notes)
+                        notes=[RANDOM_CODES_NOTE] if random else [])
     return plan
 
 

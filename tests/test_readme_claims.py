@@ -32,7 +32,7 @@ def _small_real_checkpoint(folder: Path) -> str:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from playground.catalog import resolve
-    from playground.gptq_awq import RANDOM_MARKER
+    from playground.random_checkpoints import RANDOM_MARKER
 
     src = resolve(DEFAULT_MODEL).path
     cfg = AutoConfig.from_pretrained(src)

@@ -45,10 +45,14 @@ case $stage in
     WHAT=${WHAT:-longctx} VARIANTS=${VARIANTS:-bf16,nf4} PROMPT=${PROMPT:-4096,16384} NEW=${NEW:-64} \
       KV=${KV:-default,int8,int4} REPEATS=${REPEATS:-2} bash "$0" "table-${ARCH:-llama-2-7b-32k}" "$out" ;;
   qwen72b-4bit)  # #15: the Qwen2-72B shape in 4 bits on one H200. Its bf16 weights (145 GB) fit neither the GPU nor
-    # the machine's RAM or disk: GPTQ/AWQ build a skeleton (embeddings, norms, lm_head) and write the 4-bit codes shard
-    # by shard (benchmarks/random_weights.py, playground/gptq_awq.py). nf4 needs the bf16 checkpoint: not run here.
-    WHAT=4bit VARIANTS=${VARIANTS:-gptq,awq} REPEATS=${REPEATS:-2} BENCH_LIMIT=${BENCH_LIMIT:-570} \
-      bash "$0" table-qwen2-72b "$out" ;;
+    # the machine's RAM or disk: each 4-bit variant builds a skeleton (embeddings, norms, lm_head) and writes its codes
+    # shard by shard (playground/random_checkpoints.py). One variant at a time, each checkpoint (~40 GB) deleted
+    # before the next is written: two do not fit the 64 GB disk. VARIANT_LIMIT seconds each.
+    vs=${VARIANTS:-gptq,nf4}
+    for v in ${vs//,/ }; do
+      WHAT=4bit VARIANTS=$v REPEATS=${REPEATS:-2} BENCH_LIMIT=${VARIANT_LIMIT:-280} bash "$0" "table-${ARCH:-qwen2-72b}" "$out"
+      rm -rf "$PLAYGROUND_CACHE/quantized/${ARCH:-qwen2-72b}"-4bit-skeleton-*; df -h "$PLAYGROUND_CACHE" | tail -1
+    done ;;
   quantize-memory)  # #15: peak RAM while calibrating real GPTQ/AWQ checkpoints of a 7B shape (the Baichuan guide's
     # "36.1 GB of RAM to quantize"), calibration on the GPU, the bf16 model in RAM; a method past its limit is a row
     dest=results/gpu-h200-${ARCH:-mistral-7b}-quantize-memory
