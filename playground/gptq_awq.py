@@ -168,8 +168,11 @@ def quantize_gptq(
     ``AutoModelForCausalLM.from_pretrained(out_dir)`` (needs gptqmodel + optimum installed).
     ``group_size`` may be lowered (see module docstring); ``playground_quant.json`` in ``out_dir`` records it.
     """
-    _quantize("gptq", src_dir, out_dir, bits=bits, group_size=group_size, calibration=calibration,
-              progress=progress, device=device)
+    try:
+        _quantize("gptq", src_dir, out_dir, bits=bits, group_size=group_size, calibration=calibration,
+                  progress=progress, device=device)
+    finally:
+        drop_worker_references()
 
 
 def quantize_awq(
@@ -188,8 +191,11 @@ def quantize_awq(
     ``AutoModelForCausalLM.from_pretrained(out_dir)`` on CPU (transformers' AWQ integration hands the layers to
     gptqmodel kernels); ``GPTQModel.load`` is not needed.
     """
-    _quantize("awq", src_dir, out_dir, bits=bits, group_size=group_size, calibration=calibration,
-              progress=progress, device=device)
+    try:
+        _quantize("awq", src_dir, out_dir, bits=bits, group_size=group_size, calibration=calibration,
+                  progress=progress, device=device)
+    finally:
+        drop_worker_references()
 
 
 def _quantize(
@@ -512,9 +518,43 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
         "quantization": sidecar,
         "tinygemm_skipped": skipped[:5],
     }
+    drop_worker_references()
     if not qlayers:
         raise RuntimeError(f"{out_dir}: loaded, but no layer was replaced by a quantized kernel")
     return model, info
+
+
+def drop_worker_references(timeout_s: float = 10.0) -> int:
+    """Make gptqmodel's pool threads let go of their last task's arguments; returns how many workers ran a no-op.
+
+    Each worker of gptqmodel's device thread pool waits for its next task with the previous task's ``fn, args,
+    kwargs`` still bound in its loop (``gptqmodel/utils/threadx.py``, ``_DeviceWorker._run``), so after a load or a
+    quantization those arguments (the model's layers) outlive an unload: a tiny model's 14 QuantLinear layers were
+    still alive after ``unload_all`` and ``gc.collect``, and on a GPU that is a whole 4-bit model. One no-op task
+    per worker rebinds them."""
+    import sys
+    module = sys.modules.get("gptqmodel")
+    pool = getattr(module, "_DEVICE_THREAD_POOL", None) if module else None
+    groups = getattr(pool, "_worker_groups", None)
+    if not groups:
+        return 0
+    workers = {id(w): w for group in list(groups.values()) for w in list(group) if hasattr(w, "submit")}
+    futures = []
+    for worker in workers.values():
+        try:
+            futures.append(worker.submit(_no_task))
+        except Exception:  # noqa: BLE001 - a stopped worker holds nothing to drop
+            pass
+    for fut in futures:
+        try:
+            fut.result(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - best effort: a busy worker lets go when its task ends
+            pass
+    return len(futures)
+
+
+def _no_task() -> None:
+    return None
 
 
 TINYGEMM = "tinygemm"

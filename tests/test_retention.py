@@ -172,3 +172,43 @@ def test_tinygemm_repack_frees_each_original_as_it_goes():
 def tiny_random_model():
     from benchmarks.random_weights import ensure_random_model
     return ensure_random_model("tiny-llama")[0]
+
+
+def _alive_quant_layers() -> set[int]:
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+    gc.collect()
+    return {id(o) for o in gc.get_objects() if isinstance(o, BaseQuantLinear)}
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_gptqmodel_pool_threads_let_go_of_a_quantized_model(tmp_path, monkeypatch, drop):
+    """gptqmodel's pool workers keep their last task's arguments until the next task: after a real GPTQ
+    quantization and load, an unloaded model's QuantLinear layers stayed alive (stop 24's leak). With
+    ``drop_worker_references`` (run by every quantization and load) none is left; without it the leak is back,
+    which shows the test can see it."""
+    from benchmarks.random_weights import make_tokenizer
+    from playground import gptq_awq
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = json.loads((ROOT / "benchmarks/architectures/tiny-llama.json").read_text())["config"]
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-real"
+    LlamaForCausalLM(LlamaConfig(**cfg)).to(torch.bfloat16).save_pretrained(folder)
+    make_tokenizer(cfg, (ROOT / "playground/data/calibration.txt").read_text()[:20000]).save_pretrained(folder)
+    monkeypatch.setenv("PLAYGROUND_CACHE", str(tmp_path / "cache"))
+    real_drop = gptq_awq.drop_worker_references
+    if not drop:
+        monkeypatch.setattr(gptq_awq, "drop_worker_references", lambda *a, **k: 0)
+    before = _alive_quant_layers()
+    mm = ModelManager(device="cpu")
+    lm = mm.get(str(folder), "gptq")
+    assert lm.stats.quantize_s > 0 and len(_alive_quant_layers() - before) > 0
+    del lm
+    mm.unload_all()
+    left = _alive_quant_layers() - before
+    if drop:
+        assert not left, f"{len(left)} gptqmodel layers outlived the unload"
+    else:
+        assert left, "without the no-op tasks the pool should still hold the layers (the leak this guards against)"
+    assert real_drop() > 0
+    assert not _alive_quant_layers() - before
