@@ -140,8 +140,8 @@ def test_the_replaced_layers_hold_no_memory_after_the_repack(tmp_path, monkeypat
     path, _ = ensure_random_model("tiny-llama", "cpu")
     mm = ModelManager(device="cpu")
     gc.collect()
-    # only the layers this load replaces: a quantization run earlier in the same process (the chat's load-bar test)
-    # leaves one model's gptqmodel layers alive, a separate fault (closing note of stop 24) this test does not judge
+    # only the layers this load replaces: whether other models' layers outlive their unload is
+    # test_retention.py::test_gptqmodel_pool_threads_let_go_of_a_quantized_model's question
     before = {id(o) for o in gc.get_objects() if isinstance(o, BaseQuantLinear)}
     lm = mm.get(path, method, options=VariantOptions(kernel="tinygemm"))
     assert lm.kernel == "TinyGemmInt4Linear"
