@@ -19,7 +19,8 @@ from .common import (PARAM_NAMES, PRIVATE, ParamWidgets, UIContext, badge_html, 
                      device_busy_note, model_dropdown, params_accordion, params_from, session_id, user_error,
                      variant_dropdown)
 from .conversation import ImportProblem, branch_at, meter_text, read_import, write_export
-from .loading import bar_html, events_in_thread, load_in_thread, note_html, prompt_tokens, wait_note
+from .loading import (PrefillProgress, bar_html, events_in_thread, load_in_thread, note_html, prefill_note,
+                      prompt_tokens, wait_note)
 from .reply import reply_source
 from .served import endpoint_status, model_choices
 
@@ -136,15 +137,20 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
         described += f"  \n{busy}" if busy else ""
         n_prompt = None if source.endpoint is not None else prompt_tokens(source.loaded, msgs, system_prompt)
         # until the first token: a note above the conversation (a 20k-character prompt takes seconds to read)
-        waiting = (f"⏳ Processing the prompt ({n_prompt} tokens)… Stop ends it." if n_prompt is not None else
+        waiting = (f"⏳ {prefill_note(n_prompt)}" if n_prompt is not None else
                    "⏳ Waiting for the server…" if source.endpoint is not None else "")
         yield frame(to_display(base, pending=prefix), box=box, status=described,
                     bar=note_html(waiting) if waiting else "", cancel=_cancel_button(False))
-        event, started = None, False
-        for event in events_in_thread(source.stream(msgs, system_prompt, gen_params, cancel), cancel):
+        event, started, read = None, False, PrefillProgress(n_prompt)
+        events = source.stream(msgs, system_prompt, gen_params, cancel, on_prefill=read.update)
+        for event in events_in_thread(events, cancel):
             if event is None:              # no token yet: a Stop during the prefill acts now, not at its end
                 if cancel.is_set() and not started:
                     break
+                progress_now = None if started else read.take()
+                if progress_now is not None:       # a long prompt is read in chunks: how far it got
+                    done, total = progress_now
+                    yield frame(bar=note_html(f"⏳ {prefill_note(total, done)}", done / max(total, 1)))
                 continue
             if event.done:
                 break

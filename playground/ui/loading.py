@@ -4,7 +4,8 @@ A load (GGUF conversion, GPTQ/AWQ calibration, reading weights) runs on a worker
 handler polls its ``LoadTracker`` and streams a bar: stage, steps done of total, elapsed, an estimate, and a
 Cancel (the tracker raises ``LoadCancelled`` at the load's next step; half-written folders are removed by
 ``atomic_dir.building``). A reply's events are likewise read on a worker thread (``events_in_thread``), so that
-Stop ends the reply at once even while the model is still processing a long prompt.
+Stop ends the reply at once even while the model is still processing a long prompt (the engine itself stops
+within one chunk of it, and ``PrefillProgress`` says how much of the prompt is read).
 """
 from __future__ import annotations
 
@@ -37,9 +38,39 @@ def bar_html(snap: LoadSnapshot | None, elem_class: str = "load-bar") -> str:
             f'</div>')
 
 
-def note_html(text: str) -> str:
-    """A line in the bar's place, without a bar (the prompt being processed, the server being waited for)."""
-    return f'<div class="load-bar load-note"><div class="load-bar-text">{html.escape(text)}</div></div>'
+def note_html(text: str, fraction: float | None = None) -> str:
+    """A line in the bar's place (the prompt being processed, the server being waited for), over a bar when
+    ``fraction`` is known."""
+    bar = ""
+    if fraction is not None:
+        pct = max(0.0, min(100.0, fraction * 100))
+        bar = (f'<div class="load-bar-track" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
+               f'aria-valuenow="{pct:.0f}"><div class="load-bar-fill" style="width: {pct:.1f}%"></div></div>')
+    return f'<div class="load-bar load-note">{bar}<div class="load-bar-text">{html.escape(text)}</div></div>'
+
+
+class PrefillProgress:
+    """How much of a long prompt the model has read: ``update`` is the engine's ``on_prefill`` (called on the
+    reply's worker thread after each chunk), ``take`` the handler's look at it (a new value or None)."""
+
+    def __init__(self, total: int | None):
+        self.done, self.total, self._shown = 0, total, (0, total)
+
+    def update(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def take(self) -> tuple[int, int] | None:
+        now = (self.done, self.total)
+        if now == self._shown:
+            return None
+        self._shown = now
+        return now
+
+
+def prefill_note(n_prompt: int, done: int | None = None) -> str:
+    """The line shown until the first token: the prompt's size, then how much of it is read."""
+    read = f"{done} of {n_prompt}" if done is not None else f"{n_prompt}"
+    return f"Processing the prompt ({read} tokens)… Stop ends it."
 
 
 def load_in_thread(load: Callable[[], object], tracker: LoadTracker, poll_s: float | None = None
@@ -96,7 +127,7 @@ def events_in_thread(events: Iterator, cancel: threading.Event, poll_s: float = 
     act on).
 
     If the caller stops early (Stop, or the browser went away), ``cancel`` is set: the engine checks it before
-    every step and ends at the next one (a prefill already running finishes first, holding the model till then)."""
+    every step and between two chunks of a long prompt, and ends there (within one chunk of the prefill)."""
     box: queue.Queue = queue.Queue()
     end = object()
 
