@@ -175,7 +175,9 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
     box: queue.Queue = queue.Queue()
     for lane in lanes:          # on the reply pool (warm OpenMP teams: see ui/loading.py)
         REPLY_POOL.submit(_run_lane, ctx, lane, slots, request, msgs, system_prompt, gen_params, cancel, box.put)
-    yield frame(plan + "  \n" + lanes_line(lanes))
+    order = lanes_line(lanes)
+    plan += f"  \n{order}" if order else ""        # kept to the end: how the slots ran beside their numbers
+    yield frame(plan)
     loading, generating, lanes_left, finished = {}, set(), len(lanes), False
     try:
         while lanes_left:
