@@ -192,7 +192,7 @@ def _tick_after(app, monkeypatch, job):
 
 def _note(fig) -> str:
     """The 'nothing to plot' note of a panel ("" for a real plot; its subplot titles are annotations too)."""
-    texts = [a.text for a in fig.layout.annotations] if fig is not None else []
+    texts = [a.text.replace("<br>", " ") for a in fig.layout.annotations] if fig is not None else []
     return next((t for t in texts if t.startswith("nothing to plot")), "")
 
 
