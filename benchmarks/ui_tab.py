@@ -163,7 +163,7 @@ def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_token
 def busy_banner(job: Job | None) -> str:
     if job is None or job.done:
         return ""
-    return (f'<div class="warn" style="background:#fff4ce;border:1px solid #e0c36a;padding:8px 12px">⏳ A benchmark '
+    return (f'<div class="warn" style="background:#fff4ce;border:1px solid #e0c36a;padding:8px 12px">◔ A benchmark '
             f"is running on <b>{html.escape(job.device)}</b>. Chat still works, but it shares the device: replies "
             f"are slower and chatting disturbs the benchmark's timings.</div>")
 
@@ -178,7 +178,7 @@ def status_text(job: Job | None) -> str:
     if job.cancel.is_set():
         head += " · stopped"
     if job.error:
-        head += f"  \n❌ {html.escape(job.error)}"
+        head += f"  \n✗ {html.escape(job.error)}"
     return head + f"  \nResults folder: `{job.out}`"
 
 

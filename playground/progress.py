@@ -92,7 +92,7 @@ class LoadSnapshot:
         parts.append(f"{fmt_seconds(self.elapsed_s)} elapsed")
         if self.eta_s is not None:
             parts.append(f"about {fmt_seconds(self.eta_s)} left")
-        head = "⏹ Cancelling" if self.cancelling else "⏳ Loading"
+        head = "■ Cancelling" if self.cancelling else "◔ Loading"
         return f"{head} {self.what}: " + " · ".join(parts)
 
 

@@ -111,7 +111,7 @@ def test_endpoint_slots_stream_at_the_same_time_and_local_slots_say_which_they_w
     assert "at the same time: slot 3 → slot 4 | slot 1 | slot 2" in str(frames[1][-1])
     last = frames[-1]
     assert last[0] == final and last[1] == final and last[2] and last[3], last[:4]
-    assert all("TTFT" in b for b in last[4:8]) and "✅ done" in last[8]
+    assert all("TTFT" in b for b in last[4:8]) and "✓ done" in last[8]
     # a shared app that allows one reply per user at a time: all slots in one lane
     one = dataclasses.replace(ctx, policy=dataclasses.replace(ctx.policy, replies_per_user=1))
     assert compare_tab.slot_lanes(one, [(DEFAULT_MODEL, "bf16"), ("endpoint:a", "served")]) == [[0, 1]]

@@ -53,7 +53,7 @@ def test_context_meter_counts_the_conversation_and_the_reply_budget(ctx, two_tur
     assert 0 < n_system < used and empty.endswith("+ 256 of 8192 tokens"), empty
     assert meter(ctx, DEFAULT_MODEL, "bf16", [], "", 64) == "context 0 + 64 of 8192 tokens"
     over = meter(ctx, DEFAULT_MODEL, "bf16", two_turns, SYSTEM, 8190)
-    assert over == f"⚠️ context {used} + 8190 of 8192 tokens: the reply will be cut to {8192 - used} tokens", over
+    assert over == f"⚠ context {used} + 8190 of 8192 tokens: the reply will be cut to {8192 - used} tokens", over
     assert meter(ctx, DEFAULT_MODEL, "nf4", [], SYSTEM, 256) == "context: load the model to count tokens"
 
 
@@ -74,7 +74,7 @@ def test_export_json_has_every_replys_settings_and_stats_and_imports_back(ctx, t
 
     shown, hist, system, status = chat_tab.import_conversation(ctx, DEFAULT_MODEL, "bf16", str(_path(exported)),
                                                                _Request())
-    assert hist == two_turns and system == SYSTEM and "📥 Imported: 4 messages" in status
+    assert hist == two_turns and system == SYSTEM and "✓ Imported: 4 messages" in status
     assert len(shown) == 4 and "reply-badge" in shown[1]["content"]
     # and the imported conversation goes on
     frames = list(chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "And of Germany?", hist, system, _Request(), None,
@@ -102,7 +102,7 @@ def test_import_refuses_a_bad_file_with_one_line(ctx, tmp_path, content, problem
     with pytest.warns(UserWarning, match="Cannot import: bad.json"):
         shown, hist, system, status = chat_tab.import_conversation(ctx, DEFAULT_MODEL, "bf16", str(path),
                                                                    _Request())
-    assert hist == gr.skip() and status.startswith("⚠️ Error: cannot import bad.json") and problem in status, status
+    assert hist == gr.skip() and status.startswith("⚠ Error: cannot import bad.json") and problem in status, status
     assert "\n" not in status
 
 

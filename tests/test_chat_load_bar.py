@@ -67,7 +67,7 @@ def test_gptq_load_bar_cancel_leaves_no_checkpoint_and_the_next_load_says_what_i
     bars = [f[4] for f in frames if isinstance(f[4], str) and 'role="progressbar"' in f[4]]
     assert any("GPTQ calibration" in b and "of 2)" in b and "elapsed" in b for b in bars), bars
     chatbot, history, box, status = frames[-1][:4]
-    assert status.startswith("⏹ Cancelled: loading") and "nothing half-made was kept" in status, status
+    assert status.startswith("■ Cancelled: loading") and "nothing half-made was kept" in status, status
     assert history == [] and box == "Hello" and frames[-1][4] == ""
     assert not [p.name for p in quantized.iterdir() if not p.name.endswith(".lock")], list(quantized.iterdir())
     assert ctx.find(str(tiny_folder), "gptq") is None and not ctx.cancels.running("load-bar-test", "chat")

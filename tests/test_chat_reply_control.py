@@ -53,7 +53,7 @@ def test_stop_during_a_long_prefill_acts_at_once_and_says_the_prompt_size(ctx, s
     assert f"Processing the prompt ({PREFILL_CHUNK_TOKENS} of {n} tokens)" in notes[1], notes   # a bar and its line
     assert 'aria-valuenow="' in notes[1] and 'aria-valuenow="100"' not in notes[1]
     status, history = frames[-1][3], frames[-1][1]
-    assert f"⏹ Stopped while the model was processing the prompt ({n} tokens): no reply" in status, status
+    assert f"■ Stopped while the model was processing the prompt ({n} tokens): no reply" in status, status
     assert history == [{"role": "user", "content": text}]     # the question stays; Regenerate can answer it
     assert frames[-1][4] == "" and not ctx.cancels.running("prefill", "chat")
     # how long the whole prefill takes: Stop acted, and the model was free again, long before it would have ended
@@ -77,7 +77,7 @@ def test_send_undo_clear_during_a_reply_say_so_and_undo_clear_drop_the_last_repl
     first = list(chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "", req, None,
                                **PARAMS))
     history, status = first[-1][1], first[-1][3]
-    assert "last reply:" in status and status.startswith("✅ Loaded: ")
+    assert "last reply:" in status and status.startswith("✓ Loaded: ")
     # a long reply runs in another thread (as the page's first Send) …
     started = threading.Event()
 
@@ -103,7 +103,7 @@ def test_send_undo_clear_during_a_reply_say_so_and_undo_clear_drop_the_last_repl
     assert not ctx.cancels.running("busy", "chat")
     shown, hist, box, status = chat_tab.undo(ctx, DEFAULT_MODEL, "bf16", history, req)
     assert hist == [] and box == "What is the capital of France?"
-    assert "last reply" not in status and status.startswith("✅ Loaded: "), status
+    assert "last reply" not in status and status.startswith("✓ Loaded: "), status
     chatbot, hist, status = chat_tab.clear(ctx, DEFAULT_MODEL, "bf16", req)
     assert hist == [] and "last reply" not in status
 
@@ -114,6 +114,6 @@ def test_status_lines_say_what_they_mean_in_words(ctx):
     with pytest.raises(Exception, match="unknown variant"):
         for f in chat_tab.send(ctx, DEFAULT_MODEL, "int3", "Hi", [], "", _Request(), None, **PARAMS):
             frames.append(f)
-    assert frames[-1][3].startswith("⚠️ Error: unknown variant"), frames[-1][3]
-    assert chat_tab.selection_status(ctx, DEFAULT_MODEL, "bf16").startswith("✅ Loaded: ")
-    assert chat_tab.selection_status(ctx, "no/such-model", "bf16").startswith("⚪ no/such-model [bf16] is not loaded")
+    assert frames[-1][3].startswith("⚠ Error: unknown variant"), frames[-1][3]
+    assert chat_tab.selection_status(ctx, DEFAULT_MODEL, "bf16").startswith("✓ Loaded: ")
+    assert chat_tab.selection_status(ctx, "no/such-model", "bf16").startswith("○ no/such-model [bf16] is not loaded")

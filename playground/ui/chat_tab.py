@@ -56,13 +56,13 @@ def selection_status(ctx: UIContext, model: str, variant: str, request: gr.Reque
     try:
         lm = ctx.find(model, variant)
     except PlaygroundError as exc:    # a model this shared app does not offer, a name that is not text
-        return f"⛔ Not available: {exc}"
+        return f"✗ Not available: {exc}"
     if lm is not None:
         return describe_loaded(lm)
     reason = check_variant_available(variant, ctx.device or ctx.manager.device) if variant else None
     if reason:
-        return f"⛔ Not available: {reason}"
-    return f"⚪ {model or '(no model)'} [{variant}] is not loaded: press **Load**, or just send a message."
+        return f"✗ Not available: {reason}"
+    return f"○ {model or '(no model)'} [{variant}] is not loaded: press **Load**, or just send a message."
 
 
 @dataclass
@@ -137,8 +137,8 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
         described += f"  \n{busy}" if busy else ""
         n_prompt = None if source.endpoint is not None else prompt_tokens(source.loaded, msgs, system_prompt)
         # until the first token: a note above the conversation (a 20k-character prompt takes seconds to read)
-        waiting = (f"⏳ {prefill_note(n_prompt)}" if n_prompt is not None else
-                   "⏳ Waiting for the server…" if source.endpoint is not None else "")
+        waiting = (f"◔ {prefill_note(n_prompt)}" if n_prompt is not None else
+                   "◔ Waiting for the server…" if source.endpoint is not None else "")
         yield frame(to_display(base, pending=prefix), box=box, status=described,
                     bar=note_html(waiting) if waiting else "", cancel=_cancel_button(False))
         event, started, read = None, False, PrefillProgress(n_prompt)
@@ -150,7 +150,7 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
                 progress_now = None if started else read.take()
                 if progress_now is not None:       # a long prompt is read in chunks: how far it got
                     done, total = progress_now
-                    yield frame(bar=note_html(f"⏳ {prefill_note(total, done)}", done / max(total, 1)))
+                    yield frame(bar=note_html(f"◔ {prefill_note(total, done)}", done / max(total, 1)))
                 continue
             if event.done:
                 break
@@ -160,7 +160,7 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
                                                and event.stats.finish_reason == "stopped"):   # before any token
             final = hist if continuing else base
             what = f" ({n_prompt} tokens)" if n_prompt is not None else ""
-            yield frame(to_display(final), final, status=f"{described}  \n⏹ Stopped while the model was processing "
+            yield frame(to_display(final), final, status=f"{described}  \n■ Stopped while the model was processing "
                                                          f"the prompt{what}: no reply", bar="")
             return
         stats = event.stats
@@ -172,20 +172,20 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
                          "settings": settings}]
         last = (f"  \nlast reply: {stats.prompt_tokens} prompt tokens → {stats.new_tokens} new "
                 f"({stats.finish_reason}, {stats.mode} mode)")
-        notes = "".join(f"  \nℹ️ {n}" for n in stats.notes)
+        notes = "".join(f"  \nℹ {n}" for n in stats.notes)
         yield frame(to_display(final), final, status=described + last + notes, bar="")
     except LoadCancelled as exc:        # the user's Cancel: no error, the message goes back to the box
-        yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"⏹ Cancelled: {exc}", "",
+        yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"■ Cancelled: {exc}", "",
                     _cancel_button(False))
     except PlaygroundError as exc:
-        yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"⚠️ Error: {exc}", "",
+        yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"⚠ Error: {exc}", "",
                     _cancel_button(False))
         raise user_error(str(exc)) from None
     except gr.Error:
         raise
     except Exception as exc:  # unexpected: log the traceback, show one line
         log.exception("chat reply failed")
-        yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"⚠️ Error: {type(exc).__name__}: {exc}",
+        yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"⚠ Error: {type(exc).__name__}: {exc}",
                     "", _cancel_button(False))
         raise user_error(f"unexpected error ({type(exc).__name__}): {exc}") from None
     finally:
@@ -303,10 +303,10 @@ def import_conversation(ctx: UIContext, model_name, variant_name, upload, reques
         data = read_import(path)
     except ImportProblem as exc:
         gr.Warning(f"Cannot import: {exc}")
-        return gr.skip(), gr.skip(), gr.skip(), f"⚠️ Error: cannot import {exc}"
+        return gr.skip(), gr.skip(), gr.skip(), f"⚠ Error: cannot import {exc}"
     hist = data["messages"]
     status = selection_status(ctx, model_name, variant_name, request)
-    status += f"  \n📥 Imported: {len(hist)} messages"
+    status += f"  \n✓ Imported: {len(hist)} messages"
     return to_display(hist), hist, data["system_prompt"], status
 
 
@@ -349,9 +349,9 @@ def load(ctx: UIContext, model_name, variant_name, request: gr.Request):
             yield snap.line(), bar_html(snap), _cancel_button(True)
         yield describe_loaded(loaded[0]), "", _cancel_button(False)
     except LoadCancelled as exc:
-        yield f"⏹ Cancelled: {exc}", "", _cancel_button(False)
+        yield f"■ Cancelled: {exc}", "", _cancel_button(False)
     except PlaygroundError as exc:
-        yield f"⚠️ Error: {exc}", "", _cancel_button(False)
+        yield f"⚠ Error: {exc}", "", _cancel_button(False)
         raise user_error(str(exc)) from None
     finally:
         ctx.cancels.finish(sid, "chat", cancel)
@@ -361,13 +361,13 @@ def unload(ctx: UIContext, model_name, variant_name):
     try:
         name = ctx.policy.model_name((model_name or "").strip())
     except PlaygroundError as exc:
-        return f"⛔ {exc}"
+        return f"✗ {exc}"
     done, kept = ctx.unload_idle(name, variant_name)
     if done:
-        return f"⏏️ unloaded {model_name} [{variant_name}]: memory returned"
+        return f"⏏ unloaded {model_name} [{variant_name}]: memory returned"
     if kept:
-        return f"⚪ {model_name} [{variant_name}] is generating a reply for another user: kept"
-    return f"⚪ {model_name} [{variant_name}] was not loaded"
+        return f"○ {model_name} [{variant_name}] is generating a reply for another user: kept"
+    return f"○ {model_name} [{variant_name}] was not loaded"
 
 
 def preset_text(preset):
@@ -462,7 +462,8 @@ def wire_events(ctx: UIContext, ui: ChatUI) -> None:
                       api_visibility=PRIVATE, show_progress="hidden").then(**meter)
     ui.clear_btn.click(bind(clear, ctx), [ui.model, ui.variant], [ui.chatbot, ui.history, ui.status],
                        api_visibility=PRIVATE, show_progress="hidden").then(**meter)
-    ui.chatbot.clear(lambda: [], None, [ui.history], queue=False, api_visibility=PRIVATE).then(**meter)  # the 🗑
+    # the Chatbot's own trash button
+    ui.chatbot.clear(lambda: [], None, [ui.history], queue=False, api_visibility=PRIVATE).then(**meter)
     ui.load_btn.click(bind(load, ctx), [ui.model, ui.variant], [ui.status, ui.loadbar, ui.cancel_btn],
                       api_visibility=PRIVATE, show_progress="hidden").then(**meter)
     files = [ui.model, ui.variant, ui.history, ui.system]

@@ -74,14 +74,14 @@ def build_tab(ctx: UIContext) -> None:
             for lm in ctx.manager.loaded():
                 if f"{lm.name} [{lm.variant}]" == label:
                     done, kept = ctx.unload_idle(lm.name, lm.variant)
-                    return refresh(f"⏏️ unloaded {label}" if done else _kept_note(kept))
+                    return refresh(f"⏏ unloaded {label}" if done else _kept_note(kept))
             if not label:
                 gr.Warning("Choose a loaded model to unload.")
             return refresh(f"{label} is not loaded" if label else "")
 
         def unload_all():
             done, kept = ctx.unload_idle()
-            return refresh(f"⏏️ unloaded {len(done)} model(s)" + (f"; {_kept_note(kept)}" if kept else ""))
+            return refresh(f"⏏ unloaded {len(done)} model(s)" + (f"; {_kept_note(kept)}" if kept else ""))
 
         outs = [memory, loaded, choice, message, leaks]
         refresh_btn.click(refresh, None, outs, api_visibility=PRIVATE, queue=False)

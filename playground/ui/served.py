@@ -31,7 +31,7 @@ def endpoint_status(ctx: UIContext, name: str, request: gr.Request | None = None
     try:
         ep = ctx.endpoints_of(request).get(name)
     except PlaygroundError as exc:
-        return f"⛔ {html.escape(str(exc))}"
+        return f"✗ {html.escape(str(exc))}"
     line = describe_endpoint(ep)
     if probe:
         line += "  \n" + html.escape(ep.probe())
@@ -94,13 +94,13 @@ def build_panel(ctx: UIContext) -> None:
                           timeout_s=min(300.0, ctx.policy.reply_deadline_s or 300.0))
         except PlaygroundError as exc:
             # the key field is cleared in every case: a key never travels back to the browser
-            return gr.skip(), gr.skip(), "", f"⚠️ {html.escape(str(exc))}"
+            return gr.skip(), gr.skip(), "", f"⚠ {html.escape(str(exc))}"
         reg = ctx.endpoints_of(request, create=True)
         replaced = ep.name in [e.name for e in reg.all()]
         reg.add(ep)
         log.info("endpoint %s added (%s) for one session", ep.choice, ep.url)
         verb = "replaced" if replaced else "added"
-        note = (f"✅ {verb} **{html.escape(ep.choice)}** → {html.escape(ep.url)}: pick it as the model in Chat or "
+        note = (f"✓ {verb} **{html.escape(ep.choice)}** → {html.escape(ep.url)}: pick it as the model in Chat or "
                 f"Compare (in this browser tab only).  \n{html.escape(ep.probe())}")
         return endpoint_rows(ctx, request), gr.Dropdown(choices=reg.choices(), value=ep.choice), "", note
 
@@ -110,7 +110,7 @@ def build_panel(ctx: UIContext) -> None:
         reg = ctx.endpoints_of(request)
         if reg.owns(choice_value) and reg is not ctx.endpoints:
             reg.remove(choice_value)
-            message = f"🗑 removed {html.escape(choice_value)}"
+            message = f"✗ removed {html.escape(choice_value)}"
         elif choice_value in reg:
             message = (f"{html.escape(choice_value)} was set when the app was launched (--endpoint or "
                        f"--endpoints-file) and is shared by every user: it cannot be removed here")
