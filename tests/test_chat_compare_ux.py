@@ -59,7 +59,7 @@ def test_a_cut_reply_says_so_and_continue_extends_it(manager, smollm_bf16):
     from playground.engine import GenerationParams, chat
     from playground.ui.app import build_app
     app = build_app(manager)
-    send, cont = ui_handler(app, "chat_tab", "send"), ui_handler(app, "chat_tab", "continue_reply")
+    send, cont = ui_handler(app, "chat_handlers", "send"), ui_handler(app, "chat_handlers", "continue_reply")
     args = ("", 8, 0.7, 0.9, 50, 1.0, -1, True, "default", _Request(), lambda *a, **k: None)
     frames = list(send(DEFAULT_MODEL, "bf16", "Tell me about Paris.", [], *args))
     hist = frames[-1][1]

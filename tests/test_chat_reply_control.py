@@ -30,15 +30,15 @@ def test_stop_during_a_long_prefill_acts_at_once_and_says_the_prompt_size(ctx, s
     the engine (which reads a long prompt in chunks of PREFILL_CHUNK_TOKENS) lets go of the model within one chunk.
     Until then the note says how much of the prompt is read."""
     from playground.engine import PREFILL_CHUNK_TOKENS, GenerationParams, stream_reply
-    from playground.ui import chat_tab
+    from playground.ui import chat_handlers
     text = "Summarize this text. " + "The quick brown fox jumps over the lazy dog near the river bank. " * 300
     req = _Request("prefill")
     frames, notes, stopped_at = [], [], []
 
     def press_stop():
         stopped_at.append(time.monotonic())
-        chat_tab.stop(ctx, req)
-    for f in chat_tab.send(ctx, DEFAULT_MODEL, "bf16", text, [], "", req, None, **PARAMS):
+        chat_handlers.stop(ctx, req)
+    for f in chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", text, [], "", req, None, **PARAMS):
         frames.append(f)
         if isinstance(f[4], str) and "Processing the prompt" in f[4]:
             notes.append(f[4])
@@ -66,15 +66,15 @@ def test_stop_during_a_long_prefill_acts_at_once_and_says_the_prompt_size(ctx, s
     assert released < max(0.5, 3 * one_chunk_s), (f"the model was held {released:.1f} s after Stop (one chunk "
                                                  f"takes {one_chunk_s:.1f} s, the prompt {prefill_s:.1f} s)")
     # the model stays usable
-    frames = list(chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "", req, None,
+    frames = list(chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "", req, None,
                                 **PARAMS))
     assert "Paris" in frames[-1][1][-1]["content"]
 
 
 def test_send_undo_clear_during_a_reply_say_so_and_undo_clear_drop_the_last_reply_line(ctx):
-    from playground.ui import chat_tab
+    from playground.ui import chat_handlers
     req = _Request("busy")
-    first = list(chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "", req, None,
+    first = list(chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "", req, None,
                                **PARAMS))
     history, status = first[-1][1], first[-1][3]
     assert "last reply:" in status and status.startswith("✓ Loaded: ")
@@ -82,7 +82,7 @@ def test_send_undo_clear_during_a_reply_say_so_and_undo_clear_drop_the_last_repl
     started = threading.Event()
 
     def long_reply():
-        for _ in chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "Tell me a long story.", history, "", req, None,
+        for _ in chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", "Tell me a long story.", history, "", req, None,
                                **dict(PARAMS, max_new_tokens=400)):
             started.set()
     worker = threading.Thread(target=long_reply)
@@ -91,29 +91,31 @@ def test_send_undo_clear_during_a_reply_say_so_and_undo_clear_drop_the_last_repl
         assert started.wait(60) and ctx.cancels.running("busy", "chat")
         # … so a second Send, an Undo and a Clear say why nothing happens (they were dropped without a word)
         with pytest.warns(UserWarning, match="A reply is generating: press Stop first, then send"):
-            frames = list(chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "And Spain?", history, "", req, None, **PARAMS))
-        assert frames == [chat_tab.frame()]                                  # nothing changes on the page
+            frames = list(chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", "And Spain?", history, "", req, None,
+                                             **PARAMS))
+        assert frames == [chat_handlers.frame()]                                  # nothing changes on the page
         with pytest.warns(UserWarning, match="A reply is generating: press Stop first, then undo"):
-            chat_tab.undo(ctx, DEFAULT_MODEL, "bf16", history, req)
+            chat_handlers.undo(ctx, DEFAULT_MODEL, "bf16", history, req)
         with pytest.warns(UserWarning, match="then clear"):
-            chat_tab.clear(ctx, DEFAULT_MODEL, "bf16", req)
+            chat_handlers.clear(ctx, DEFAULT_MODEL, "bf16", req)
     finally:
-        chat_tab.stop(ctx, req)
+        chat_handlers.stop(ctx, req)
         worker.join(60)
     assert not ctx.cancels.running("busy", "chat")
-    shown, hist, box, status = chat_tab.undo(ctx, DEFAULT_MODEL, "bf16", history, req)
+    shown, hist, box, status = chat_handlers.undo(ctx, DEFAULT_MODEL, "bf16", history, req)
     assert hist == [] and box == "What is the capital of France?"
     assert "last reply" not in status and status.startswith("✓ Loaded: "), status
-    chatbot, hist, status = chat_tab.clear(ctx, DEFAULT_MODEL, "bf16", req)
+    chatbot, hist, status = chat_handlers.clear(ctx, DEFAULT_MODEL, "bf16", req)
     assert hist == [] and "last reply" not in status
 
 
 def test_status_lines_say_what_they_mean_in_words(ctx):
-    from playground.ui import chat_tab
+    from playground.ui import chat_handlers
     frames = []
     with pytest.raises(Exception, match="unknown variant"):
-        for f in chat_tab.send(ctx, DEFAULT_MODEL, "int3", "Hi", [], "", _Request(), None, **PARAMS):
+        for f in chat_handlers.send(ctx, DEFAULT_MODEL, "int3", "Hi", [], "", _Request(), None, **PARAMS):
             frames.append(f)
     assert frames[-1][3].startswith("⚠ Error: unknown variant"), frames[-1][3]
-    assert chat_tab.selection_status(ctx, DEFAULT_MODEL, "bf16").startswith("✓ Loaded: ")
-    assert chat_tab.selection_status(ctx, "no/such-model", "bf16").startswith("○ no/such-model [bf16] is not loaded")
+    assert chat_handlers.selection_status(ctx, DEFAULT_MODEL, "bf16").startswith("✓ Loaded: ")
+    assert chat_handlers.selection_status(ctx, "no/such-model", "bf16").startswith(
+        "○ no/such-model [bf16] is not loaded")

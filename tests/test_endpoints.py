@@ -229,7 +229,7 @@ def test_chat_and_compare_with_an_endpoint_slot_beside_a_local_slot(served, mana
     # the endpoint (and its key) belongs to the session that added it: another user neither sees nor reaches it
     assert "endpoint:ts" not in ctx.endpoints_of(_OtherSession()).choices()
     assert "endpoint:dead" in ctx.endpoints_of(_OtherSession()).choices()          # launch-time: everyone's
-    send = ui_handler(app, "chat_tab", "send")
+    send = ui_handler(app, "chat_handlers", "send")
     with pytest.raises(Exception, match="no endpoint named 'ts'"):
         list(send("endpoint:ts", "bf16", "Hi", [], "", 8, 0.7, 0.9, 50, 1.0, -1, True, "default", _OtherSession(),
                   lambda *a, **k: None))

@@ -85,7 +85,7 @@ def test_status_lines_as_the_handlers_make_them(manager, smollm_bf16):
     from playground.device_use import sharing_device
     from playground.engine import ReplyStats
     from playground.progress import LoadSnapshot
-    from playground.ui import chat_tab, compare_tab
+    from playground.ui import chat_handlers, compare_tab
     from playground.ui.app import build_app
     from playground.ui.common import badge_html, badge_text, describe_loaded, device_busy_note
     from playground.ui.loading import bar_html, prefill_note
@@ -94,10 +94,10 @@ def test_status_lines_as_the_handlers_make_them(manager, smollm_bf16):
     snapshot = LoadSnapshot("tiny [gptq]", 0.4, "GPTQ calibration", (3, 8), 12.0, 20.0)
     with sharing_device("benchmark"):
         busy = device_busy_note()
-    lines = [chat_tab.selection_status(ctx, DEFAULT_MODEL, "bf16"),           # loaded
-             chat_tab.selection_status(ctx, DEFAULT_MODEL, "fp32"),           # not loaded
-             chat_tab.selection_status(ctx, DEFAULT_MODEL, "int3"),           # not available
-             chat_tab.unload(ctx, DEFAULT_MODEL, "fp16"), describe_loaded(smollm_bf16), busy,
+    lines = [chat_handlers.selection_status(ctx, DEFAULT_MODEL, "bf16"),           # loaded
+             chat_handlers.selection_status(ctx, DEFAULT_MODEL, "fp32"),           # not loaded
+             chat_handlers.selection_status(ctx, DEFAULT_MODEL, "int3"),           # not available
+             chat_handlers.unload(ctx, DEFAULT_MODEL, "fp16"), describe_loaded(smollm_bf16), busy,
              snapshot.line(), bar_html(snapshot), prefill_note(4000, 512),
              badge_html(text=badge_text(stats, continue_hint=True)),
              compare_tab.lanes_line([[0, 1]]), compare_tab.lanes_line([[0], [1]])]

@@ -21,10 +21,10 @@ import gradio as gr
 
 from ..catalog import resolve
 from ..endpoints import is_endpoint_name
-from ..errors import PlaygroundError
+from ..errors import LoadCancelled, PlaygroundError
 from ..manager import check_variant_available
 from ..variants import get_variant
-from ..progress import LoadCancelled, LoadTracker
+from ..progress import LoadTracker
 from .common import (PRIVATE, ParamWidgets, UIContext, badge_html, bind, device_busy_note, gb, model_dropdown,
                      params_accordion, params_from, session_id, user_error, variant_dropdown)
 from .loading import REPLY_POOL, bar_html, load_in_thread
