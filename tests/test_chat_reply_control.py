@@ -27,44 +27,49 @@ def ctx(manager, smollm_bf16):
 
 def test_stop_during_a_long_prefill_acts_at_once_and_says_the_prompt_size(ctx, smollm_bf16):
     """Stop acts while the model is still reading the prompt: the handler stops waiting for the engine at once, and
-    the engine (which reads a long prompt in chunks of PREFILL_CHUNK_TOKENS) lets go of the model within one chunk.
-    Until then the note says how much of the prompt is read."""
+    the engine (which reads a long prompt in chunks of PREFILL_CHUNK_TOKENS) lets go of the model within one chunk:
+    after Stop at most one forward pass (the chunk in flight) runs. Until then the note says how much of the prompt
+    is read."""
     from playground.engine import PREFILL_CHUNK_TOKENS, GenerationParams, stream_reply
     from playground.ui import chat_handlers
     text = "Summarize this text. " + "The quick brown fox jumps over the lazy dog near the river bank. " * 300
     req = _Request("prefill")
-    frames, notes, stopped_at = [], [], []
+    frames, notes, stopped_at, passes = [], [], [], []       # passes: (start, end) of each forward pass
 
     def press_stop():
         stopped_at.append(time.monotonic())
         chat_handlers.stop(ctx, req)
-    for f in chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", text, [], "", req, None, **PARAMS):
-        frames.append(f)
-        if isinstance(f[4], str) and "Processing the prompt" in f[4]:
-            notes.append(f[4])
-            if " of " in f[4] and not stopped_at:
-                press_stop()                                    # the model has read one chunk, not all
-    took = time.monotonic() - stopped_at[0]
-    t_stop = time.monotonic()
-    with smollm_bf16.lock:                                       # the abandoned prefill lets go of the model
-        released = time.monotonic() - t_stop
+    hooks = [smollm_bf16.model.register_forward_pre_hook(lambda *_: passes.append([time.monotonic(), None])),
+             smollm_bf16.model.register_forward_hook(lambda *_: passes[-1].__setitem__(1, time.monotonic()))]
+    try:
+        for f in chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", text, [], "", req, None, **PARAMS):
+            frames.append(f)
+            if isinstance(f[4], str) and "Processing the prompt" in f[4]:
+                notes.append(f[4])
+                if " of " in f[4] and not stopped_at:
+                    press_stop()                                # the model has read one chunk, not all
+        took = time.monotonic() - stopped_at[0]
+        with smollm_bf16.lock:                                   # the abandoned prefill lets go of the model
+            pass
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert notes and "tokens)… Stop ends it." in notes[0], notes
     n = int(notes[0].split("Processing the prompt (")[1].split()[0])
     assert f"Processing the prompt ({PREFILL_CHUNK_TOKENS} of {n} tokens)" in notes[1], notes   # a bar and its line
     assert 'aria-valuenow="' in notes[1] and 'aria-valuenow="100"' not in notes[1]
+    after_stop = [(a, b) for a, b in passes if b is None or b > stopped_at[0]]
+    assert len(after_stop) <= 1 and len(passes) <= 3, (len(passes), len(after_stop))  # of ⌈n / 512⌉ = 8 chunks
     status, history = frames[-1][3], frames[-1][1]
     assert f"■ Stopped while the model was processing the prompt ({n} tokens): no reply" in status, status
     assert history == [{"role": "user", "content": text}]     # the question stays; Regenerate can answer it
     assert frames[-1][4] == "" and not ctx.cancels.running("prefill", "chat")
-    # how long the whole prefill takes: Stop acted, and the model was free again, long before it would have ended
+    # how long the whole prefill takes: Stop acted long before it would have ended
     *_, last = stream_reply(smollm_bf16, [{"role": "user", "content": text}], "",
                             GenerationParams(max_new_tokens=1, greedy=True))
     prefill_s = last.stats.ttft_s
     assert last.stats.prompt_tokens == n > 4 * PREFILL_CHUNK_TOKENS and prefill_s > 1.0, (n, prefill_s)
     assert took < 1.0, f"Stop took {took:.1f} s to act (a prefill takes {prefill_s:.1f} s)"
-    one_chunk_s = prefill_s * PREFILL_CHUNK_TOKENS / n
-    assert released < max(0.5, 3 * one_chunk_s), (f"the model was held {released:.1f} s after Stop (one chunk "
-                                                 f"takes {one_chunk_s:.1f} s, the prompt {prefill_s:.1f} s)")
     # the model stays usable
     frames = list(chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "", req, None,
                                 **PARAMS))
