@@ -8,7 +8,10 @@ table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}th,td{border:1px
 text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}.oom{background:#fde2e1}.error{background:#fbe3c6}
 .unsupported{background:#eee;color:#777}.warn{background:#fff4ce;border:1px solid #e0c36a;\
 padding:8px 12px;margin:10px 0}
-.small{font-size:12px;color:#555}pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}"""
+.small{font-size:12px;color:#555}pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
+.table-scroll{max-width:100%;overflow-x:auto}code{overflow-wrap:anywhere}@media (max-width:600px){body{margin:10px}}"""
+# plotly.js redraws a figure at its container's width when the window changes (a phone turned sideways)
+FIGURE_CONFIG = {"displaylogo": False, "responsive": True}
 
 
 def fmt_cell(v, col: str = "") -> str:
@@ -32,8 +35,9 @@ def html_table(header: list[str], body: list[list[str]], classes: list[str] | No
         cls = f' class="{classes[k]}"' if classes and classes[k] else ""
         tds = "".join(f'<td class="{"l" if i in left else ""}">{c}</td>' for i, c in enumerate(row))
         trs.append(f"<tr{cls}>{tds}</tr>")
-    return f"<table><tr>{th}</tr>{''.join(trs)}</table>"
+    # a wide table scrolls sideways in its own box (on a phone it made the whole page 3,500 px wide)
+    return f"<div class=\"table-scroll\"><table><tr>{th}</tr>{''.join(trs)}</table></div>"
 
 
 def figure_html(fig) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}) if fig else ""
+    return fig.to_html(full_html=False, include_plotlyjs=False, config=FIGURE_CONFIG) if fig else ""

@@ -6,16 +6,41 @@ draws random-weight models with hollow markers/hatched bars.
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 
 from .results import median, model_label
 
 REF_CSV = Path(__file__).parent / "references" / "optimum_benchmark_mistral7b_a100.csv"
 VARIANT_ORDER = ["fp32", "bf16", "fp16", "int8", "int8-wo", "nf4", "fp4", "gptq", "awq"]
-BAR_METRICS = [("decode_tok_s", "decode tok/s (higher is better)"), ("ttft_ms", "time to first token, ms"),
-               ("itl_p50_ms", "inter-token latency p50, ms"), ("e2e_long_s", "long answer (256 tokens), s"),
-               ("MEM", "peak memory, GB"), ("weights_gb", "weights in memory, GB"),
-               ("load_read_s", "load time (from_pretrained), s"), ("e2e_short_s", "short answer (32 tokens), s")]
+# subplot titles: short, and broken into lines that fit half a phone's width (two panels side by side)
+BAR_METRICS = [("decode_tok_s", "decode tok/s<br>(higher is better)"), ("ttft_ms", "time to first<br>token, ms"),
+               ("itl_p50_ms", "inter-token<br>latency p50, ms"), ("e2e_long_s", "long answer<br>(256 tokens), s"),
+               ("MEM", "peak memory, GB"), ("weights_gb", "weights in<br>memory, GB"),
+               ("load_read_s", "load time<br>(from_pretrained), s"), ("e2e_short_s", "short answer<br>(32 tokens), s")]
+DETAIL_CHARS = 48                      # a line of a title's detail (its subtitle), on a 390 px phone
+LEGEND_CHARS = 36                      # a line of a legend entry (its symbol beside it)
+SUBTITLE_FONT = dict(size=12)
+
+
+def phone_safe_layout(fig, title: str, detail: str = "", **layout) -> None:
+    """A title and legend that stay clear of the plot and of each other from a phone's 390 px up: a short title
+    (one line on a phone) at the top left, its detail as the title's subtitle in smaller lines (wrapped, never
+    cut at the figure's edge), the top margin grown to fit both (``automargin``); the legend in rows under the
+    plot; subplot titles in a smaller font. Anchored at the container's top: a multi-line title anchored at the
+    plot's top ran into the plot in Gradio's plotly.js (3.3) and was fine in the report's (4.1)."""
+    above_subplot_titles = 40 if fig.layout.annotations else 10     # two lines of 12 px subplot titles
+    fig.update_layout(
+        title=dict(text=title, subtitle=dict(text="<br>".join(textwrap.wrap(detail, DETAIL_CHARS)),
+                                             font=SUBTITLE_FONT),
+                   x=0, xref="container", xanchor="left", y=1, yref="container", yanchor="top", automargin=True,
+                   pad=dict(l=12, t=8, b=above_subplot_titles)),
+        legend=dict(orientation="h", x=0, xanchor="left", y=0, yref="container", yanchor="bottom"),
+        margin=dict(l=50, r=16, t=30, b=30, autoexpand=True), **layout)
+    fig.update_annotations(font=SUBTITLE_FONT)
+    for trace in fig.data:       # a legend entry does not wrap by itself: a long one ran off a phone's screen
+        if trace.name and len(trace.name) > LEGEND_CHARS and "<br>" not in trace.name:
+            trace.name = "<br>".join(textwrap.wrap(trace.name, LEGEND_CHARS))
 
 
 def ok_rows(rows: list[dict]) -> list[dict]:
@@ -66,6 +91,7 @@ def bars_figure(rows: list[dict]):
     if not sel:
         return None
     mem_key, mem_title = mem_metric(sel)
+    mem_title = mem_title.replace(" (allocator)", "<br>(allocator)")    # half a phone's width
     metrics = [(mem_key, mem_title) if k == "MEM" else (k, t) for k, t in BAR_METRICS]
     fig = make_subplots(rows=4, cols=2, subplot_titles=[t for _, t in metrics], vertical_spacing=0.08)
     order = _order(r["variant"] for r in sel)
@@ -85,8 +111,8 @@ def bars_figure(rows: list[dict]):
                                  marker=dict(color=_color(mi), pattern_shape="/" if random else ""),
                                  hovertemplate="%{x}: %{y:.4g}<extra>" + model + "</extra>"),
                           row=k // 2 + 1, col=k % 2 + 1)
-    fig.update_layout(barmode="group", height=1250, title=f"Per variant — batch {bs}, prompt {p}, new {n} "
-                      f"(median of repeats; whiskers: min–max)", legend=dict(orientation="h", y=1.04))
+    phone_safe_layout(fig, "Per variant", f"batch {bs}, prompt {p}, new {n}; median of repeats, whiskers min–max",
+                      barmode="group", height=1300)
     return fig
 
 
@@ -112,7 +138,7 @@ def scatter_figure(rows: list[dict]):
             mode="markers+text", textposition="top center", name=model,
             marker=dict(size=13, color=_color(mi), symbol="circle-open" if random else "circle",
                         line=dict(width=2))))
-    fig.update_layout(title="Memory vs decode throughput (up and left is better)", xaxis_title=mem_title,
+    phone_safe_layout(fig, "Memory vs decode throughput", "up and left is better", xaxis_title=mem_title,
                       yaxis_title="decode tok/s", height=480)
     return fig
 
@@ -124,7 +150,7 @@ def sweep_figure(rows: list[dict], axis: str):
     ok = ok_rows(rows)
     if len({r[axis] for r in ok}) < 2:
         return None
-    ys = {"batch_size": [("decode_tok_s", "decode tok/s (all sequences)"), ("ttft_ms", "TTFT ms")],
+    ys = {"batch_size": [("decode_tok_s", "decode tok/s<br>(all sequences)"), ("ttft_ms", "TTFT ms")],
           "prompt_tokens": [("ttft_ms", "TTFT ms"), ("decode_tok_s", "decode tok/s")],
           "new_tokens": [("e2e_s", "end-to-end s"), ("decode_tok_s", "decode tok/s")]}[axis]
     others = [a for a in ("batch_size", "prompt_tokens", "new_tokens") if a != axis]
@@ -140,7 +166,7 @@ def sweep_figure(rows: list[dict], axis: str):
                                      line=dict(color=_color(i))), row=1, col=c + 1)
     fig.update_xaxes(title_text=axis.replace("_", " "), type="log" if axis == "batch_size" else "linear")
     fixed_txt = ", ".join(f"{a.replace('_', ' ')} {v}" for a, v in fixed.items())
-    fig.update_layout(title=f"Sweep over {axis.replace('_', ' ')} ({fixed_txt})", height=430)
+    phone_safe_layout(fig, f"Sweep over {axis.replace('_', ' ')}", fixed_txt, height=460)
     return fig
 
 
@@ -193,7 +219,7 @@ def reference_figure(rows: list[dict]):
     ratios, _ = reference_ratios(rows)
     if not ratios:
         return None
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["decode throughput ÷ fp16", "peak memory ÷ fp16"])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["decode throughput<br>÷ fp16", "peak memory<br>÷ fp16"])
     ref = {r["variant"]: r for r in ratios}
     xs = [v for v in _order(ref)]
     for c, (rk, mk) in enumerate((("ref_tok_s_ratio", "run_tok_s_ratio"), ("ref_mem_ratio", "run_mem_ratio"))):
@@ -205,13 +231,12 @@ def reference_figure(rows: list[dict]):
                                  name=f"this run: {model} (÷ {next(iter(mine.values()))['baseline']})",
                                  marker_color=_color(i), showlegend=c == 0, legendgroup=model), row=1, col=c + 1)
     fig.add_hline(y=1.0, line_dash="dot", line_color="#888")
-    fig.update_layout(barmode="group", height=430, title="Against the published table (ratios, batch 1)")
+    phone_safe_layout(fig, "Against the published table", "ratios to fp16, batch 1", barmode="group", height=460)
     return fig
 
 
-QUALITY_METRICS = [("perplexity", "perplexity, English (lower is better)"),
-                   ("perplexity_zh", "perplexity, Chinese (lower is better)"),
-                   ("accuracy", "ARC-Easy accuracy (higher is better)")]
+QUALITY_METRICS = [("perplexity", "perplexity<br>English ↓"), ("perplexity_zh", "perplexity<br>Chinese ↓"),
+                   ("accuracy", "ARC-Easy<br>accuracy ↑")]
 
 
 def quality_rows(rows: list[dict]) -> list[dict]:
@@ -240,7 +265,7 @@ def quality_figure(rows: list[dict]):
                 mode="markers+text", textposition="top center", name=model, legendgroup=model,
                 showlegend=c == 0, marker=dict(size=11, color=_color(mi)),
                 hovertemplate="%{text}: %{y:.4g} at %{x:.3f} GB<extra>" + model + "</extra>"), row=1, col=c + 1)
-    fig.update_xaxes(title_text="weights in memory, GB")
-    fig.update_layout(title="Quality vs memory (one point per variant; perplexity compares variants of one "
-                            "model only: the tokenizers differ)", height=480)
+    fig.update_xaxes(title_text="weights in memory, GB", row=1, col=2)   # once: three ran into each other on a phone
+    phone_safe_layout(fig, "Quality vs memory", "one point per variant; ↓ lower is better, ↑ higher is better; "
+                      "perplexity compares variants of one model only (the tokenizers differ)", height=500)
     return fig

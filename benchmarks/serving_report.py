@@ -7,6 +7,7 @@ import html
 import json
 
 from .html_parts import CSS, figure_html, fmt_cell, html_table
+from .plots import phone_safe_layout
 
 SERVE_COLS = ["concurrency", "request_rate", "requests", "errors", "req_s", "tok_s", "ttft_ms", "ttft_ms_p90",
               "ttft_ms_p99", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s",
@@ -25,7 +26,7 @@ def _figures(rows: list[dict]):
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         return None
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Latency vs concurrency", "Throughput vs concurrency"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Latency vs<br>concurrency", "Throughput vs<br>concurrency"))
     for rate in dict.fromkeys(r.get("request_rate") for r in ok):
         pts = sorted((r for r in ok if r.get("request_rate") == rate), key=lambda r: r["concurrency"])
         tag = "rate inf" if rate is None else f"rate {rate:g}/s"
@@ -38,9 +39,10 @@ def _figures(rows: list[dict]):
                                  name=f"output tok/s ({tag})"), row=1, col=2)
         fig.add_trace(go.Scatter(x=x, y=[r.get("req_s") for r in pts], mode="lines+markers",
                                  name=f"requests/s ({tag})", line={"dash": "dot"}), row=1, col=2)
-    fig.update_xaxes(title_text="concurrency (requests in flight)", type="log")
+    fig.update_xaxes(type="log")
+    fig.update_xaxes(title_text="concurrency (requests in flight)", row=1, col=1)   # once: two collide on a phone
     fig.update_yaxes(title_text="ms", row=1, col=1)
-    fig.update_layout(height=420, margin={"t": 40, "b": 40})
+    phone_safe_layout(fig, "Serving: latency and throughput", "", height=480)
     return fig
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import secrets
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ TABLE_CSS = """
 #bench-table .table-wrap { overflow-x: auto; }
 """
 RESULTS_ROOT: Path | None = None   # where the app's runs go; None: ``results_root()``
+NOTE_CHARS = 44                    # a line of an empty plot panel's note, on a 390 px phone
 
 
 @dataclass
@@ -161,7 +163,7 @@ def start_job(manager: ModelManager, models, variants, batch_sizes, prompt_token
 def busy_banner(job: Job | None) -> str:
     if job is None or job.done:
         return ""
-    return (f'<div class="warn" style="background:#fff4ce;border:1px solid #e0c36a;padding:8px 12px">⏳ A benchmark '
+    return (f'<div class="warn" style="background:#fff4ce;border:1px solid #e0c36a;padding:8px 12px">◔ A benchmark '
             f"is running on <b>{html.escape(job.device)}</b>. Chat still works, but it shares the device: replies "
             f"are slower and chatting disturbs the benchmark's timings.</div>")
 
@@ -176,7 +178,7 @@ def status_text(job: Job | None) -> str:
     if job.cancel.is_set():
         head += " · stopped"
     if job.error:
-        head += f"  \n❌ {html.escape(job.error)}"
+        head += f"  \n✗ {html.escape(job.error)}"
     return head + f"  \nResults folder: `{job.out}`"
 
 
@@ -216,7 +218,9 @@ def note_figure(text: str):
     """A plot panel that says why there is nothing to plot (instead of gradio's empty broken-chart panel)."""
     import plotly.graph_objects as go
     fig = go.Figure()
-    fig.add_annotation(text=html.escape(text), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+    lines = textwrap.wrap(text, NOTE_CHARS)     # one long line ran off a phone's screen
+    fig.add_annotation(text="<br>".join(html.escape(line) for line in lines), x=0.5, y=0.5, xref="paper",
+                       yref="paper", showarrow=False,
                        font={"size": 14})
     fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, height=220,
                       margin={"l": 10, "r": 10, "t": 10, "b": 10}, plot_bgcolor="rgba(0,0,0,0)")
@@ -289,10 +293,11 @@ def build_benchmark_tab(manager: ModelManager, device: str | None = None, defaul
                          label="Results (live)", elem_id="bench-table")
     compact = gr.HTML("", elem_id="bench-compact")
     with gr.Row():
-        bars = gr.Plot(label="Per variant", elem_id="bench-bars")
+        # no label badge: it sat on the figure's title (which says the same)
+        bars = gr.Plot(label="Per variant", show_label=False, elem_id="bench-bars")
     with gr.Row():
-        scatter = gr.Plot(label="Memory vs throughput", elem_id="bench-scatter")
-        sweep = gr.Plot(label="Sweep", elem_id="bench-sweep")
+        scatter = gr.Plot(label="Memory vs throughput", show_label=False, elem_id="bench-scatter")
+        sweep = gr.Plot(label="Sweep", show_label=False, elem_id="bench-sweep")
     download = gr.File(label="Download results (csv + json + html report)", interactive=False,
                        elem_id="bench-download")
     timer = gr.Timer(1.0)   # always on: cheap when nothing changed, and a reloaded page finds a running sweep

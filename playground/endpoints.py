@@ -230,12 +230,12 @@ class Endpoint:
         try:
             models = self.list_models(timeout_s=timeout_s)
         except EndpointError as exc:
-            return f"⚠️ {exc}"
+            return f"⚠ {exc}"
         listed = ", ".join(models[:5]) + (" …" if len(models) > 5 else "") if models else "no models listed"
         hint = ""
         if self.model and models and self.model not in models:
             hint = f" — note: {self.model!r} is not among them"
-        return f"✅ reachable ({listed}){hint}"
+        return f"✓ reachable ({listed}){hint}"
 
 
 MAX_MODELS_BYTES = 1 << 20          # a model list is a few kB
@@ -676,5 +676,5 @@ def load_endpoints_file(path: str | Path) -> list[Endpoint]:
 def describe_endpoint(ep: Endpoint) -> str:
     """The status line of a selected endpoint (Markdown)."""
     model = f" · model `{ep.model}`" if ep.model else " · model: the server's"
-    return (f"🌐 **{ep.choice}** → {ep.url}{model} · API key: {ep.key_source} · served remotely: TTFT and tok/s "
+    return (f"↔ **{ep.choice}** → {ep.url}{model} · API key: {ep.key_source} · served remotely: TTFT and tok/s "
             f"are measured here, memory is the server's")

@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import GenerationError, InvalidParameterError, PromptTooLongError, is_out_of_memory
 from .fast_decode import last_logits_kwargs, reply_session
@@ -22,6 +22,9 @@ MAX_NEW_TOKENS_LIMIT = 8192
 # KV-cache storage: "default" keeps keys/values in the model's dtype; the others are transformers' QuantizedCache
 # (KIVI-style: per-channel groups of 64, the newest 128 tokens kept in full precision) as (backend, bits)
 KV_CACHE_OPTIONS = {"default": None, "int8": ("hqq", 8), "int4": ("quanto", 4), "int2": ("quanto", 2)}
+# A prompt longer than this is read in chunks of it, one forward pass each: Stop acts between two chunks (and the
+# model's lock is let go between them), so a cancelled 20k-token prompt holds the model for one chunk at most.
+PREFILL_CHUNK_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -267,14 +270,50 @@ def _start_stats(lm: LoadedModel, params: GenerationParams, n_prompt: int, mode:
     return stats, max_new
 
 
+def prefill_chunks(n_tokens: int, chunk: int | None = None) -> list[tuple[int, int]]:
+    """(start, end) of each chunk of an ``n_tokens`` prompt (``PREFILL_CHUNK_TOKENS`` each unless ``chunk`` says);
+    one chunk when it fits in one."""
+    chunk = chunk or PREFILL_CHUNK_TOKENS
+    return [(start, min(start + chunk, n_tokens)) for start in range(0, n_tokens, chunk)] or [(0, 0)]
+
+
+def prefill(lm: LoadedModel, model, session, ids, past=None, keep: dict | None = None,
+            cancel: threading.Event | None = None, on_prefill: Callable[[int, int], None] | None = None):
+    """Read the prompt ``ids`` [1, n] into the cache in chunks (``prefill_chunks``), holding the model's lock for
+    one chunk at a time. Returns (the last position's logits, the cache), or (None, the cache) when ``cancel`` was
+    set between two chunks. The model finds each chunk's positions from the cache's length (DynamicCache,
+    QuantizedCache and the fast decoder's StaticCache all count the tokens they hold). ``session`` is the reply's
+    ``FastSession``: its static cache when it has one, else ``past`` (None: the model makes a DynamicCache)."""
+    n, keep = ids.shape[1], keep or {}
+    logits = None
+    for k, (start, end) in enumerate(prefill_chunks(n)):
+        if k and cancel is not None and cancel.is_set():
+            return None, past
+        chunk = ids if end - start == n else ids[:, start:end]
+        with lm.lock:
+            if lm.model is None:
+                raise GenerationError(f"{lm.label} was unloaded during the reply")
+            if session.fast:
+                logits = session.prefill(chunk)
+            else:
+                out = model(input_ids=chunk, past_key_values=past, use_cache=True, **keep)
+                past, logits = out.past_key_values, out.logits[:, -1, :]
+        if on_prefill is not None:
+            on_prefill(end, n)
+    return logits, past
+
+
 def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = None,
                  params: GenerationParams | None = None, cancel: threading.Event | None = None,
-                 prompt_ids: list[int] | None = None) -> Iterator[StreamEvent]:
+                 prompt_ids: list[int] | None = None,
+                 on_prefill: Callable[[int, int], None] | None = None) -> Iterator[StreamEvent]:
     """Yield the reply as it grows; the last event has ``done=True`` and the stats.
 
-    Prefill and decode through the fast decoder (static cache, compiled step) or eagerly, one token a step:
-    ``TokenChooser`` picks it, ``ReplyTimer`` times it, ``IncrementalDetokenizer`` turns it into text.
-    Stopping: set ``cancel`` or simply stop iterating (``close()`` the generator); the model stays usable.
+    Prefill (in chunks of ``PREFILL_CHUNK_TOKENS``; ``on_prefill(tokens done, total)`` after each) and decode
+    through the fast decoder (static cache, compiled step) or eagerly, one token a step: ``TokenChooser`` picks
+    it, ``ReplyTimer`` times it, ``IncrementalDetokenizer`` turns it into text.
+    Stopping: set ``cancel`` (acts between two prefill chunks, or before the next token) or simply stop iterating
+    (``close()`` the generator); the model stays usable.
     """
     import torch
 
@@ -321,17 +360,21 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                         if cancel is not None and cancel.is_set():
                             stats.finish_reason = "stopped"
                             break
-                        with lm.lock:
-                            if lm.model is None:
-                                raise GenerationError(f"{lm.label} was unloaded during the reply")
-                            if not session.fast:
-                                out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
-                                past = out.past_key_values
-                                logits = out.logits[:, -1, :]
-                            elif step == 0:
-                                logits = session.prefill(ids)
-                            else:
-                                logits = session.step(ids)
+                        if step == 0:
+                            logits, past = prefill(lm, model, session, ids, past, keep, cancel, on_prefill)
+                            if logits is None:       # Stop between two chunks of the prompt
+                                stats.finish_reason = "stopped"
+                                break
+                        else:
+                            with lm.lock:
+                                if lm.model is None:
+                                    raise GenerationError(f"{lm.label} was unloaded during the reply")
+                                if session.fast:
+                                    logits = session.step(ids)
+                                else:
+                                    out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
+                                    past = out.past_key_values
+                                    logits = out.logits[:, -1, :]
                         next_id, ids = chooser.choose(logits, step, all_ids)
                         timer.token(step)
                         if next_id in stop_ids and step >= params.min_new_tokens:

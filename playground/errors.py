@@ -40,6 +40,11 @@ class MemoryBudgetError(PlaygroundError):
     """The model cannot fit the configured memory budget even after unloading others."""
 
 
+class LoadCancelled(PlaygroundError):
+    """A load (conversion, quantization, reading weights) stopped by its user (``progress.LoadTracker``'s Cancel):
+    nothing half-made is kept."""
+
+
 class UsageError(PlaygroundError):
     """Command-line arguments that cannot work together: printed as one line, exit status 2."""
 

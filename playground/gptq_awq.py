@@ -281,7 +281,7 @@ def _quantize(
 
     # Progress per layer part and per layer. gptqmodel calls both callbacks on its main loop's thread with
     # raise_in_place (looper/module_looper.py, callbackup / _subset_event_dispatch), so a ``report`` that raises
-    # (the UI's Cancel: progress.LoadCancelled) ends ``model.quantize`` and ``building`` below drops the
+    # (the UI's Cancel: errors.LoadCancelled) ends ``model.quantize`` and ``building`` below drops the
     # half-written folder. (The finalize callback, submodule_finalized=True, can come from a watcher thread where
     # an exception is only logged: it reports nothing.)
     def on_layer(layer_idx: int, submodule_finalized: bool, **_: Any) -> None:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from .errors import PlaygroundError
+from .errors import LoadCancelled
 
 
 class Progress(Protocol):
@@ -56,10 +56,6 @@ ProgressFn = Callable[[float, str], None]
 
 
 # ---- a load that can be watched and cancelled (the Chat and Compare load bars) ----------------------------------
-class LoadCancelled(PlaygroundError):
-    """A load (conversion, quantization, reading weights) stopped by its user: nothing half-made is kept."""
-
-
 _COUNT = re.compile(r"(\d+)\s*/\s*(\d+)")
 
 
@@ -92,7 +88,7 @@ class LoadSnapshot:
         parts.append(f"{fmt_seconds(self.elapsed_s)} elapsed")
         if self.eta_s is not None:
             parts.append(f"about {fmt_seconds(self.eta_s)} left")
-        head = "⏹ Cancelling" if self.cancelling else "⏳ Loading"
+        head = "■ Cancelling" if self.cancelling else "◔ Loading"
         return f"{head} {self.what}: " + " · ".join(parts)
 
 

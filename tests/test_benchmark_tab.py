@@ -115,7 +115,7 @@ def test_background_sweep_fills_table_plots_and_zip(manager, smollm_bf16, tmp_pa
     while not runner.is_running() and time.monotonic() < deadline:   # the sweep's thread has started
         time.sleep(0.05)
     assert runner.is_running() and not job.done
-    send = ui_handler(app, "chat_tab", "send")
+    send = ui_handler(app, "chat_handlers", "send")
     frames = list(send("smollm2-135m-instruct", "bf16", "What is the capital of France?", [], "", 8, 0.7, 0.9, 50, 1.0,
                        -1, True, "default", _Request(), lambda *a, **k: None))
     history, status_line = frames[-1][1], frames[-1][3]
@@ -192,7 +192,7 @@ def _tick_after(app, monkeypatch, job):
 
 def _note(fig) -> str:
     """The 'nothing to plot' note of a panel ("" for a real plot; its subplot titles are annotations too)."""
-    texts = [a.text for a in fig.layout.annotations] if fig is not None else []
+    texts = [a.text.replace("<br>", " ") for a in fig.layout.annotations] if fig is not None else []
     return next((t for t in texts if t.startswith("nothing to plot")), "")
 
 

@@ -59,7 +59,7 @@ def test_a_cut_reply_says_so_and_continue_extends_it(manager, smollm_bf16):
     from playground.engine import GenerationParams, chat
     from playground.ui.app import build_app
     app = build_app(manager)
-    send, cont = ui_handler(app, "chat_tab", "send"), ui_handler(app, "chat_tab", "continue_reply")
+    send, cont = ui_handler(app, "chat_handlers", "send"), ui_handler(app, "chat_handlers", "continue_reply")
     args = ("", 8, 0.7, 0.9, 50, 1.0, -1, True, "default", _Request(), lambda *a, **k: None)
     frames = list(send(DEFAULT_MODEL, "bf16", "Tell me about Paris.", [], *args))
     hist = frames[-1][1]
@@ -111,7 +111,7 @@ def test_endpoint_slots_stream_at_the_same_time_and_local_slots_say_which_they_w
     assert "at the same time: slot 3 → slot 4 | slot 1 | slot 2" in str(frames[1][-1])
     last = frames[-1]
     assert last[0] == final and last[1] == final and last[2] and last[3], last[:4]
-    assert all("TTFT" in b for b in last[4:8]) and "✅ done" in last[8]
+    assert all("TTFT" in b for b in last[4:8]) and "✓ done" in last[8]
     # a shared app that allows one reply per user at a time: all slots in one lane
     one = dataclasses.replace(ctx, policy=dataclasses.replace(ctx.policy, replies_per_user=1))
     assert compare_tab.slot_lanes(one, [(DEFAULT_MODEL, "bf16"), ("endpoint:a", "served")]) == [[0, 1]]

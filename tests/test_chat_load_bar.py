@@ -50,7 +50,7 @@ def _percent(bar: str) -> float:
 def test_gptq_load_bar_cancel_leaves_no_checkpoint_and_the_next_load_says_what_it_waited_for(
         tiny_folder, tmp_path, monkeypatch):
     from playground.manager import ModelManager
-    from playground.ui import chat_tab, loading
+    from playground.ui import chat_handlers, loading
     from playground.ui.app import build_app
     monkeypatch.setenv("PLAYGROUND_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(loading, "POLL_S", 0.05)
@@ -59,21 +59,21 @@ def test_gptq_load_bar_cancel_leaves_no_checkpoint_and_the_next_load_says_what_i
 
     # 1. Cancel during the calibration: the message goes back to the box, no error, no checkpoint folder
     frames, stopped = [], False
-    for f in chat_tab.send(ctx, str(tiny_folder), "gptq", "Hello", [], "", _Request(), None, **PARAMS):
+    for f in chat_handlers.send(ctx, str(tiny_folder), "gptq", "Hello", [], "", _Request(), None, **PARAMS):
         frames.append(f)
         if not stopped and isinstance(f[4], str) and "GPTQ calibration" in f[4]:
-            chat_tab.stop(ctx, _Request())            # the Cancel button (and Stop) send this
+            chat_handlers.stop(ctx, _Request())            # the Cancel button (and Stop) send this
             stopped = True
     bars = [f[4] for f in frames if isinstance(f[4], str) and 'role="progressbar"' in f[4]]
     assert any("GPTQ calibration" in b and "of 2)" in b and "elapsed" in b for b in bars), bars
     chatbot, history, box, status = frames[-1][:4]
-    assert status.startswith("⏹ Cancelled: loading") and "nothing half-made was kept" in status, status
+    assert status.startswith("■ Cancelled: loading") and "nothing half-made was kept" in status, status
     assert history == [] and box == "Hello" and frames[-1][4] == ""
     assert not [p.name for p in quantized.iterdir() if not p.name.endswith(".lock")], list(quantized.iterdir())
     assert ctx.find(str(tiny_folder), "gptq") is None and not ctx.cancels.running("load-bar-test", "chat")
 
     # 2. The next send quantizes to the end: the bar moves, gives an estimate, and the badge names the wait
-    frames = list(chat_tab.send(ctx, str(tiny_folder), "gptq", "Hello", [], "", _Request(), None, **PARAMS))
+    frames = list(chat_handlers.send(ctx, str(tiny_folder), "gptq", "Hello", [], "", _Request(), None, **PARAMS))
     bars = [f[4] for f in frames if isinstance(f[4], str) and 'role="progressbar"' in f[4]]
     percents = [_percent(b) for b in bars]
     assert percents == sorted(percents) and len(set(percents)) >= 4, percents       # it moves, never back
@@ -88,7 +88,8 @@ def test_gptq_load_bar_cancel_leaves_no_checkpoint_and_the_next_load_says_what_i
 def test_reading_weights_reports_each_step_and_a_cancel_stops_it(tiny_folder):
     """The bitsandbytes/bf16 load stage had no steps (the bar sat at 60 %): transformers' weight loop reports."""
     from playground.manager import ModelManager
-    from playground.progress import LoadCancelled, LoadTracker
+    from playground.errors import LoadCancelled
+    from playground.progress import LoadTracker
     seen = []
     manager = ModelManager(device="cpu")
     manager.get(str(tiny_folder), "bf16", progress=lambda f, m: seen.append((f, m)))

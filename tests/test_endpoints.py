@@ -162,7 +162,7 @@ def test_unreachable_endpoint_is_a_clear_error_and_a_recorded_benchmark_failure(
     dead = Endpoint(f"http://127.0.0.1:{free_port()}/v1", name="dead")
     with pytest.raises(EndpointError, match=r"cannot reach endpoint:dead .*is the server running"):
         chat_endpoint(dead, FRANCE, params=greedy(4))
-    assert dead.probe().startswith("⚠️ cannot reach")
+    assert dead.probe().startswith("⚠ cannot reach")
     cfg = ServeConfig(url=dead.url, concurrency=[1, 4], requests=3, prompt_tokens=16, new_tokens=4, warmup=0,
                       out=str(tmp_path / "dead"))
     data = run_serving(cfg)
@@ -224,12 +224,12 @@ def test_chat_and_compare_with_an_endpoint_slot_beside_a_local_slot(served, mana
     ctx = app.playground_ctx
     add = ui_handler(app, "served", "add")
     table, choice, key_box, note = add(served.url, served.model_dir, "ts", SECRET, _Request())
-    assert key_box == "" and "endpoint:ts" in note and "✅ reachable" in note
+    assert key_box == "" and "endpoint:ts" in note and "✓ reachable" in note
     assert ctx.endpoints_of(_Request()).get("endpoint:ts").key() == SECRET
     # the endpoint (and its key) belongs to the session that added it: another user neither sees nor reaches it
     assert "endpoint:ts" not in ctx.endpoints_of(_OtherSession()).choices()
     assert "endpoint:dead" in ctx.endpoints_of(_OtherSession()).choices()          # launch-time: everyone's
-    send = ui_handler(app, "chat_tab", "send")
+    send = ui_handler(app, "chat_handlers", "send")
     with pytest.raises(Exception, match="no endpoint named 'ts'"):
         list(send("endpoint:ts", "bf16", "Hi", [], "", 8, 0.7, 0.9, 50, 1.0, -1, True, "default", _OtherSession(),
                   lambda *a, **k: None))

@@ -104,7 +104,7 @@ def test_the_chat_busy_note_follows_what_shares_the_device():
     assert device_busy_note() == "" and not runner.is_running()
     with sharing_device(runner.DEVICE_SHARER):
         assert runner.is_running() and device_sharers() == ["benchmark"]
-        assert device_busy_note() == ("⏳ A benchmark is running on this machine: replies share the device with it "
+        assert device_busy_note() == ("◔ A benchmark is running on this machine: replies share the device with it "
                                       "(slower), and chatting disturbs the benchmark's timings.")
     assert device_busy_note() == "" and not runner.is_running() and device_sharers() == []
 

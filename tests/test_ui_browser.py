@@ -89,7 +89,7 @@ def test_chat_streams_the_answer_with_a_badge(page):
     wait_for_new_badge(page, old_badge)
     expect(bot(page)).to_have_count(1)
     expect(bot(page).last).to_contain_text("Paris")
-    # the Chatbot's own 🗑 icon clears the conversation the model sees too, not just the display
+    # the Chatbot's own trash icon clears the conversation the model sees too, not just the display
     page.locator('#chat-chatbot button[aria-label="Clear"]').click()
     expect(user(page)).to_have_count(0)
     send(page, FRANCE)
@@ -180,7 +180,7 @@ def test_unknown_model_shows_an_error_and_the_app_keeps_serving(page):
     expect(user(page)).to_have_count(0)
     model.fill(DEFAULT_MODEL)
     model.press("Enter")
-    expect(page.locator("#chat-status")).to_contain_text("✅")
+    expect(page.locator("#chat-status")).to_contain_text("✓")
     set_params(page, "chat", 16)
     send(page, FRANCE)
     expect(badges(page)).to_have_count(1, timeout=REPLY_TIMEOUT)

@@ -411,7 +411,7 @@ def test_compare_four_slots_each_answer_with_their_badge(page):
     page.locator("#compare-run").click()
     status = page.locator("#compare-status")
     expect(status).to_contain_text("slot 4:", timeout=60_000)          # the memory plan names all 4 slots
-    expect(status).to_contain_text("✅ done", timeout=4 * LOAD_TIMEOUT)
+    expect(status).to_contain_text("✓ done", timeout=4 * LOAD_TIMEOUT)
     expect(status).not_to_contain_text("failed")
     for i, variant in enumerate(COMPARE_VARIANTS):
         badge = page.locator(f"#compare-badge-{i} .reply-badge")
@@ -419,7 +419,7 @@ def test_compare_four_slots_each_answer_with_their_badge(page):
         expect(badge).to_contain_text(re.compile(rf"TTFT \d+ ms · [\d.]+ tok/s · \d+ tokens · .* · {variant}$"))
         reply = page.locator(f"#compare-reply-{i}")
         text = reply.inner_text().strip()
-        assert text and not text.startswith(("⚠️", "*waiting", "*loading", "*(empty")), (variant, text)
+        assert text and not text.startswith(("⚠", "*waiting", "*loading", "*(empty")), (variant, text)
         if variant in ("bf16", "fp32"):                                   # unquantized: the plain answer
             expect(reply).to_contain_text("Paris")
     expect(error_toasts(page)).to_have_count(0)
@@ -455,7 +455,7 @@ def test_chat_unload_then_the_next_message_loads_the_model_again(page):
     expect(badges(page)).to_have_count(2, timeout=LOAD_TIMEOUT)
     expect(bot(page).last).to_contain_text("Rome")
     expect(status).to_contain_text(label)
-    expect(status).to_contain_text("✅")
+    expect(status).to_contain_text("✓")
     expect(status).to_contain_text(re.compile(r"load \d+\.\d s"))
     expect(error_toasts(page)).to_have_count(0)
     open_tab(page, "Models")

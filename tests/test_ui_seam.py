@@ -56,21 +56,21 @@ def test_events_send_the_parameters_as_one_named_group_in_the_old_wire_order(app
 
 
 def test_handlers_are_module_level_functions_of_ctx(app):
-    from playground.ui import chat_tab, compare_tab
-    assert ui_event(app, "chat-send").fn.__wrapped__ is chat_tab.send
+    from playground.ui import chat_handlers, compare_tab
+    assert ui_event(app, "chat-send").fn.__wrapped__ is chat_handlers.send
     assert ui_event(app, "compare-run").fn.__wrapped__ is compare_tab.run
     assert ui_event(app, "chat-send").fn.__name__ == "send"          # the event's api_name stays "send"
     ctx = app.playground_ctx
     with pytest.warns(UserWarning, match="The message is empty"):
-        frames = list(chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "   ", [], "", _Request(), None, **VALUES))
+        frames = list(chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", "   ", [], "", _Request(), None, **VALUES))
     assert len(frames) == 1
 
 
 def test_send_imported_by_name_replies(manager, smollm_bf16):
-    from playground.ui import chat_tab
+    from playground.ui import chat_handlers
     from playground.ui.app import build_app
     ctx = build_app(manager).playground_ctx
-    frames = list(chat_tab.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "",
+    frames = list(chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "",
                                 _Request(), None, **VALUES))
     history = frames[-1][1]
     assert "Paris" in history[-1]["content"] and "TTFT" in history[-1]["badge"]

@@ -36,7 +36,7 @@ footer { display: none !important; }
 #chat-loading { gap: 8px; align-items: center; }
 #chat-loading:not(:has(.load-bar)) { display: none; }
 .status-line, .status-line * { white-space: normal; overflow-wrap: anywhere; }
-/* a failed event's "Error" pill sat on the status text, which already says "⚠️ Error: ..." (the toast has it too) */
+/* a failed event's "Error" pill sat on the status text, which already says "⚠ Error: ..." (the toast has it too) */
 .status-line [data-testid="status-tracker"]:has(.error) { display: none !important; }
 .context-meter { font-size: 0.85em; opacity: 0.85; }
 /* tables scroll sideways instead of breaking words one letter per line */

@@ -317,7 +317,7 @@ def device_busy_note() -> str:
 
     The sweep says so through ``playground.device_use`` (the UI does not import ``benchmarks``)."""
     from ..device_use import device_sharers
-    return "  \n".join(f"⏳ A {what} is running on this machine: replies share the device with it (slower), and "
+    return "  \n".join(f"◔ A {what} is running on this machine: replies share the device with it (slower), and "
                        f"chatting disturbs the {what}'s timings." for what in device_sharers())
 
 
@@ -333,7 +333,7 @@ def badge_text(stats: ReplyStats, continue_hint: bool = False) -> str:
 def badge_html(stats: ReplyStats | None = None, text: str | None = None) -> str:
     """The stats line under a reply; the ``reply-badge`` class is what the CSS styles and the tests look for."""
     text = text if text is not None else badge_text(stats) if stats else ""
-    return f'<span class="reply-badge">📊 {html.escape(text)}</span>' if text else ""
+    return f'<span class="reply-badge">{html.escape(text)}</span>' if text else ""
 
 
 def gb(n: int | float) -> str:
@@ -350,7 +350,7 @@ def describe_loaded(lm: LoadedModel) -> str:
         parts.append(f"kernel {lm.kernel}")
     if not lm.has_chat_template:
         parts.append("no chat template: completion mode")
-    line = "✅ Loaded: " + " · ".join(parts)
+    line = "✓ Loaded: " + " · ".join(parts)
     if s.notes:
-        line += "  \n" + "  \n".join(f"ℹ️ {html.escape(n)}" for n in s.notes)
+        line += "  \n" + "  \n".join(f"ℹ {html.escape(n)}" for n in s.notes)
     return line

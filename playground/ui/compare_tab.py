@@ -21,10 +21,10 @@ import gradio as gr
 
 from ..catalog import resolve
 from ..endpoints import is_endpoint_name
-from ..errors import PlaygroundError
+from ..errors import LoadCancelled, PlaygroundError
 from ..manager import check_variant_available
 from ..variants import get_variant
-from ..progress import LoadCancelled, LoadTracker
+from ..progress import LoadTracker
 from .common import (PRIVATE, ParamWidgets, UIContext, badge_html, bind, device_busy_note, gb, model_dropdown,
                      params_accordion, params_from, session_id, user_error, variant_dropdown)
 from .loading import REPLY_POOL, bar_html, load_in_thread
@@ -158,7 +158,7 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
     lines, refusal = memory_plan(ctx, slots, request)
     if refusal:
         gr.Warning(refusal.splitlines()[0])
-        yield frame("⛔ Refused: " + html.escape(refusal).replace("\n", "  \n"))
+        yield frame("✗ Refused: " + html.escape(refusal).replace("\n", "  \n"))
         return
     plan = "  \n".join(lines + [note for note in [device_busy_note()] if note])
     for i in range(MAX_SLOTS):
@@ -175,7 +175,9 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
     box: queue.Queue = queue.Queue()
     for lane in lanes:          # on the reply pool (warm OpenMP teams: see ui/loading.py)
         REPLY_POOL.submit(_run_lane, ctx, lane, slots, request, msgs, system_prompt, gen_params, cancel, box.put)
-    yield frame(plan + "  \n" + lanes_line(lanes))
+    order = lanes_line(lanes)
+    plan += f"  \n{order}" if order else ""        # kept to the end: how the slots ran beside their numbers
+    yield frame(plan)
     loading, generating, lanes_left, finished = {}, set(), len(lanes), False
     try:
         while lanes_left:
@@ -209,14 +211,14 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
                 loading.pop(i, None)
                 generating.discard(i)
                 out_replies[i] = ("*skipped (stopped)*" if kind == "skipped" else
-                                  f"⏹ {html.escape(value)}" if kind == "cancelled" else
-                                  f"⚠️ Error: {html.escape(value)}")
+                                  f"■ {html.escape(value)}" if kind == "cancelled" else
+                                  f"⚠ Error: {html.escape(value)}")
                 out_badges[i] = ""
                 if kind == "error":
                     failed.append(i + 1)
-            now = [f"⏳ slot {j + 1}: {html.escape(snap.line())}" for j, snap in sorted(loading.items())]
+            now = [f"slot {j + 1}: {html.escape(snap.line())}" for j, snap in sorted(loading.items())]
             if generating:
-                now.append("▶️ generating: " + ", ".join(f"slot {j + 1}" for j in sorted(generating)))
+                now.append("▶ generating: " + ", ".join(f"slot {j + 1}" for j in sorted(generating)))
             yield frame(plan + ("  \n" + "  \n".join(now) if now else ""))
         finished = True
     finally:
@@ -224,7 +226,7 @@ def run(ctx: UIContext, text, n, system_prompt, request: gr.Request, progress=gr
             cancel.set()
         ctx.cancels.finish(sid, "compare", cancel)
     failed.sort()
-    end = "⏹ stopped" if cancel.is_set() else "✅ done"
+    end = "■ stopped" if cancel.is_set() else "✓ done"
     if failed:
         end += f" (slot {', '.join(map(str, failed))} failed: see the message in the slot)"
     texts = {i + 1: t for i, t in enumerate(answers) if t is not None}
@@ -250,8 +252,8 @@ def lanes_line(lanes: list[list[int]]) -> str:
     def names(lane):
         return " → ".join(f"slot {i + 1}" for i in lane)
     if len(lanes) == 1:
-        return f"⏳ one after another: {names(lanes[0])}" if len(lanes[0]) > 1 else ""
-    return "⏳ at the same time: " + " | ".join(names(lane) for lane in lanes)
+        return f"◔ one after another: {names(lanes[0])}" if len(lanes[0]) > 1 else ""
+    return "◔ at the same time: " + " | ".join(names(lane) for lane in lanes)
 
 
 def _run_lane(ctx, lane, slots, request, msgs, system_prompt, gen_params, cancel, post) -> None:

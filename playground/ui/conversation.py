@@ -61,9 +61,9 @@ def meter_text(lm: LoadedModel | None, history: list[dict], system: str | None, 
     total = lm.context_length
     line = f"context {used} + {budget} of {total} tokens"
     if used >= total:
-        return f"⚠️ {line}: the conversation is longer than the context; Undo or Clear"
+        return f"⚠ {line}: the conversation is longer than the context; Undo or Clear"
     if used + budget > total:
-        return f"⚠️ {line}: the reply will be cut to {total - used} tokens"
+        return f"⚠ {line}: the reply will be cut to {total - used} tokens"
     return line
 
 

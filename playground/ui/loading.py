@@ -3,8 +3,10 @@
 A load (GGUF conversion, GPTQ/AWQ calibration, reading weights) runs on a worker thread while the tab's event
 handler polls its ``LoadTracker`` and streams a bar: stage, steps done of total, elapsed, an estimate, and a
 Cancel (the tracker raises ``LoadCancelled`` at the load's next step; half-written folders are removed by
-``atomic_dir.building``). A reply's events are likewise read on a worker thread (``events_in_thread``), so that
-Stop ends the reply at once even while the model is still processing a long prompt.
+``atomic_dir.building``): ``load_bar_updates``, used by the Chat tab's Load button (``load``) and by a reply that
+has to load first. A reply's events are likewise read on a worker thread (``events_in_thread``), so that
+Stop ends the reply at once even while the model is still processing a long prompt (the engine itself stops
+within one chunk of it, and ``PrefillProgress`` says how much of the prompt is read).
 """
 from __future__ import annotations
 
@@ -14,9 +16,15 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import gradio as gr
+
+from ..endpoints import is_endpoint_name
 from ..engine import build_prompt
+from ..errors import LoadCancelled, PlaygroundError
 from ..manager import LoadedModel
 from ..progress import LoadSnapshot, LoadTracker, fmt_seconds
+from .common import UIContext, describe_loaded, session_id, user_error
+from .served import endpoint_status
 
 POLL_S = 0.5
 # Long-lived worker threads, reused reply after reply: torch's OpenMP pool belongs to the thread that runs the ops,
@@ -37,9 +45,39 @@ def bar_html(snap: LoadSnapshot | None, elem_class: str = "load-bar") -> str:
             f'</div>')
 
 
-def note_html(text: str) -> str:
-    """A line in the bar's place, without a bar (the prompt being processed, the server being waited for)."""
-    return f'<div class="load-bar load-note"><div class="load-bar-text">{html.escape(text)}</div></div>'
+def note_html(text: str, fraction: float | None = None) -> str:
+    """A line in the bar's place (the prompt being processed, the server being waited for), over a bar when
+    ``fraction`` is known."""
+    bar = ""
+    if fraction is not None:
+        pct = max(0.0, min(100.0, fraction * 100))
+        bar = (f'<div class="load-bar-track" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
+               f'aria-valuenow="{pct:.0f}"><div class="load-bar-fill" style="width: {pct:.1f}%"></div></div>')
+    return f'<div class="load-bar load-note">{bar}<div class="load-bar-text">{html.escape(text)}</div></div>'
+
+
+class PrefillProgress:
+    """How much of a long prompt the model has read: ``update`` is the engine's ``on_prefill`` (called on the
+    reply's worker thread after each chunk), ``take`` the handler's look at it (a new value or None)."""
+
+    def __init__(self, total: int | None):
+        self.done, self.total, self._shown = 0, total, (0, total)
+
+    def update(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def take(self) -> tuple[int, int] | None:
+        now = (self.done, self.total)
+        if now == self._shown:
+            return None
+        self._shown = now
+        return now
+
+
+def prefill_note(n_prompt: int, done: int | None = None) -> str:
+    """The line shown until the first token: the prompt's size, then how much of it is read."""
+    read = f"{done} of {n_prompt}" if done is not None else f"{n_prompt}"
+    return f"Processing the prompt ({read} tokens)… Stop ends it."
 
 
 def load_in_thread(load: Callable[[], object], tracker: LoadTracker, poll_s: float | None = None
@@ -63,6 +101,56 @@ def load_in_thread(load: Callable[[], object], tracker: LoadTracker, poll_s: flo
         yield tracker.snapshot()
     if failed:
         raise failed[0]
+
+
+def cancel_button(visible: bool):
+    """The "Cancel loading" button beside the bar: shown while a load runs."""
+    return gr.Button(visible=visible)
+
+
+def load_bar_updates(what: str, cancel: threading.Event, load: Callable[[LoadTracker], object]
+                     ) -> Iterator[tuple[str, str, object]]:
+    """Run ``load(tracker)`` on a worker thread; yield (status line, bar, Cancel shown) until it ends, then
+    re-raise what it raised (``LoadCancelled`` once ``cancel`` is set)."""
+    tracker = LoadTracker(what, cancel)
+    for snap in load_in_thread(lambda: load(tracker), tracker):
+        yield snap.line(), bar_html(snap), cancel_button(True)
+
+
+BUSY = "A reply is generating: press Stop first, then {what}."
+
+
+def warn_if_replying(ctx: UIContext, request, what: str) -> bool:
+    """A reply is generating in this session's Chat: say so (a warning) instead of ignoring the click."""
+    if ctx.cancels.running(session_id(request), "chat"):
+        gr.Warning(BUSY.format(what=what))
+        return True
+    return False
+
+
+def load(ctx: UIContext, model_name, variant_name, request: gr.Request):
+    """The Chat tab's Load button: a bar while it loads (Cancel stops it), then the model's line. Yields (status,
+    bar, Cancel)."""
+    if is_endpoint_name(model_name):   # nothing to load: say whether the server answers
+        yield endpoint_status(ctx, model_name, request, probe=True), "", cancel_button(False)
+        return
+    sid = session_id(request)
+    if warn_if_replying(ctx, request, "load"):
+        yield gr.skip(), gr.skip(), gr.skip()
+        return
+    cancel = ctx.cancels.start(sid, "chat")
+    loaded: list = []
+    try:
+        yield from load_bar_updates(f"{model_name} [{variant_name}]", cancel,
+                                    lambda tracker: loaded.append(ctx.load(model_name, variant_name, tracker)))
+        yield describe_loaded(loaded[0]), "", cancel_button(False)
+    except LoadCancelled as exc:
+        yield f"■ Cancelled: {exc}", "", cancel_button(False)
+    except PlaygroundError as exc:
+        yield f"⚠ Error: {exc}", "", cancel_button(False)
+        raise user_error(str(exc)) from None
+    finally:
+        ctx.cancels.finish(sid, "chat", cancel)
 
 
 def wait_note(lm: LoadedModel, waited_s: float) -> str:
@@ -96,7 +184,7 @@ def events_in_thread(events: Iterator, cancel: threading.Event, poll_s: float = 
     act on).
 
     If the caller stops early (Stop, or the browser went away), ``cancel`` is set: the engine checks it before
-    every step and ends at the next one (a prefill already running finishes first, holding the model till then)."""
+    every step and between two chunks of a long prompt, and ends there (within one chunk of the prefill)."""
     box: queue.Queue = queue.Queue()
     end = object()
 

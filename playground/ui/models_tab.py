@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..manager import GB
-from .common import PRIVATE, UIContext, gb
+from .common import PRIVATE, UIContext, bind, gb
 from .served import build_panel as build_endpoints_panel
 
 COLUMNS = ["model", "variant", "device", "weights GB", "load s", "quantize s", "convert s", "kernel", "notes"]
@@ -49,6 +49,31 @@ def labels(ctx: UIContext) -> list[str]:
     return [f"{lm.name} [{lm.variant}]" for lm in ctx.manager.loaded()]
 
 
+# ---- handlers (``bind(fn, ctx)`` makes the event handler) ------------------------------------------------------------
+def refresh(ctx: UIContext, note: str = ""):
+    """(memory line, table, unload choice, message, unreturned memory): what the tab shows now."""
+    names = labels(ctx)
+    return (memory_line(ctx), table(ctx), gr.Dropdown(choices=names, value=names[0] if names else None),
+            note, unreturned_lines(ctx))
+
+
+def unload(ctx: UIContext, label):
+    """The Unload button: unload the chosen model unless it is generating for someone."""
+    for lm in ctx.manager.loaded():
+        if f"{lm.name} [{lm.variant}]" == label:
+            done, kept = ctx.unload_idle(lm.name, lm.variant)
+            return refresh(ctx, f"⏏ unloaded {label}" if done else _kept_note(kept))
+    if not label:
+        gr.Warning("Choose a loaded model to unload.")
+    return refresh(ctx, f"{label} is not loaded" if label else "")
+
+
+def unload_all(ctx: UIContext):
+    """The Unload all button: every model not generating right now."""
+    done, kept = ctx.unload_idle()
+    return refresh(ctx, f"⏏ unloaded {len(done)} model(s)" + (f"; {_kept_note(kept)}" if kept else ""))
+
+
 def build_tab(ctx: UIContext) -> None:
     with gr.Tab("Models", id="models", elem_id="tab-models") as tab:
         memory = gr.Markdown(memory_line(ctx), elem_id="models-memory")
@@ -65,26 +90,9 @@ def build_tab(ctx: UIContext) -> None:
         message = gr.Markdown("", elem_id="models-message")
         build_endpoints_panel(ctx)
 
-        def refresh(note: str = ""):
-            names = labels(ctx)
-            return (memory_line(ctx), table(ctx), gr.Dropdown(choices=names, value=names[0] if names else None),
-                    note, unreturned_lines(ctx))
-
-        def unload(label):
-            for lm in ctx.manager.loaded():
-                if f"{lm.name} [{lm.variant}]" == label:
-                    done, kept = ctx.unload_idle(lm.name, lm.variant)
-                    return refresh(f"⏏️ unloaded {label}" if done else _kept_note(kept))
-            if not label:
-                gr.Warning("Choose a loaded model to unload.")
-            return refresh(f"{label} is not loaded" if label else "")
-
-        def unload_all():
-            done, kept = ctx.unload_idle()
-            return refresh(f"⏏️ unloaded {len(done)} model(s)" + (f"; {_kept_note(kept)}" if kept else ""))
-
         outs = [memory, loaded, choice, message, leaks]
-        refresh_btn.click(refresh, None, outs, api_visibility=PRIVATE, queue=False)
-        tab.select(refresh, None, outs, api_visibility=PRIVATE, queue=False)
-        unload_btn.click(unload, [choice], outs, api_visibility=PRIVATE)
-        unload_all_btn.click(unload_all, None, outs, api_visibility=PRIVATE)
+        show = bind(refresh, ctx)
+        refresh_btn.click(show, None, outs, api_visibility=PRIVATE, queue=False)
+        tab.select(show, None, outs, api_visibility=PRIVATE, queue=False)
+        unload_btn.click(bind(unload, ctx), [choice], outs, api_visibility=PRIVATE)
+        unload_all_btn.click(bind(unload_all, ctx), None, outs, api_visibility=PRIVATE)

@@ -12,7 +12,7 @@ generating (shared mode does not unload it under its user).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -51,12 +51,14 @@ class ReplySource:
         return describe_loaded(self.loaded)
 
     def stream(self, messages: list[dict], system: str | None, params: GenerationParams,
-               cancel: threading.Event | None = None, progress=None) -> Iterator[StreamEvent]:
-        """The reply's events (text so far, then the last one with ``done`` and the stats); the same for both."""
+               cancel: threading.Event | None = None, progress=None,
+               on_prefill: Callable[[int, int], None] | None = None) -> Iterator[StreamEvent]:
+        """The reply's events (text so far, then the last one with ``done`` and the stats); the same for both.
+        A local model calls ``on_prefill(tokens done, total)`` after each chunk of the prompt it reads."""
         self.ctx.policy.check_params(params)
-        return self._within_policy(messages, system, params, cancel or threading.Event(), progress)
+        return self._within_policy(messages, system, params, cancel or threading.Event(), progress, on_prefill)
 
-    def _within_policy(self, messages, system, params, cancel, progress) -> Iterator[StreamEvent]:
+    def _within_policy(self, messages, system, params, cancel, progress, on_prefill) -> Iterator[StreamEvent]:
         policy = self.ctx.policy
         last, timed_out = None, threading.Event()
         with ExitStack() as held:         # let go of the reply slot and the timer before the last event leaves
@@ -71,7 +73,7 @@ class ReplySource:
             else:
                 self.load(progress)
                 held.enter_context(self.ctx.replying_with(self.loaded.name, self.loaded.variant))
-                events = stream_reply(self.loaded, messages, system, params, cancel)
+                events = stream_reply(self.loaded, messages, system, params, cancel, on_prefill=on_prefill)
             for event in events:
                 if event.done:
                     last = event

@@ -12,7 +12,7 @@ import gradio as gr
 
 from ..endpoints import VARIANT, Endpoint, describe_endpoint, is_endpoint_name
 from ..errors import PlaygroundError
-from .common import PRIVATE, UIContext
+from .common import PRIVATE, UIContext, bind
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def endpoint_status(ctx: UIContext, name: str, request: gr.Request | None = None
     try:
         ep = ctx.endpoints_of(request).get(name)
     except PlaygroundError as exc:
-        return f"⛔ {html.escape(str(exc))}"
+        return f"✗ {html.escape(str(exc))}"
     line = describe_endpoint(ep)
     if probe:
         line += "  \n" + html.escape(ep.probe())
@@ -56,6 +56,44 @@ def endpoint_rows(ctx: UIContext, request: gr.Request | None = None) -> list[lis
     return [[ep.choice, ep.url, ep.model or "(server's)", ep.key_source, ep.timeout_s,
              "this browser session" if reg is not ctx.endpoints and reg.owns(ep.name) else "everyone (set at launch)"]
             for ep in reg.all()]
+
+
+def add(ctx: UIContext, url_value, model_value, name_value, key_value, request: gr.Request):
+    """The Add endpoint button: (table, endpoint choice, key box cleared, message)."""
+    try:
+        ctx.policy.check_user_endpoint()
+        # shared: a stranger's server that sends nothing waits at most the reply time limit, not 5 minutes
+        ep = Endpoint(url=url_value, model=model_value or None, name=name_value or None,
+                      api_key=key_value or None, public_only=ctx.policy.shared,
+                      timeout_s=min(300.0, ctx.policy.reply_deadline_s or 300.0))
+    except PlaygroundError as exc:
+        # the key field is cleared in every case: a key never travels back to the browser
+        return gr.skip(), gr.skip(), "", f"⚠ {html.escape(str(exc))}"
+    reg = ctx.endpoints_of(request, create=True)
+    replaced = ep.name in [e.name for e in reg.all()]
+    reg.add(ep)
+    log.info("endpoint %s added (%s) for one session", ep.choice, ep.url)
+    verb = "replaced" if replaced else "added"
+    note = (f"✓ {verb} **{html.escape(ep.choice)}** → {html.escape(ep.url)}: pick it as the model in Chat or "
+            f"Compare (in this browser tab only).  \n{html.escape(ep.probe())}")
+    return endpoint_rows(ctx, request), gr.Dropdown(choices=reg.choices(), value=ep.choice), "", note
+
+
+def remove(ctx: UIContext, choice_value, request: gr.Request):
+    """The Remove button: only an endpoint this session added goes; (table, endpoint choice, message)."""
+    if not choice_value:
+        return gr.skip(), gr.skip(), "Choose an endpoint to remove."
+    reg = ctx.endpoints_of(request)
+    if reg.owns(choice_value) and reg is not ctx.endpoints:
+        reg.remove(choice_value)
+        message = f"✗ removed {html.escape(choice_value)}"
+    elif choice_value in reg:
+        message = (f"{html.escape(choice_value)} was set when the app was launched (--endpoint or "
+                   f"--endpoints-file) and is shared by every user: it cannot be removed here")
+    else:
+        message = f"{html.escape(choice_value)} is not known"
+    names = reg.choices()
+    return (endpoint_rows(ctx, request), gr.Dropdown(choices=names, value=names[0] if names else None), message)
 
 
 def build_panel(ctx: UIContext) -> None:
@@ -85,41 +123,7 @@ def build_panel(ctx: UIContext) -> None:
         remove_btn = gr.Button("Remove", variant="stop", scale=1, min_width=100, elem_id="endpoint-remove")
     message = gr.Markdown("", elem_id="endpoint-message")
 
-    def add(url_value, model_value, name_value, key_value, request: gr.Request):
-        try:
-            ctx.policy.check_user_endpoint()
-            # shared: a stranger's server that sends nothing waits at most the reply time limit, not 5 minutes
-            ep = Endpoint(url=url_value, model=model_value or None, name=name_value or None,
-                          api_key=key_value or None, public_only=ctx.policy.shared,
-                          timeout_s=min(300.0, ctx.policy.reply_deadline_s or 300.0))
-        except PlaygroundError as exc:
-            # the key field is cleared in every case: a key never travels back to the browser
-            return gr.skip(), gr.skip(), "", f"⚠️ {html.escape(str(exc))}"
-        reg = ctx.endpoints_of(request, create=True)
-        replaced = ep.name in [e.name for e in reg.all()]
-        reg.add(ep)
-        log.info("endpoint %s added (%s) for one session", ep.choice, ep.url)
-        verb = "replaced" if replaced else "added"
-        note = (f"✅ {verb} **{html.escape(ep.choice)}** → {html.escape(ep.url)}: pick it as the model in Chat or "
-                f"Compare (in this browser tab only).  \n{html.escape(ep.probe())}")
-        return endpoint_rows(ctx, request), gr.Dropdown(choices=reg.choices(), value=ep.choice), "", note
-
-    def remove(choice_value, request: gr.Request):
-        if not choice_value:
-            return gr.skip(), gr.skip(), "Choose an endpoint to remove."
-        reg = ctx.endpoints_of(request)
-        if reg.owns(choice_value) and reg is not ctx.endpoints:
-            reg.remove(choice_value)
-            message = f"🗑 removed {html.escape(choice_value)}"
-        elif choice_value in reg:
-            message = (f"{html.escape(choice_value)} was set when the app was launched (--endpoint or "
-                       f"--endpoints-file) and is shared by every user: it cannot be removed here")
-        else:
-            message = f"{html.escape(choice_value)} is not known"
-        names = reg.choices()
-        return (endpoint_rows(ctx, request), gr.Dropdown(choices=names, value=names[0] if names else None), message)
-
-    add_btn.click(add, [url, model, name, key], [table, choice, key, message], api_visibility=PRIVATE)
-    remove_btn.click(remove, [choice], [table, choice, message], api_visibility=PRIVATE)
+    add_btn.click(bind(add, ctx), [url, model, name, key], [table, choice, key, message], api_visibility=PRIVATE)
+    remove_btn.click(bind(remove, ctx), [choice], [table, choice, message], api_visibility=PRIVATE)
     return table, choice
 
