@@ -11,6 +11,10 @@ launches hundreds of small kernels. Here the decode step runs as one compiled gr
 * ``compiles`` counts the graphs built (a counting backend around inductor), so tests can assert "no recompile".
 * One cache per (batch, bucket), owned by one reply at a time; a second concurrent reply on the same model does not
   wait for it: ``acquire`` returns None and the caller decodes eagerly.
+* ``fuse=True`` (the default) first fuses each decoder layer's q/k/v and gate/up projections where they are plain
+  Linears (``playground.fused_projections``): one product instead of three (two), on views of the same bytes; the
+  fusion is on only inside the decoder's prefill and compiled step, so eager replies and transformers' own
+  ``generate`` run the model as loaded. ``info.fused`` (and ``mode``) say whether it applied.
 * Anything that cannot be compiled (some quantized kernels) falls back to ``fullgraph=False`` and then to the
   static cache without compilation; ``mode`` says what runs.
 
@@ -72,6 +76,7 @@ class FastDecodeInfo:
     warmup_s: float = 0.0
     compiles: int = 0
     fallback_reason: str = ""
+    fused: str = ""   # "fused qkv+gate/up" when the projections were fused (``fused_projections``), else ""
 
 
 @dataclass
@@ -104,7 +109,7 @@ class FastDecoder:
     the benchmark's batched loops."""
 
     def __init__(self, model, device: str, compile: bool = True, max_caches: int = 2, backend: str = "inductor",
-                 min_bucket: int | None = None):
+                 min_bucket: int | None = None, fuse: bool = True):
         self.model = model
         self.device = str(device)
         self.cuda = self.device.startswith("cuda")
@@ -118,14 +123,21 @@ class FastDecoder:
         self._guard = threading.Lock()
         self._step_fn = None
         self._fullgraph = True
+        self.fusion = None
+        if fuse:
+            from .fused_projections import fuse_projections
+            fusion = fuse_projections(model)
+            self.fusion = fusion if fusion.groups else None
+        self.info.fused = self.fusion.label if self.fusion else ""
         self.info.mode = self._mode_name()
 
     def _mode_name(self) -> str:
+        fused = f", {self.info.fused}" if self.info.fused else ""
         if not self.want_compile:
-            return "static cache, eager"
+            return "static cache, eager" + fused
         name = "compiled + CUDA graphs" if self.cuda and self.backend_name == "inductor" else \
             f"compiled ({self.backend_name})"
-        return name + ("" if self._fullgraph else " (graph breaks)")
+        return name + ("" if self._fullgraph else " (graph breaks)") + fused
 
     # -- compilation ------------------------------------------------------------------------------------------
     @property
@@ -151,9 +163,19 @@ class FastDecoder:
         import torch
         model = self.model
         keep = last_logits_kwargs(model)
+        switch = self.fusion.switch if self.fusion else None
 
         def step(input_ids, cache):
-            out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, **keep)
+            if switch is None:
+                out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, **keep)
+                return out.logits[:, -1, :]
+            # set and cleared inside the traced function: the graph is built with the fusion on, no guard on the
+            # switch, and other threads never see it on because of a compiled step (dynamo replays only the end)
+            switch.on = True
+            try:
+                out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, **keep)
+            finally:
+                switch.on = False
             return out.logits[:, -1, :]
         self.info.mode = self._mode_name()
         if not self.want_compile:
@@ -275,8 +297,17 @@ class FastDecoder:
 
     # -- decoding ---------------------------------------------------------------------------------------------
     def prefill(self, ids, cache):
-        """Logits of the last prompt position [batch, vocab]; fills the cache (eager: prompt lengths vary)."""
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **last_logits_kwargs(self.model))
+        """Logits of the last prompt position [batch, vocab]; fills the cache (eager: prompt lengths vary). With
+        fused projections on for its duration (a concurrent eager reply on another thread stays correct: a part
+        only hands on a product computed from the very tensor it is given)."""
+        switch = self.fusion.switch if self.fusion else None
+        if switch is not None:
+            switch.on = True
+        try:
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **last_logits_kwargs(self.model))
+        finally:
+            if switch is not None:
+                switch.on = False
         return out.logits[:, -1, :]
 
     def step(self, ids, cache):
