@@ -265,8 +265,7 @@ def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[di
         key = _row_key(r)
         if r.get("status") == "ok":
             # one measurement = the combo plus its decode mode and KV cache setting (a row each)
-            full = key + ("eager" if r.get("decode_mode") in (None, "", "eager") else "fast",
-                          r.get("kv_cache") or "default")
+            full = key + (decode_kind(r.get("decode_mode")), r.get("kv_cache") or "default")
             if full in seen:
                 continue                         # never two rows for one measurement
             seen.add(full)
@@ -279,6 +278,15 @@ def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[di
     partial = {k for k, rs in ok.items() if k in covered and len(rs) < per_combo}
     keep = [r for r in keep if not (r.get("status") == "ok" and _row_key(r) in partial)]
     return keep, set(ok) - partial
+
+
+def decode_kind(mode: str | None) -> str:
+    """A row's decode mode as the measurement it is: "eager", the peer's own mode ("transformers-static"), or
+    "fast" (whatever the fast decoder's mode text says: compiled, CUDA graphs, fused projections)."""
+    from .config import PEER_MODES
+    if mode in (None, "", "eager"):
+        return "eager"
+    return mode if mode in PEER_MODES else "fast"
 
 
 def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
