@@ -265,7 +265,8 @@ def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[di
         key = _row_key(r)
         if r.get("status") == "ok":
             # one measurement = the combo plus its decode mode and KV cache setting (a row each)
-            full = key + (decode_kind(r.get("decode_mode")), r.get("kv_cache") or "default")
+            full = key + (decode_kind(r.get("decode_mode"), (r.get("raw") or {}).get("decode_requested")),
+                          r.get("kv_cache") or "default")
             if full in seen:
                 continue                         # never two rows for one measurement
             seen.add(full)
@@ -280,12 +281,15 @@ def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[di
     return keep, set(ok) - partial
 
 
-def decode_kind(mode: str | None) -> str:
-    """A row's decode mode as the measurement it is: "eager", the peer's own mode ("transformers-static"), or
-    "fast" (whatever the fast decoder's mode text says: compiled, CUDA graphs, fused projections)."""
-    from .config import PEER_MODES
+def decode_kind(mode: str | None, requested: str | None = None) -> str:
+    """A row's decode mode as the measurement it is: "eager", the peer's own mode ("transformers-static"),
+    "fast-unfused" (``requested``: the mode the row asked for, in its raw), or "fast" (whatever the fast decoder's
+    mode text says: compiled, CUDA graphs, fused projections)."""
+    from .config import PEER_MODES, UNFUSED_MODE
     if mode in (None, "", "eager"):
         return "eager"
+    if requested == UNFUSED_MODE:
+        return UNFUSED_MODE
     return mode if mode in PEER_MODES else "fast"
 
 

@@ -339,12 +339,12 @@ class FastDecoder:
 
 
 # ---- a loaded model's decoder: start, hand out to replies, forget -----------------------------------------------
-def enable_fast_decode(lm, compile: bool = True) -> FastDecoder | None:
+def enable_fast_decode(lm, compile: bool = True, fuse: bool = True) -> FastDecoder | None:
     """Give ``lm`` (a ``manager.LoadedModel``) a FastDecoder and warm it up for the usual bucket; on failure, note
-    why and stay eager (None)."""
+    why and stay eager (None). ``fuse``: fuse the projections (``FastDecoder(fuse=...)``)."""
     if lm.fast is not None:
         return lm.fast
-    fast = FastDecoder(lm.model, lm.device, compile=compile)
+    fast = FastDecoder(lm.model, lm.device, compile=compile, fuse=fuse)
     try:
         with lm.lock:
             lm.stats.warmup_s = fast.warm_up(context=lm.context_length)
