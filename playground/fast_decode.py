@@ -102,6 +102,9 @@ class FastSession:
     def step(self, ids):
         return self.decoder.step(ids, self.cache)
 
+    def step_greedy(self, ids, banned=None):
+        return self.decoder.step_greedy(ids, self.cache, banned)
+
 
 class FastDecoder:
     """Static-cache decoding for one loaded model. A reply uses ``with decoder.session(needed) as s:`` then
@@ -121,7 +124,7 @@ class FastDecoder:
         self._caches: dict[tuple[int, int], object] = {}   # (batch, length) → StaticCache, LRU order
         self._busy: set[tuple[int, int]] = set()
         self._guard = threading.Lock()
-        self._step_fn = None
+        self._step_fns: dict[bool, object] = {}   # greedy? -> the (compiled) step: logits, or the chosen tokens
         self._fullgraph = True
         self.fusion = None
         if fuse:
@@ -159,13 +162,15 @@ class FastDecoder:
             return compile_fx(gm, example_inputs, config_patches=patches)
         return backend
 
-    def _build_step(self):
+    def _build_step(self, greedy: bool = False):
+        """The step: logits [batch, vocab]; ``greedy``: the next tokens [batch, 1] chosen inside the graph (argmax,
+        ``banned`` ids masked first), so the host gets one small tensor per step and launches nothing more."""
         import torch
         model = self.model
         keep = last_logits_kwargs(model)
         switch = self.fusion.switch if self.fusion else None
 
-        def step(input_ids, cache):
+        def forward(input_ids, cache):
             if switch is None:
                 out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, **keep)
                 return out.logits[:, -1, :]
@@ -177,6 +182,14 @@ class FastDecoder:
             finally:
                 switch.on = False
             return out.logits[:, -1, :]
+
+        def step(input_ids, cache, banned=None):
+            logits = forward(input_ids, cache)
+            if not greedy:
+                return logits
+            if banned is not None:
+                logits = logits.index_fill(1, banned, float("-inf"))
+            return logits.argmax(-1, keepdim=True)
         self.info.mode = self._mode_name()
         if not self.want_compile:
             return step
@@ -186,23 +199,24 @@ class FastDecoder:
                 setattr(cfg, name, RECOMPILE_LIMIT)
         return torch.compile(step, backend=self._backend(), fullgraph=self._fullgraph, dynamic=False)
 
-    def _run_step(self, ids, cache):
+    def _run_step(self, ids, cache, greedy: bool = False, banned=None):
         import torch
-        if self._step_fn is None:
-            self._step_fn = self._build_step()
+        if greedy not in self._step_fns:
+            self._step_fns[greedy] = self._build_step(greedy)
         graphs = self.cuda and self.want_compile and self.backend_name == "inductor"
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         try:
-            logits = self._step_fn(ids, cache)
+            out = self._step_fns[greedy](ids, cache, banned)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - a kernel that cannot be compiled: degrade, say so, go on
             if not self.want_compile:
                 raise
             self._fall_back(exc)
-            logits = self._step_fn(ids, cache)
-        return logits.clone() if graphs else logits   # a CUDA graph's output is overwritten by the next replay
+            self._step_fns[greedy] = self._build_step(greedy)
+            out = self._step_fns[greedy](ids, cache, banned)
+        return out.clone() if graphs else out   # a CUDA graph's output is overwritten by the next replay
 
     def _fall_back(self, exc: Exception) -> None:
         from .retention import forget_frames
@@ -214,7 +228,8 @@ class FastDecoder:
         else:
             self.want_compile = False
             self.info.fallback_reason = f"compile failed ({reason}); static cache without compilation"
-        self._step_fn = self._build_step()
+        self._step_fns = {}            # rebuilt on next use, with graph breaks or without compiling
+        self.info.mode = self._mode_name()
 
     # -- caches -----------------------------------------------------------------------------------------------
     def acquire(self, batch: int, needed: int, context: int | None = None):
@@ -292,7 +307,7 @@ class FastDecoder:
 
     def forget_compiled(self) -> None:
         """After ``torch._dynamo.reset()``: build (and count) the step again on next use."""
-        self._step_fn = None
+        self._step_fns = {}
         self.clear()
 
     # -- decoding ---------------------------------------------------------------------------------------------
@@ -313,6 +328,11 @@ class FastDecoder:
     def step(self, ids, cache):
         """Logits [batch, vocab] for one new token per row (``ids`` is [batch, 1]) through the compiled step."""
         return self._run_step(ids, cache)
+
+    def step_greedy(self, ids, cache, banned=None):
+        """The greedy next token per row [batch, 1], chosen inside a compiled step of its own (a second graph, built
+        on first use): ``banned`` (a long tensor of token ids, e.g. the stop tokens a benchmark masks) never wins."""
+        return self._run_step(ids, cache, greedy=True, banned=banned)
 
     def warm_up(self, batch: int = 1, needed: int = 0, context: int | None = None, prompt_tokens: int = 8) -> float:
         """Compile (and record CUDA graphs) for one bucket; returns seconds. Run once at load."""
