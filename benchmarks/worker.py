@@ -362,6 +362,7 @@ def use_fast(lm, mode: str, device: str, row: ResultRow, ev: Events) -> bool:
         decoders[fuse] = lm.fast
     row.set(decode_mode=lm.fast.info.mode, warmup_s=lm.fast.info.warmup_s)
     row.raw["decode_requested"] = mode
+    row.raw["compile_cache"] = lm.fast.info.compile_cache      # "hit": an earlier load's kernels were reused
     return True
 
 

@@ -77,6 +77,7 @@ class FastDecodeInfo:
     compiles: int = 0
     fallback_reason: str = ""
     fused: str = ""   # "fused qkv+gate/up" when the projections were fused (``fused_projections``), else ""
+    compile_cache: str = ""   # what the warm-up found in torch's compile caches: "hit", "miss", "" (not compiled)
 
 
 @dataclass
@@ -341,6 +342,7 @@ class FastDecoder:
         cache = self.acquire(batch, needed, context)
         if cache is None:
             return 0.0
+        before = compile_cache_counts()
         try:
             with torch.no_grad():
                 dev = self.model.get_input_embeddings().weight.device
@@ -355,7 +357,27 @@ class FastDecoder:
             self.release(cache)
         spent = time.perf_counter() - t0
         self.info.warmup_s += spent
+        hits, misses = (a - b for a, b in zip(compile_cache_counts(), before))
+        if hits or misses:
+            self.info.compile_cache = "miss" if misses else "hit"
         return spent
+
+
+def compile_cache_counts() -> tuple[int, int]:
+    """(hits, misses) of inductor's compiled-graph cache so far in this process.
+
+    Compiling the decode step is mostly inductor generating and building kernels (H200, Mistral-7B shape: 33 of
+    its 40 s). torch keeps what it built in its FX-graph and AOT-autograd caches (on disk, under
+    ``TORCHINDUCTOR_CACHE_DIR``), keyed by the graph, not by the weights, which are the graph's inputs: a second
+    load of the same shape (after an unload in this process, or in another process on this machine) only traces
+    the model again and reuses the kernels. Measured on the CPU, SmolLM2-135M fp32 fused, one process: warm-up 38.6 s at the first load
+    (cache cold), 5.5 s and 5.1 s at the next two."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:       # pragma: no cover - torch without dynamo
+        return 0, 0
+    inductor = counters["inductor"]
+    return int(inductor["fxgraph_cache_hit"]), int(inductor["fxgraph_cache_miss"])
 
 
 # ---- a loaded model's decoder: start, hand out to replies, forget -----------------------------------------------
@@ -376,7 +398,9 @@ def enable_fast_decode(lm, compile: bool = True, fuse: bool = True) -> FastDecod
         lm.stats.notes.append(f"fast decode unavailable ({type(exc).__name__}: {str(exc)[:200]}): eager decoding")
         return None
     lm.fast = fast
+    cached = {"hit": " (compile cache hit: traced again, kernels reused)", "miss": " (compiled anew)"}
     lm.stats.notes.append(f"fast decode: {fast.info.mode}, warm-up {fast.info.warmup_s:.1f}s"
+                          + cached.get(fast.info.compile_cache, "")
                           + (f"; {fast.info.fallback_reason}" if fast.info.fallback_reason else ""))
     return fast
 
