@@ -370,8 +370,8 @@ def compile_cache_counts() -> tuple[int, int]:
     its 40 s). torch keeps what it built in its FX-graph and AOT-autograd caches (on disk, under
     ``TORCHINDUCTOR_CACHE_DIR``), keyed by the graph, not by the weights, which are the graph's inputs: a second
     load of the same shape (after an unload in this process, or in another process on this machine) only traces
-    the model again and reuses the kernels. Measured on the CPU, SmolLM2-135M fp32 fused, one process: warm-up 38.6 s at the first load
-    (cache cold), 5.5 s and 5.1 s at the next two."""
+    the model again and reuses the kernels. Measured on the CPU, SmolLM2-135M fp32 fused, one process: warm-up
+    38.6 s at the first load (cache cold), 5.5 s and 5.1 s at the next two."""
     try:
         from torch._dynamo.utils import counters
     except ImportError:       # pragma: no cover - torch without dynamo
@@ -398,7 +398,8 @@ def enable_fast_decode(lm, compile: bool = True, fuse: bool = True) -> FastDecod
         lm.stats.notes.append(f"fast decode unavailable ({type(exc).__name__}: {str(exc)[:200]}): eager decoding")
         return None
     lm.fast = fast
-    cached = {"hit": " (compile cache hit: traced again, kernels reused)", "miss": " (compiled anew)"}
+    cached = {"hit": " (compile cache hit: traced again, kernels reused)",
+              "miss": " (compiled anew)"}
     lm.stats.notes.append(f"fast decode: {fast.info.mode}, warm-up {fast.info.warmup_s:.1f}s"
                           + cached.get(fast.info.compile_cache, "")
                           + (f"; {fast.info.fallback_reason}" if fast.info.fallback_reason else ""))
