@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-overhead-check", action="store_true", help="skip the bare model.generate comparison")
     r.add_argument("--decode-modes", type=_csv, default=["auto"],
                    help="comma list of auto (fast on CUDA except int8, eager on CPU), "
-                        "fast (static cache + compiled step), "
+                        "fast (static cache + compiled step, q/k/v and gate/up fused where they are plain Linears), "
+                        "fast-unfused (the same without the fusion), "
                         "eager; each gives its own rows, e.g. eager,fast")
     r.add_argument("--peer", type=_csv, default=[], metavar="transformers-static",
                    help="add rows of another implementation on the same model, prompt and tokens: "

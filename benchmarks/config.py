@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 RANDOM_PREFIX = "random:"
 MAX_NEW_TOKENS = 8192
 MAX_PROMPT_TOKENS = 131072
-DECODE_MODES = ("auto", "fast", "eager", "transformers-static")
+DECODE_MODES = ("auto", "fast", "eager", "transformers-static", "fast-unfused")
+# the fast decoder without its fused q/k/v and gate/up projections (FastDecoder(fuse=False)): the A/B of the fusion
+UNFUSED_MODE = "fast-unfused"
 # the peer: transformers' own generate(cache_implementation="static") on the same model, prompt and tokens, a row
 # beside ours so a table shows "x transformers" as well as the roofline fraction (--peer transformers-static)
 PEER_MODES = ("transformers-static",)

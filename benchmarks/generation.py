@@ -4,7 +4,8 @@
   ``benchmarks/data/prompt_text.txt``), repeated if needed and cut to exactly ``prompt_tokens`` tokens; each row of
   a batch starts at a different offset so rows differ but have the same length (no padding);
 * ``batched_greedy``: prefill + one token at a time with the KV cache for batch sizes > 1 (the engine's
-  ``stream_reply`` is batch 1), timed by a ``LatencyTracker``;
+  ``stream_reply`` is batch 1), timed by a ``LatencyTracker``; through the fast decoder the greedy choice (and
+  the masking of stop tokens) happens inside the compiled step;
 * ``bare_generate``: a plain ``model.generate`` with no trackers, the yardstick for the harness's own overhead.
 """
 from __future__ import annotations
@@ -66,19 +67,24 @@ def batched_greedy(model, prompts: list[list[int]], new_tokens: int, stop_ids: l
 
 
 def _greedy_steps(model, session, ids, new_tokens, stop_ids, tracker, keep) -> list[list[int]]:
-    """``session``: a ``FastSession`` with its cache, or None (eager steps with the dynamic cache)."""
+    """``session``: a ``FastSession`` with its cache, or None (eager steps with the dynamic cache). With a session,
+    the steps after the prefill choose their token inside the compiled graph (``FastSession.step_greedy``)."""
     import torch
     past, out_ids = None, []
+    banned = torch.tensor(stop_ids, dtype=torch.long, device=ids.device) if stop_ids else None
     for step in range(new_tokens):
-        if session is None:
-            out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
-            past = out.past_key_values
-            logits = out.logits[:, -1, :]
+        if session is not None and step > 0:
+            ids = session.step_greedy(ids, banned)
         else:
-            logits = session.prefill(ids) if step == 0 else session.step(ids)
-        if stop_ids:
-            logits[:, stop_ids] = -float("inf")
-        ids = torch.argmax(logits, dim=-1, keepdim=True)
+            if session is None:
+                out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
+                past = out.past_key_values
+                logits = out.logits[:, -1, :]
+            else:
+                logits = session.prefill(ids)
+            if stop_ids:
+                logits[:, stop_ids] = -float("inf")
+            ids = torch.argmax(logits, dim=-1, keepdim=True)
         tracker.token()
         out_ids.append(ids)
     return torch.cat(out_ids, dim=1).tolist()

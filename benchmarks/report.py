@@ -8,14 +8,14 @@ from pathlib import Path
 from . import plots
 from .html_parts import CSS, figure_html, fmt_cell, html_table
 from .published import guides_html
-from .results import COLUMNS, LONG_TOKENS, SHORT_TOKENS, atomic_write, load_results, model_label
+from .results import COLUMNS, LONG_TOKENS, SHORT_TOKENS, add_peer_ratios, atomic_write, load_results, model_label
 
 FULL_COLS = ["model", "variant", "batch_size", "prompt_tokens", "new_tokens", "status", "kernel", "repeats",
              "ttft_ms", "ttft_ms_p90", "decode_tok_s", "decode_tok_s_p90", "itl_p50_ms", "itl_p90_ms", "e2e_s",
              "e2e_short_s", "e2e_long_s", "peak_rss_gb", "peak_gpu_mem_gb", "peak_gpu_reserved_gb",
              "peak_gpu_nvml_gb", "weights_gb", "load_s", "load_read_s", "load_quantize_s", "convert_s",
              "harness_overhead", "decode_mode", "warmup_s", "read_bandwidth_gb_s", "roofline_tok_s",
-             "roofline_fraction", "error"]
+             "roofline_fraction", "x_transformers", "error"]
 
 
 def compact_table(rows: list[dict]) -> str:
@@ -91,6 +91,27 @@ def quality_section(rows: list[dict], cfg: dict) -> str:
     return "".join(parts)
 
 
+def speed_table(rows: list[dict]) -> str:
+    """Decode speed against both yardsticks, per row that has either: the memory roofline (``roofline_fraction``)
+    and transformers' own static-cache generate on the same model (``x_transformers``, from ``--peer``)."""
+    sel = [r for r in rows if r["status"] == "ok" and (r.get("roofline_fraction") is not None
+                                                       or r.get("x_transformers") is not None)]
+    if not sel:
+        return ""
+    cols = ["model", "variant", "decode_mode", "kernel", "batch_size", "prompt_tokens", "new_tokens",
+            "decode_tok_s", "roofline_tok_s", "roofline_fraction", "x_transformers"]
+    body = [[fmt_cell(model_label(r) if c == "model" else r.get(c), c) for c in cols] for r in sel]
+    note = ("" if any(r.get("x_transformers") is not None for r in sel) else
+            '<p class="small">No transformers peer rows in this run (<code>--peer transformers-static</code>): '
+            "the × transformers column is empty.</p>")
+    return ("<h2>Decode speed against the roofline and transformers</h2>" + html_table(
+        ["model", "variant", "decode", "kernel", "batch", "prompt", "new", "decode tok/s", "roofline tok/s",
+         "of roofline", "× transformers"], body, left=(0, 1, 2, 3)) +
+        '<p class="small">× transformers: decode tok/s over that of transformers\' own '
+        "<code>generate(cache_implementation=\"static\")</code> on the same model and variant, batch, prompt and "
+        "new tokens, measured in the same run (its own row: 1.00).</p>" + note)
+
+
 def full_table(rows: list[dict]) -> str:
     body = [[fmt_cell(model_label(r) if c == "model" else r.get(c), c) for c in FULL_COLS] for r in rows]
     classes = [r["status"] if r["status"] != "ok" else "" for r in rows]
@@ -111,10 +132,17 @@ def reference_table(rows: list[dict]) -> str:
 
 
 def with_decode_label(r: dict) -> dict:
-    """Rows decoded by the fast path show as ``<variant>+fast`` in plots and tables (beside the eager rows)."""
-    mode = r.get("decode_mode")
-    if mode and mode != "eager" and not str(r.get("variant", "")).endswith("+fast"):
-        return dict(r, variant=f"{r['variant']}+fast")
+    """Rows decoded by the fast path show as ``<variant>+fast`` in plots and tables (beside the eager rows), the
+    transformers peer's as ``<variant>+transformers-static`` and the unfused fast decoder's as
+    ``<variant>+fast-unfused`` (not as one more fast row)."""
+    from .config import PEER_MODES, UNFUSED_MODE
+    mode, variant = r.get("decode_mode"), str(r.get("variant", ""))
+    if mode in PEER_MODES and not variant.endswith(f"+{mode}"):
+        return dict(r, variant=f"{variant}+{mode}")
+    if (r.get("raw") or {}).get("decode_requested") == UNFUSED_MODE and not variant.endswith(f"+{UNFUSED_MODE}"):
+        return dict(r, variant=f"{variant}+{UNFUSED_MODE}")
+    if mode and mode != "eager" and mode not in PEER_MODES and not variant.endswith("+fast"):
+        return dict(r, variant=f"{variant}+fast")
     return r
 
 
@@ -124,7 +152,7 @@ def render(data: dict) -> str:
         return render_serving(data)
     from plotly.offline import get_plotlyjs
     rows, env, cfg = data["rows"], data.get("environment", {}), data.get("config", {})
-    rows = [with_decode_label(r) for r in rows]
+    rows = [with_decode_label(r) for r in add_peer_ratios([dict(r) for r in rows])]   # files before the column
     name = cfg.get("name") or Path(str(cfg.get("out") or "run")).name
     warns = []
     if any(r.get("random_weights") for r in rows):
@@ -162,7 +190,8 @@ def render(data: dict) -> str:
         [plots.sweep_figure(rows, a) for a in ("batch_size", "prompt_tokens", "new_tokens")]
     body = [f"<h1>Benchmark: {html.escape(name)}</h1>", head,
             *[f'<div class="warn">{w}</div>' for w in warns],
-            "<h2>At a glance</h2>", compact_table(rows), "<h2>Plots</h2>", *[figure_html(f) for f in figs if f],
+            "<h2>At a glance</h2>", compact_table(rows), speed_table(rows),
+            "<h2>Plots</h2>", *[figure_html(f) for f in figs if f],
             "<h2>Quality</h2>", quality_section(rows, cfg),
             "<h2>Against published numbers</h2>",
             '<p class="small">optimum-benchmark, Mistral-7B-v0.1 on an A100-80GB, prompt 512, 1000 new tokens, '

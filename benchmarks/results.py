@@ -22,7 +22,7 @@ COLUMNS = [
     "e2e_s", "e2e_short_s", "e2e_long_s",
     "peak_gpu_mem_gb", "peak_gpu_reserved_gb", "peak_gpu_nvml_gb", "nvml_scope", "peak_rss_gb", "weights_gb",
     "generate_e2e_s", "harness_overhead",
-    "read_bandwidth_gb_s", "decode_bytes_gb", "roofline_tok_s", "roofline_fraction", "warmup_s",
+    "read_bandwidth_gb_s", "decode_bytes_gb", "roofline_tok_s", "roofline_fraction", "x_transformers", "warmup_s",
     "kv_cache_gb",
     *QUALITY_COLUMNS,
 ]
@@ -122,9 +122,27 @@ def summarize(rows: list[dict]) -> dict:
             "harness_overhead_target": 0.03}
 
 
+def add_peer_ratios(rows: list[dict]) -> list[dict]:
+    """Set each row's ``x_transformers``: its decode tok/s over that of the peer row (``--peer
+    transformers-static``: transformers' own static-cache generate) of the same model, variant, device, batch size,
+    prompt and new tokens in the same run (the peer row itself: 1.0); None where that peer has no ok row. The
+    variant is matched too: a GPTQ row is compared with transformers running the same GPTQ model. Rows are
+    changed in place (recomputed from scratch at every write) and returned."""
+    from .config import PEER_MODES
+    peers = {tuple(r.get(c) for c in KEY): r["decode_tok_s"] for r in rows
+             if r.get("decode_mode") in PEER_MODES and r.get("status") == "ok"
+             and (r.get("kv_cache") or "default") == "default" and r.get("decode_tok_s")}
+    for r in rows:
+        peer, tok = peers.get(tuple(r.get(c) for c in KEY)), r.get("decode_tok_s")
+        ok = peer and r.get("status") == "ok" and isinstance(tok, (int, float)) and not isinstance(tok, bool)
+        r["x_transformers"] = tok / peer if ok else None
+    return rows
+
+
 def write_results(out_dir: str | Path, data: dict) -> None:
     """Write results.json and results.csv (atomically). ``data`` has config, environment, rows."""
     out = Path(out_dir)
+    add_peer_ratios(data["rows"])
     data = dict(data, schema=SCHEMA, summary=summarize(data["rows"]))
     atomic_write(out / "results.json", json.dumps(_deep_clean(data), indent=1, default=str, allow_nan=False))
     atomic_write(out / "results.csv", rows_to_csv(data["rows"]))

@@ -107,11 +107,14 @@ class Memory(_Section):
 
 @dataclass
 class Roofline(_Section):
-    """The memory-bandwidth roofline: measured read bandwidth, bytes read per decode step, the tok/s they allow."""
+    """The memory-bandwidth roofline: measured read bandwidth, bytes read per decode step, the tok/s they allow; and
+    the other yardstick, ``x_transformers``: decode tok/s over the transformers peer row's (``results.add_peer_ratios``,
+    set when the run's rows are written)."""
     read_bandwidth_gb_s: float | None = None
     decode_bytes_gb: float | None = None
     roofline_tok_s: float | None = None
     roofline_fraction: float | None = None
+    x_transformers: float | None = None
 
 
 @dataclass

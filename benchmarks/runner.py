@@ -265,7 +265,7 @@ def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[di
         key = _row_key(r)
         if r.get("status") == "ok":
             # one measurement = the combo plus its decode mode and KV cache setting (a row each)
-            full = key + ("eager" if r.get("decode_mode") in (None, "", "eager") else "fast",
+            full = key + (decode_kind(r.get("decode_mode"), (r.get("raw") or {}).get("decode_requested")),
                           r.get("kv_cache") or "default")
             if full in seen:
                 continue                         # never two rows for one measurement
@@ -279,6 +279,18 @@ def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[di
     partial = {k for k, rs in ok.items() if k in covered and len(rs) < per_combo}
     keep = [r for r in keep if not (r.get("status") == "ok" and _row_key(r) in partial)]
     return keep, set(ok) - partial
+
+
+def decode_kind(mode: str | None, requested: str | None = None) -> str:
+    """A row's decode mode as the measurement it is: "eager", the peer's own mode ("transformers-static"),
+    "fast-unfused" (``requested``: the mode the row asked for, in its raw), or "fast" (whatever the fast decoder's
+    mode text says: compiled, CUDA graphs, fused projections)."""
+    from .config import PEER_MODES, UNFUSED_MODE
+    if mode in (None, "", "eager"):
+        return "eager"
+    if requested == UNFUSED_MODE:
+        return UNFUSED_MODE
+    return mode if mode in PEER_MODES else "fast"
 
 
 def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,

@@ -16,7 +16,7 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .config import PEER_MODES, RANDOM_PREFIX, RunConfig, is_random
+from .config import PEER_MODES, RANDOM_PREFIX, UNFUSED_MODE, RunConfig, is_random
 from .roofline import roofline_columns
 from .results import LONG_TOKENS, SHORT_TOKENS, e2e_for, failed_rows, median, percentile
 from .results import QUALITY_COLUMNS, RANDOM_QUALITY_NOTE
@@ -307,6 +307,13 @@ def measure_mode(lm, cfg: RunConfig, row: ResultRow, device: str, mode: str, kv:
             return
         measure(lm, cfg, row, device, peer=True)
         return
+    if mode == UNFUSED_MODE and kv == "default":
+        from playground.fused_projections import fuse_projections
+        if not fuse_projections(lm.model).groups:     # quantized layers: the fast rows are already unfused
+            row.set(decode_mode=mode, status="unsupported", repeats=0,
+                    error="fast-unfused: no plain q/k/v or gate/up Linears to fuse here (quantized layers), so "
+                          "the fast row is already this measurement")
+            return
     fast = use_fast(lm, mode if kv == "default" else "eager", device, row, ev)
     if kv != "default" and mode != "eager" and (mode == "fast" or device.startswith("cuda")):
         row.raw["notes"].append(f"kv_cache={kv}: a quantized KV cache decodes eagerly (the fast "
@@ -332,18 +339,30 @@ def measure_bandwidth(device: str) -> float | None:
 
 def use_fast(lm, mode: str, device: str, row: ResultRow, ev: Events) -> bool:
     """Whether this row decodes through the fast decoder (starting it, timed, on first use: its replies then get
-    their static cache from ``FastDecoder.session`` inside the engine)."""
+    their static cache from ``FastDecoder.session`` inside the engine). ``fast-unfused`` rows use a second decoder
+    built with ``fuse=False``; each row puts its own decoder in ``lm.fast`` (both kept in ``lm.bench_decoders``)."""
     from playground.fast_decode import enable_fast_decode
     from playground.variants import fast_decode_by_default
-    fast = mode == "fast" or (mode == "auto" and fast_decode_by_default(lm.variant, device))
+    fast = mode in ("fast", UNFUSED_MODE) or (mode == "auto" and fast_decode_by_default(lm.variant, device))
     if not fast:
         row.set(decode_mode="eager")
         return False
+    fuse = mode != UNFUSED_MODE
+    if not fuse:    # the model gets its final modules first (the switch stays off in this decoder): the two
+        from playground.fused_projections import fuse_projections     # decoders then trace the same model
+        fuse_projections(lm.model)
+    decoders = lm.__dict__.setdefault("bench_decoders", {})        # fuse -> FastDecoder, for this worker's rows
+    if lm.fast is not None and lm.fast not in decoders.values():
+        decoders[True] = lm.fast                                   # started before the rows (the default: fused)
+    lm.fast = decoders.get(fuse)
     if lm.fast is None:
-        ev.progress(0.0, f"{lm.label}: compiling the decode step")
-        if enable_fast_decode(lm) is None:
+        ev.progress(0.0, f"{lm.label}: compiling the decode step" + ("" if fuse else " (projections unfused)"))
+        if enable_fast_decode(lm, fuse=fuse) is None:
             raise RuntimeError("fast decode could not start: " + lm.stats.notes[-1])
+        decoders[fuse] = lm.fast
     row.set(decode_mode=lm.fast.info.mode, warmup_s=lm.fast.info.warmup_s)
+    row.raw["decode_requested"] = mode
+    row.raw["compile_cache"] = lm.fast.info.compile_cache      # "hit": an earlier load's kernels were reused
     return True
 
 

@@ -500,6 +500,9 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
             model.to(torch.bfloat16)
     load_s = time.perf_counter() - t0
     kernels = sorted({type(m).__name__ for _, m in qlayers})
+    if tinygemm and converted:
+        from .int4_tinygemm import KERNEL, kernel_label
+        kernels = [kernel_label([m for _, m in qlayers]) if k == KERNEL else k for k in kernels]
     sidecar = {}
     if (path / SIDECAR).is_file():
         sidecar = json.loads((path / SIDECAR).read_text(encoding="utf-8"))

@@ -12,29 +12,52 @@ into int32 temporaries on every call, are read a slice of rows at a time with gp
 divides by the layer's own scales to get the integer codes ``c = q - z``, shifts each group to
 ``q' = c - min(c)`` (still 0..15) and sets ``zero = (8 + min(c)) · s``.
 It checks the repacked layer reproduces the original weight before swapping it in.
+
+tinygemm is a small-batch kernel (its prefill of 512 tokens was 10-17x slower than bf16's on an H200). A product
+of more than ``DEQUANTIZE_ABOVE_ROWS`` rows (tokens x batch: the prefill, large batches) instead dequantizes the
+layer's weight into a bf16 temporary, one layer at a time, and runs a regular matmul (``playground.int4_unpack``
+reads the codes back out of the packed tensor; nothing else is stored). Decode steps keep tinygemm.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 GROUP_SIZES = (32, 64, 128, 256)
+DEQUANTIZE_ABOVE_ROWS = 16   # products of more rows than this dequantize to bf16 and matmul; fewer use tinygemm
+KERNEL = "TinyGemmInt4Linear"
+PATHS = f"tinygemm at <= {DEQUANTIZE_ABOVE_ROWS} rows; dequantize + bf16 matmul above"
 
 
 class TinyGemmInt4Linear(nn.Module):
-    """y = x W^T (+ b) with W held as tinygemm int4 tiles; activations run in bf16."""
+    """y = x W^T (+ b) with W held as tinygemm int4 tiles; activations run in bf16. ``layout`` (from
+    ``int4_unpack.detect_layout``) lets a product of many rows dequantize W for a bf16 matmul; None: tinygemm only."""
 
     def __init__(self, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int, in_features: int,
-                 out_features: int, bias: torch.Tensor | None):
+                 out_features: int, bias: torch.Tensor | None, layout: str | None = None):
         super().__init__()
         self.register_buffer("packed", packed)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
         self.group_size, self.in_features, self.out_features = group_size, in_features, out_features
+        self.layout = layout
+
+    def uses_dequantize(self, rows: int) -> bool:
+        """Whether a product of ``rows`` rows (tokens x batch) dequantizes and matmuls instead of tinygemm."""
+        return self.layout is not None and rows > DEQUANTIZE_ABOVE_ROWS
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """W as bf16 [out, in], made now (a temporary: nothing is kept)."""
+        from .int4_unpack import dequantize
+        return dequantize(self.packed, self.scales_and_zeros, self.layout, self.out_features, self.in_features,
+                          self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1] + (self.out_features,)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.uses_dequantize(x2.shape[0]):
+            return F.linear(x2, self.dequantized_weight(), self.bias).reshape(shape).to(x.dtype)
         if x2.is_cuda:
             y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group_size, self.scales_and_zeros)
         else:
@@ -44,7 +67,8 @@ class TinyGemmInt4Linear(nn.Module):
         return y.reshape(shape).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel=tinygemm"
+        paths = PATHS if self.layout else "tinygemm"
+        return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel={paths}"
 
 
 def _inner_k_tiles(k: int) -> int | None:
@@ -150,7 +174,15 @@ def repack(layer) -> TinyGemmInt4Linear:
         raise ValueError(f"cannot repack for tinygemm: {reason}")
     k, n, g = int(layer.in_features), int(layer.out_features), int(layer.group_size)
     q, lo = _integer_codes(layer, k, n, g)
-    scales = layer.scales.float().reshape(k // g, n)
+    return from_codes(q, layer.scales.float().reshape(k // g, n), lo, g, getattr(layer, "bias", None))
+
+
+@torch.no_grad()
+def from_codes(q: torch.Tensor, scales: torch.Tensor, lo: torch.Tensor, g: int,
+               bias: torch.Tensor | None = None) -> TinyGemmInt4Linear:
+    """The layer of weight ``W[i, j] = (q[i, j] + lo[i // g, j]) * scales[i // g, j]`` (input channel i, output j):
+    codes ``q`` uint8 [k, n] in 0..15, ``scales`` and ``lo`` (each group's lowest code) float [k/g, n]."""
+    k, n = q.shape
     sz = torch.stack([scales, (8 + lo) * scales], dim=2).to(torch.bfloat16).contiguous()   # [groups, n, 2]
     del lo
     q_nk = q.t().contiguous()                                                   # [n, k] uint8
@@ -160,8 +192,20 @@ def repack(layer) -> TinyGemmInt4Linear:
         packed = torch.ops.aten._convert_weight_to_int4pack(q_nk[:, ::2] << 4 | q_nk[:, 1::2], tiles)
     else:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q_nk.to(torch.int32), 1)
-    bias = getattr(layer, "bias", None)
-    return TinyGemmInt4Linear(packed, sz, g, k, n, bias)
+    from .int4_unpack import detect_layout
+    layout = detect_layout(packed, q_nk)     # the dequantize path only where the packing reads back exactly
+    del q_nk
+    return TinyGemmInt4Linear(packed, sz, g, k, n, bias, layout)
+
+
+def kernel_label(layers: list[nn.Module]) -> str:
+    """The kernel text of a model's tinygemm layers: which paths they have (``PATHS``), and how many of them
+    have no dequantize path (their packing did not read back)."""
+    tiny = [m for m in layers if isinstance(m, TinyGemmInt4Linear)]
+    without = sum(1 for m in tiny if m.layout is None)
+    if tiny and without == len(tiny):
+        return f"{KERNEL} (tinygemm only)"
+    return f"{KERNEL} ({PATHS}" + (f"; {without} of {len(tiny)} layers tinygemm only)" if without else ")")
 
 
 def _drop_tensors(layer: nn.Module) -> None:

@@ -36,14 +36,15 @@ def test_fast_mode_matches_eager_tokens_and_does_not_recompile_within_a_bucket(m
     lm = manager.get(DEFAULT_MODEL, "fp32", options=VariantOptions(fast_decode="on"))
     try:
         assert lm.fast is not None, lm.stats.notes
-        assert lm.fast.info.mode == "compiled (inductor)" and lm.stats.warmup_s > 0
+        # inductor, full graph, with the q/k/v and gate/up projections fused (on by default where they apply)
+        assert lm.fast.info.mode == "compiled (inductor), fused qkv+gate/up" and lm.stats.warmup_s > 0
         assert any("fast decode: compiled" in n for n in lm.stats.notes)
         compiles_after_warmup = lm.fast.compiles
         assert compiles_after_warmup == 1
 
         eager_text, eager_stats = _greedy(lm, FRANCE, 24, "eager")
         fast_text, fast_stats = _greedy(lm, FRANCE, 24, "fast")
-        assert eager_stats.decode_mode == "eager" and fast_stats.decode_mode == "compiled (inductor)"
+        assert eager_stats.decode_mode == "eager" and fast_stats.decode_mode == lm.fast.info.mode
         assert fast_text == eager_text and "Paris" in fast_text
         assert fast_stats.new_tokens == eager_stats.new_tokens == 24
 
@@ -119,7 +120,7 @@ def test_fast_mode_on_cuda_is_faster_than_eager_with_the_same_tokens():
     from playground.manager import ModelManager
     mm = ModelManager(device="cuda")
     lm = mm.get(DEFAULT_MODEL, "bf16")
-    assert lm.fast is not None and lm.fast.info.mode == "compiled + CUDA graphs", lm.stats.notes
+    assert lm.fast is not None and lm.fast.info.mode == "compiled + CUDA graphs, fused qkv+gate/up", lm.stats.notes
     _greedy(lm, FRANCE, 64, "fast")
     e_text, e = _greedy(lm, FRANCE, 64, "eager")
     f_text, f = _greedy(lm, FRANCE, 64, "fast")
@@ -260,3 +261,43 @@ def test_the_benchmarks_batched_loop_holds_its_cache_through_a_session():
     with pytest.raises(FastDecodeUnsupported, match="window 256"):
         batched_greedy(model, [prompts[0] * 25], 8, [3], Count(), fast=fd)     # 300 + 8 positions
     assert fd._busy == set() and batched_greedy(model, prompts, 8, [3], Count(), fast=fd) == eager
+
+
+def test_greedy_choice_inside_the_compiled_step_gives_the_same_tokens(smollm_bf16):
+    """The benchmark's fast loop chooses each token inside the compiled graph (argmax, stop tokens masked): the
+    same tokens as choosing them on the host from the same decoder's logits (batch 1 and 2), and as eager decoding
+    at batch 1 (at batch 2 bf16's static and dynamic caches round apart); one greedy graph per batch size, reused."""
+    import torch
+
+    from benchmarks.generation import batched_greedy, make_prompt_ids, stop_token_ids
+    from playground.fast_decode import FastDecoder
+    lm = smollm_bf16
+    fd = FastDecoder(lm.model, "cpu", backend="eager")
+
+    class Null:
+        def token(self):
+            pass
+    stop = stop_token_ids(lm.model, lm.tokenizer)
+    assert stop
+
+    def from_logits(prompts, n):
+        with fd.session(len(prompts[0]) + n, batch=len(prompts)) as s, torch.no_grad():
+            logits = s.prefill(torch.tensor(prompts))
+            out = []
+            for i in range(n):
+                if i:
+                    logits = s.step(out[-1])
+                logits[:, stop] = -float("inf")
+                out.append(logits.argmax(-1, keepdim=True))
+        return torch.cat(out, 1).tolist()
+    for batch in (1, 2):
+        prompts = make_prompt_ids(lm.tokenizer, 20, batch)
+        fast = batched_greedy(lm.model, prompts, 16, stop, Null(), fast=fd)
+        assert fast == from_logits(prompts, 16), batch
+        assert not any(t in stop for row in fast for t in row)
+        if batch == 1:
+            assert fast == batched_greedy(lm.model, prompts, 16, stop, Null())
+    compiled = fd.compiles
+    assert compiled == 4                       # per batch size: the logits graph and the greedy one
+    batched_greedy(lm.model, make_prompt_ids(lm.tokenizer, 30, 1), 12, stop, Null(), fast=fd)
+    assert fd.compiles == compiled             # another length in the bucket: no recompile

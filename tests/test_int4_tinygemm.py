@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import DEFAULT_MODEL, FRANCE
+from playground.int4_tinygemm import PATHS
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])
@@ -30,7 +31,7 @@ def test_repacked_layers_compute_what_the_original_layers_compute(manager, metho
     try:
         tiny = [m for m in lm.model.modules() if isinstance(m, TinyGemmInt4Linear)]
         assert len(tiny) == len(layers) and not quantized_linears(lm.model)
-        assert lm.kernel == "TinyGemmInt4Linear"
+        assert lm.kernel == f"TinyGemmInt4Linear ({PATHS})"
         text, _ = chat(lm, FRANCE, params=GenerationParams(max_new_tokens=12, greedy=True))
         assert "Paris" in text
     finally:
@@ -115,7 +116,7 @@ def test_random_weight_models_get_random_4bit_checkpoints_that_load_and_run(tmp_
             logits = lm.model(ids).logits
         assert torch.isfinite(logits).all() and logits.std() > 0
         if kernel:
-            assert lm.kernel == "TinyGemmInt4Linear"
+            assert lm.kernel == f"TinyGemmInt4Linear ({PATHS})"
         scaled = [m for m in lm.model.modules() if type(m).__name__ == "ScaledActivation"]
         assert len(scaled) == (4 if (method, arch) == ("awq", "tiny-neox") else 0)
         assert all(torch.equal(m.scales, torch.ones_like(m.scales)) for m in scaled)
@@ -144,7 +145,7 @@ def test_the_replaced_layers_hold_no_memory_after_the_repack(tmp_path, monkeypat
     # test_retention.py::test_gptqmodel_pool_threads_let_go_of_a_quantized_model's question
     before = {id(o) for o in gc.get_objects() if isinstance(o, BaseQuantLinear)}
     lm = mm.get(path, method, options=VariantOptions(kernel="tinygemm"))
-    assert lm.kernel == "TinyGemmInt4Linear"
+    assert lm.kernel == f"TinyGemmInt4Linear ({PATHS})"
 
     def tensors(layer):
         values = list(layer._parameters.values()) + list(layer._buffers.values())

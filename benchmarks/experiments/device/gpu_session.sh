@@ -60,6 +60,30 @@ case $stage in
       --methods "${METHODS:-gptq,awq}" --device "${DEVICE:-cuda}" --samples "${SAMPLES:-32}" \
       --time-limit "${METHOD_LIMIT:-270}" --out "$dest/quantize_memory.json" 2>&1 | grep -v "it/s\]" | tail -30
     cp -r "$dest" "$out/" ;;
+  decode-speed)  # #19: decode speed of a 7B shape against the roofline and transformers' own static-cache generate
+    # (--peer), batch ${BS:-1}, prompt 512, 256 new tokens. Default: bf16 eager, fast (fused q/k/v + gate/up) and
+    # fast-unfused (the A/B of the fusion); decode-speed-quantized runs int8-wo, gptq, awq (fast) into a folder of
+    # its own. ARCH (mistral-7b, llama-2-7b), BS (1, 16), VARIANTS, MODES, NEW, REPEATS, BENCH_LIMIT (s) override.
+    # Into the tree's results/ (or RESULTS) with --resume (a call cut by the limit continues); copied to $out.
+    arch=${ARCH:-mistral-7b}
+    dest=${RESULTS:-results}/gpu-h200-$arch-decode-bs${BS:-1}-${WHAT:-bf16}
+    run "${BENCH_LIMIT:-540}" --model "random:$arch" --variants "${VARIANTS:-bf16}" \
+        --decode-modes "${MODES:-eager,fast,fast-unfused}" --peer transformers-static --batch-sizes "${BS:-1}" \
+        --prompt-tokens "${PROMPT:-512}" --new-tokens "${NEW:-256}" --repeats "${REPEATS:-3}" --no-overhead-check \
+        --resume --out "$dest"
+    cp -r "$dest" "$out/" ;;
+  decode-speed-quantized)  # #19: the same for the fast int8 and 4-bit variants (their fast rows are unfused already)
+    WHAT=${WHAT:-quantized} VARIANTS=${VARIANTS:-int8-wo,gptq,awq} MODES=${MODES:-fast} bash "$0" decode-speed "$out" ;;
+  decode-profile)  # #19: where the fastest bf16 step's time goes: torch.profiler over 128 compiled decode steps
+    # (fused, then unfused), top kernels and categories per step, written as small json/txt (no trace)
+    dest=${RESULTS:-results}/gpu-h200-${ARCH:-mistral-7b}-decode-profile
+    for flag in "" --unfused; do
+      timeout "${PROFILE_LIMIT:-260}" python3 -m benchmarks.experiments.device.profile_decode \
+        --model "random:${ARCH:-mistral-7b}" --variant "${VARIANT:-bf16}" --device "${DEVICE:-cuda}" \
+        --prompt-tokens "${PROMPT:-512}" --steps "${STEPS:-128}" $flag --out "$dest" 2>&1 \
+        | grep -v "it/s\]\|USDT" | tail -45
+    done
+    cp -r "$dest" "$out/" ;;
   gpu-tests)   # #13: the GPU test suite (tests/gpu, marker gpu), one command of at most ~9 minutes
     # SIGINT at the limit: pytest stops and still prints the failures so far
     # 4 worker processes share the GPU (each test measures its own process: allocator and NVML per pid); tests
