@@ -290,17 +290,22 @@ def prefill(lm: LoadedModel, model, session, ids, past=None, keep: dict | None =
         if k and cancel is not None and cancel.is_set():
             return None, past
         chunk = ids if end - start == n else ids[:, start:end]
-        with lm.lock:
-            if lm.model is None:
-                raise GenerationError(f"{lm.label} was unloaded during the reply")
-            if session.fast:
-                logits = session.prefill(chunk)
-            else:
-                out = model(input_ids=chunk, past_key_values=past, use_cache=True, **keep)
-                past, logits = out.past_key_values, out.logits[:, -1, :]
+        logits, past = forward_once(lm, model, session, chunk, past, keep, prefill=True)
         if on_prefill is not None:
             on_prefill(end, n)
     return logits, past
+
+
+def forward_once(lm: LoadedModel, model, session, ids, past, keep: dict, prefill: bool):
+    """One forward pass under the model's lock: (logits of the last position, cache). Through the fast decoder's
+    static cache when the session has one (its eager prefill, or its compiled one-token step), else ``past``."""
+    with lm.lock:
+        if lm.model is None:
+            raise GenerationError(f"{lm.label} was unloaded during the reply")
+        if session.fast:
+            return (session.prefill(ids) if prefill else session.step(ids)), past
+        out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
+        return out.logits[:, -1, :], out.past_key_values
 
 
 def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = None,
@@ -366,15 +371,7 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                                 stats.finish_reason = "stopped"
                                 break
                         else:
-                            with lm.lock:
-                                if lm.model is None:
-                                    raise GenerationError(f"{lm.label} was unloaded during the reply")
-                                if session.fast:
-                                    logits = session.step(ids)
-                                else:
-                                    out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
-                                    past = out.past_key_values
-                                    logits = out.logits[:, -1, :]
+                            logits, past = forward_once(lm, model, session, ids, past, keep, prefill=False)
                         next_id, ids = chooser.choose(logits, step, all_ids)
                         timer.token(step)
                         if next_id in stop_ids and step >= params.min_new_tokens:
