@@ -117,18 +117,28 @@ class Run:
     extra: dict = field(default_factory=dict)
 
 
+BENCH_PREFILL_CHUNK = 1 << 30      # tokens per prefill pass in benchmark rows: the whole prompt
+
+
 def engine_run(lm, ids: list[int], n: int, seed: int, device: str, fast: bool = False,
                kv_cache: str = "default") -> Run:
-    """Batch 1 through the engine the chat uses (``stream_reply``), inside a MemoryTracker."""
+    """Batch 1 through the engine the chat uses (``stream_reply``), inside a MemoryTracker. The prompt is read in
+    one pass (``BENCH_PREFILL_CHUNK``), as transformers' ``generate`` and the committed runs read it: the chat's
+    512-token chunks exist so that Stop acts within a long prompt, and would add a pass per chunk to a 16k TTFT."""
+    from playground import engine
     from playground.engine import GenerationParams, stream_reply
 
     from .trackers import MemoryTracker
     params = GenerationParams(max_new_tokens=n, min_new_tokens=n, greedy=True, seed=seed,
                               decode="fast" if fast else "eager", kv_cache=kv_cache)
+    chat_chunk, engine.PREFILL_CHUNK_TOKENS = engine.PREFILL_CHUNK_TOKENS, BENCH_PREFILL_CHUNK
     t0 = time.perf_counter()
-    with MemoryTracker(device) as mt:
-        for last in stream_reply(lm, [], None, params, prompt_ids=ids):
-            pass
+    try:
+        with MemoryTracker(device) as mt:
+            for last in stream_reply(lm, [], None, params, prompt_ids=ids):
+                pass
+    finally:
+        engine.PREFILL_CHUNK_TOKENS = chat_chunk
     wall = time.perf_counter() - t0
     s = last.stats
     if s.new_tokens != n:

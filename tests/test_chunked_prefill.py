@@ -127,3 +127,26 @@ def _locked_elsewhere(lock) -> bool:
     t.start()
     t.join()
     return not got[0]
+
+
+def test_benchmark_rows_read_the_prompt_in_one_pass_and_the_chat_keeps_its_chunks():
+    """A benchmark's TTFT is one prefill pass, as transformers' generate and the committed long-context runs read
+    a prompt; the chat's chunks (for Stop) come back after the measurement."""
+    from benchmarks.random_weights import ensure_random_model
+    from benchmarks.worker import engine_run
+    from playground import engine
+    from playground.manager import ModelManager
+
+    mm = ModelManager(device="cpu")
+    lm = mm.get(ensure_random_model("tiny-llama")[0], "fp32")
+    calls = []
+    hook = lm.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(
+        kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        n_prompt = 3 * engine.PREFILL_CHUNK_TOKENS + 5
+        engine_run(lm, list(range(10, 10 + n_prompt)), 3, 0, "cpu")
+    finally:
+        hook.remove()
+        mm.unload_all()
+    assert calls[0] == n_prompt and calls[1:] == [1, 1], calls
+    assert engine.PREFILL_CHUNK_TOKENS == 512
