@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
@@ -386,6 +387,9 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
             except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
                 if not is_out_of_memory(exc):   # on CPU torch's allocator raises a RuntimeError (ENOMEM)
                     raise
+                # the finished frames of the traceback (prefill's, the model's) still hold the cache of the chunks
+                # read so far and the activations; the GenerationError keeps ``exc`` as its cause, so clear them
+                traceback.clear_frames(exc.__traceback__)
                 del past
                 release_memory()
                 raise GenerationError(

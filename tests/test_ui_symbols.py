@@ -89,13 +89,15 @@ def test_status_lines_as_the_handlers_make_them(manager, smollm_bf16):
     from playground.ui.app import build_app
     from playground.ui.common import badge_html, badge_text, describe_loaded, device_busy_note
     from playground.ui.loading import bar_html, prefill_note
+    from playground.manager import ModelManager
     ctx = build_app(manager).playground_ctx
+    empty = build_app(ModelManager(device="cpu")).playground_ctx    # nothing loaded, whatever other tests loaded
     stats = ReplyStats(model=DEFAULT_MODEL, variant="bf16", device="cpu", new_tokens=5, finish_reason="length")
     snapshot = LoadSnapshot("tiny [gptq]", 0.4, "GPTQ calibration", (3, 8), 12.0, 20.0)
     with sharing_device("benchmark"):
         busy = device_busy_note()
     lines = [chat_handlers.selection_status(ctx, DEFAULT_MODEL, "bf16"),           # loaded
-             chat_handlers.selection_status(ctx, DEFAULT_MODEL, "fp32"),           # not loaded
+             chat_handlers.selection_status(empty, DEFAULT_MODEL, "fp32"),         # not loaded
              chat_handlers.selection_status(ctx, DEFAULT_MODEL, "int3"),           # not available
              chat_handlers.unload(ctx, DEFAULT_MODEL, "fp16"), describe_loaded(smollm_bf16), busy,
              snapshot.line(), bar_html(snapshot), prefill_note(4000, 512),
