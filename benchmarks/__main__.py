@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from playground.errors import OneLineArgumentParser, usage_error
+from playground.placement import MAX_MEMORY_HELP
 
 PROG = "benchmarks"         # the name in front of its error lines: "benchmarks: error: ..."
 _fail = partial(usage_error, prog=PROG)   # print "benchmarks: error: MESSAGE", return exit status 2
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--warmup", type=int, default=1)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--max-memory", default=None, metavar="auto|0=70GiB,1=70GiB", help=MAX_MEMORY_HELP)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--memory-cap-gb", type=float, default=None,
                    help="make allocations beyond this fail (a real out-of-memory, recorded as an oom row)")
@@ -116,7 +118,8 @@ def cmd_run(args) -> int:
         cfg = RunConfig(models=args.model, variants=args.variants, batch_sizes=args.batch_sizes,
                         prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats,
                         warmup=args.warmup, device=args.device, out=out, seed=args.seed,
-                        memory_cap_gb=args.memory_cap_gb, random_weights=args.random_weights,
+                        memory_cap_gb=args.memory_cap_gb, max_memory=args.max_memory,
+                        random_weights=args.random_weights,
                         overhead_check=not args.no_overhead_check, timeout_s=args.timeout_s, name=Path(out).name,
                         quality=args.quality, quality_options=_quality_options(args),
                         decode_modes=args.decode_modes + [p for p in args.peer if p not in args.decode_modes],

@@ -77,6 +77,7 @@ class RunConfig:
     device: str = "auto"                 # auto: cuda when a GPU is present, else cpu
     out: str | None = None               # results folder (results/NAME); None: keep rows in memory only
     seed: int = 0
+    max_memory: str | None = None        # place the model over several devices: "auto" or "0=70GiB,1=70GiB"
     memory_cap_gb: float | None = None   # CPU: address-space headroom above the worker after imports;
     #                                      CUDA: cap on the torch allocator. Going over is a real OOM → oom row.
     random_weights: bool = False         # read bare model names as architectures (random:<arch>)
@@ -106,6 +107,7 @@ class RunConfig:
         self.device = str(self.device).strip().lower()
         if not DEVICE_RE.match(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        self._check_max_memory()
         if self.memory_cap_gb is not None and not (isinstance(self.memory_cap_gb, (int, float))
                                                    and self.memory_cap_gb > 0):
             raise ConfigError(f"memory_cap_gb must be a positive number of GB, got {self.memory_cap_gb!r}")
@@ -122,6 +124,20 @@ class RunConfig:
         self._check_variants()
         self._check_models()
         self._check_quality()
+
+    def _check_max_memory(self) -> None:
+        from playground.errors import InvalidParameterError
+        from playground.placement import spread_option
+        if self.max_memory is None or str(self.max_memory).strip() == "":
+            self.max_memory = None
+            return
+        if self.device == "cpu":
+            raise ConfigError("max_memory places a model over GPUs (device_map=\"auto\"); device cpu contradicts "
+                              "it (leave --device auto or cuda)")
+        try:
+            spread_option(self.max_memory)
+        except InvalidParameterError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _check_variants(self) -> None:
         from playground.variants import VARIANTS, VariantOptions

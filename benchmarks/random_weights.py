@@ -93,13 +93,16 @@ def make_tokenizer(cfg: dict, text: str):
 
 
 SKELETON_SUFFIX = "-4bit-skeleton"
-SKELETON_VARIANTS = ("gptq", "awq", "nf4", "fp4")   # checkpoints written from the shapes, not the weights
+# variants that read a skeleton instead of a whole random model of a big shape: the 4-bit ones write their codes
+# from the shapes; the 16-bit ones load it as it is, and transformers initializes the missing decoder linears (random,
+# the config's initializer_range) on the devices device_map gives them, so 145 GB are never written to a disk
+SKELETON_VARIANTS = ("gptq", "awq", "nf4", "fp4", "bf16", "fp16")
 
 
 def skeleton_above_gb() -> float:
-    """bf16 size above which a GPTQ/AWQ run builds a skeleton instead of the whole random model (the Qwen2-72B
-    shape: 145 GB of bf16 fits neither one GPU, nor the GPU machine's RAM or disk). ``PLAYGROUND_SKELETON_ABOVE_GB``
-    moves it (0: always, as the CPU tests do with a tiny shape)."""
+    """bf16 size above which a run of a ``SKELETON_VARIANTS`` variant builds a skeleton instead of the whole random
+    model (the Qwen2-72B shape: 145 GB of bf16 fits neither one GPU, nor the GPU machine's RAM or disk).
+    ``PLAYGROUND_SKELETON_ABOVE_GB`` moves it (0: always, as the CPU tests do with a tiny shape)."""
     import os
     return float(os.environ.get("PLAYGROUND_SKELETON_ABOVE_GB", "60"))
 
@@ -116,8 +119,8 @@ def ensure_random_model(arch_name: str, device: str = "cpu", progress=None, skel
 
     ``skeleton``: a folder with the config, the tokenizer and only the tensors a 4-bit checkpoint keeps in 16 bits
     (embeddings, norms, lm_head), made one tensor at a time on the CPU; the decoder's linear layers are absent.
-    Only the random 4-bit writers (``playground.random_checkpoints``: GPTQ/AWQ and bitsandbytes codes of the real
-    shapes) read it."""
+    The random 4-bit writers (``playground.random_checkpoints``: GPTQ/AWQ and bitsandbytes codes of the real
+    shapes) fill them in; a 16-bit load leaves them to transformers' initialization (``SKELETON_VARIANTS``)."""
     from filelock import FileLock
 
     arch = load_architecture(arch_name)
@@ -165,14 +168,15 @@ def _build_skeleton(arch: dict, target: Path, device: str, digest: str, progress
         else:
             tensors[key] = (torch.randn(meta.shape, generator=gen) * 0.02).to(torch.bfloat16)
     progress(0.5, f"saving the {arch['name']} skeleton ({sum(t.numel() for t in tensors.values()) / 1e9:.1f}B "
-                  "16-bit parameters; the decoder's linear layers are left to the 4-bit writer)")
+                  "16-bit parameters; the decoder's linear layers are left to the 4-bit writer or the load)")
     with building(target) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(tmp)
         make_tokenizer(arch["config"], load_prompt_text()[0]).save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps({"architecture": arch["name"], "source": arch.get("source"),
                                               "config_digest": digest, "random_weights": True,
-                                              "skeleton": "4-bit only: no decoder linear weights"}, indent=2))
+                                              "skeleton": "no decoder linear weights: the 4-bit writers fill "
+                                                          "them, a 16-bit load initializes them"}, indent=2))
     progress(1.0, f"{arch['name']} skeleton ready")
 
 

@@ -113,6 +113,7 @@ class MemoryStats:
     peak_gpu_reserved_gb: float | None = None  # torch allocator, max_memory_reserved (what it took from the GPU)
     peak_gpu_nvml_gb: float | None = None      # NVML: process (or device delta) incl. CUDA context
     nvml_scope: str | None = None              # "process" or "device delta"
+    gpu_mem_by_device: dict | None = None      # several GPUs: the allocator peak of each, {"cuda:0": GB, …}
 
 
 class MemoryTracker:
@@ -187,7 +188,9 @@ class MemoryTracker:
         self.result = MemoryStats(
             peak_rss_gb=self._rss / GB, peak_gpu_mem_gb=self._peak.peak_gb, peak_gpu_reserved_gb=reserved / GB,
             peak_gpu_nvml_gb=(self._nvml_peak / GB) if self._nvml is not None else None,
-            nvml_scope=self._nvml_scope)
+            nvml_scope=self._nvml_scope,
+            gpu_mem_by_device=({d: b / GB for d, b in by_device.items()}
+                               if len(by_device := self._peak.peak_by_device) > 1 else None))
 
 
 # ---- latency --------------------------------------------------------------------------------------------------

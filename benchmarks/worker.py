@@ -21,6 +21,7 @@ from .roofline import roofline_columns
 from .results import LONG_TOKENS, SHORT_TOKENS, e2e_for, failed_rows, median, percentile
 from .results import QUALITY_COLUMNS, RANDOM_QUALITY_NOTE
 from .rows import Latency, Load, Memory, Quality, ResultRow, RowError, as_dict
+from playground.placement import split_text, spread_option
 
 GB = 1024 ** 3
 
@@ -261,6 +262,8 @@ def measure(lm, cfg: RunConfig, row: ResultRow, device: str, fast: bool = False,
     row.memory = Memory(peak_rss_gb=peak("peak_rss_gb"), peak_gpu_mem_gb=peak("peak_gpu_mem_gb"),
                         peak_gpu_reserved_gb=peak("peak_gpu_reserved_gb"), peak_gpu_nvml_gb=peak("peak_gpu_nvml_gb"),
                         nvml_scope=runs[0].mem.nvml_scope, kv_cache_gb=runs[-1].extra.get("kv_cache_gb"))
+    if runs[-1].mem.gpu_mem_by_device:      # placed over several GPUs: each one's allocator peak (GB)
+        row.raw["peak_gpu_mem_by_device_gb"] = runs[-1].mem.gpu_mem_by_device
     row.set(repeats=len(runs), timed_with=("transformers generate(cache_implementation='static')" if peer else
                                            "engine.stream_reply" if bs == 1 else "batched greedy loop")
             + (" (static cache, compiled step)" if fast else ""))
@@ -354,6 +357,11 @@ def use_fast(lm, mode: str, device: str, row: ResultRow, ev: Events) -> bool:
     from playground.fast_decode import enable_fast_decode
     from playground.variants import fast_decode_by_default
     fast = mode in ("fast", UNFUSED_MODE) or (mode == "auto" and fast_decode_by_default(lm.variant, device))
+    if fast and lm.device == "auto":       # placed over several devices (--max-memory)
+        if mode != "auto":
+            raise RuntimeError("the fast decoder runs a model on one GPU; this one is placed over several devices "
+                               "(--max-memory): use --decode-modes eager or auto")
+        fast = False
     if not fast:
         row.set(decode_mode="eager")
         return False
@@ -400,7 +408,8 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
         note = apply_memory_cap(cfg.memory_cap_gb, device)
         if note:
             notes.append(note)
-        manager = ModelManager(device=device, budget_bytes=1 << 62)
+        spread, caps = spread_option(cfg.max_memory)     # --max-memory: device_map="auto" under these caps
+        manager = ModelManager(device="auto" if spread else device, budget_bytes=1 << 62, max_memory=caps)
         load_progress(0.0, f"loading {model} [{variant}] on {device}")
         with MemoryTracker(device) as load_mem:
             # fast decoding is switched on below, by the first row that uses it, so load_s leaves out its warm-up
@@ -419,6 +428,8 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
                 load_peak_mem_gb=lm_mem.peak_gpu_mem_gb if lm_mem.peak_gpu_mem_gb is not None else lm_mem.peak_rss_gb,
                 kernel=lm.kernel)
     notes += s.notes
+    if len(s.weights_by_device) > 1:      # placed over several devices (--max-memory): where the weights are
+        notes.append(f"weights placed over {split_text(s.weights_by_device)}")
     ev.progress(1.0, f"loaded {model} [{variant}] in {s.load_s:.1f}s")
     pending = [] if cfg.quality and not is_random(model) else None   # rows wait for the quality columns
     from .roofline import decode_bytes
@@ -427,6 +438,8 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
         for mode, kv in itertools.product(cfg.decode_modes, cfg.kv_cache):
             row = ResultRow.new(model, variant, device, bs, p, n, kv_cache=kv, load=replace(load))
             row.raw["notes"] = list(notes)
+            if len(s.weights_by_device) > 1:
+                row.raw["weights_by_device_gb"] = {d: b / GB for d, b in s.weights_by_device.items()}
             ev.progress(0.0, f"{model} [{variant}] bs={bs} prompt={p} new={n} decode={mode} kv={kv}")
             try:
                 row.set(read_bandwidth_gb_s=roof["bandwidth"], decode_bytes_gb=roof["bytes"] / GB)

@@ -11,6 +11,7 @@ import sys
 
 from .catalog import CATALOG, DEFAULT_MODEL
 from .errors import OneLineArgumentParser, PlaygroundError, UsageError, usage_error
+from .placement import MAX_MEMORY_HELP
 
 USER_COLOR, BOT_COLOR, INFO_COLOR, ERR_COLOR, RESET = "\033[1;32m", "\033[1;34m", "\033[2m", "\033[1;31m", "\033[0m"
 
@@ -22,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"catalog key ({', '.join(CATALOG)}), local folder or Hugging Face id")
     p.add_argument("--variant", default="bf16", choices=list(VARIANTS), help="how to load the weights")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda if present)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default, auto: cuda if present)")
+    p.add_argument("--max-memory", metavar="auto|0=70GiB,1=70GiB", help=MAX_MEMORY_HELP)
     p.add_argument("--prompt", help="one-shot mode: print the reply to this prompt and exit")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -50,7 +52,9 @@ def _params(args):
 def _load(args):
     from .manager import ModelManager
     from .progress import console_progress
-    manager = ModelManager(device=args.device)
+    from .placement import manager_device
+    device, caps = manager_device(args.device, args.max_memory)
+    manager = ModelManager(device=device, max_memory=caps)
     bar = console_progress()
     try:
         return manager.get(args.model, args.variant, trust_remote_code=args.trust_remote_code, progress=bar)

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from playground import process_setup
+from playground.placement import MAX_MEMORY_HELP
 
 SHARE_TIMEOUT_S = 60.0
 AUTH_HINT = ("--share makes the app reachable by anyone who gets the link, and it can run models on this "
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="variant to preload and select (default: %(default)s)")
     g.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"],
                    help="where models run; auto: cuda when a GPU is available, else cpu (default: %(default)s)")
+    g.add_argument("--max-memory", metavar="auto|0=70GiB,1=70GiB", help=MAX_MEMORY_HELP)
     g.add_argument("--memory-budget-gb", type=float, metavar="GB",
                    help="memory the loaded models may use; beyond it the least recently used model is unloaded "
                         "(default: 85%% of GPU memory, or half of the RAM on cpu)")
@@ -240,9 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     from playground.manager import ModelManager
     from playground.ui import build_app, launch_app
 
-    device = None if args.device == "auto" else args.device
+    from playground.errors import PlaygroundError
+    from playground.placement import manager_device
+    try:
+        device, caps = manager_device(args.device, args.max_memory)
+    except PlaygroundError as exc:
+        from playground.errors import usage_error
+        return usage_error(str(exc), "launch.py")
     budget = int(args.memory_budget_gb * 1024 ** 3) if args.memory_budget_gb else None
-    manager = ModelManager(budget_bytes=budget, device=device)
+    manager = ModelManager(budget_bytes=budget, device=device, max_memory=caps)
     trusted = set(args.trust_remote_code)
     if not args.no_preload:
         preload(manager, args.models, args.variant, trusted)

@@ -34,6 +34,7 @@ class LoadStats:
     load_s: float = 0.0          # from_pretrained (includes bitsandbytes quantization) + move to device
     weights_bytes: int = 0       # parameters + buffers as held in memory
     warmup_s: float = 0.0        # fast decode: compiling the decode step (and recording CUDA graphs) at load
+    weights_by_device: dict[str, int] = field(default_factory=dict)   # {"cuda:0": bytes, "cuda:1": …}
     notes: list[str] = field(default_factory=list)
 
 
@@ -99,15 +100,25 @@ def weights_bytes(model) -> int:
     """Bytes held by parameters and buffers (quantized tensors count at their packed size, tensor subclasses by
     their inner tensors), and bitsandbytes' quantization state (nf4's scales are ~6% of its weights; double
     quantization shrinks them)."""
-    seen, total = set(), 0
+    return sum(weights_by_device(model).values())
+
+
+def weights_by_device(model) -> dict[str, int]:
+    """``weights_bytes`` per device: ``{"cuda:0": …, "cuda:1": …}`` for a model placed with ``device_map``;
+    ``disk`` for weights accelerate offloaded (they sit on the meta device until used)."""
+    from .placement import device_name
+    seen, out = set(), {}
     params = list(model.parameters())
     for t in params + list(model.buffers()) + [s for p in params for s in _quantization_state(p)]:
         for leaf in _storage_tensors(t):
-            if leaf.data_ptr() in seen:
+            meta = leaf.device.type == "meta"      # no storage: every meta tensor's data_ptr is 0
+            key = ("meta", id(leaf)) if meta else (leaf.device, leaf.data_ptr())
+            if key in seen:
                 continue
-            seen.add(leaf.data_ptr())
-            total += leaf.numel() * leaf.element_size()
-    return total
+            seen.add(key)
+            where = "disk" if meta else device_name(leaf.device)
+            out[where] = out.get(where, 0) + leaf.numel() * leaf.element_size()
+    return out
 
 
 def weight_subclass_kind(model) -> str | None:
@@ -176,8 +187,8 @@ class ModelManager:
     def __init__(self, budget_bytes: int | None = None, device: str | None = None,
                  max_memory: dict | None = None):
         self.device = device or default_device()
+        self.max_memory = max_memory            # per-device caps for device_map="auto" (placement.parse_max_memory)
         self.budget_bytes = budget_bytes if budget_bytes is not None else self._default_budget()
-        self.max_memory = max_memory            # per-device caps for device_map="auto"
         self._models: OrderedDict[tuple, LoadedModel] = OrderedDict()
         self._lock = threading.RLock()
         self._loading: dict[tuple, threading.Event] = {}
@@ -187,9 +198,14 @@ class ModelManager:
 
     def _default_budget(self) -> int:
         import psutil
+        import torch
         if self.device.startswith("cuda"):
-            import torch
             return int(torch.cuda.get_device_properties(0).total_memory * 0.85)
+        if self.device == "auto" and self.max_memory:      # placed over the capped devices: their sum
+            return int(sum(v for k, v in self.max_memory.items() if k != "disk"))
+        if self.device == "auto" and torch.cuda.is_available():   # over every GPU
+            return int(sum(torch.cuda.get_device_properties(i).total_memory
+                           for i in range(torch.cuda.device_count())) * 0.85)
         return int(psutil.virtual_memory().total * 0.5)
 
     # -- queries ---------------------------------------------------------------------------------------------
@@ -283,6 +299,10 @@ class ModelManager:
             kwargs["device_map"] = "auto"
             if self.max_memory:
                 kwargs["max_memory"] = self.max_memory
+            if plan.loader != "gptqmodel" and "quantization_config" not in plan.kwargs:
+                from .placement import preflight
+                stats.notes.extend(preflight(plan.path, plan.kwargs.get("dtype"), self.max_memory,
+                                             f"{name} [{variant_name}]", trust_remote_code))
         else:
             kwargs["device_map"] = device
         t0 = time.perf_counter()
@@ -308,7 +328,8 @@ class ModelManager:
         model.eval()
         stats.load_s = time.perf_counter() - t0
         give_back_cached_gpu_memory()   # what loading freed (repack temporaries): nvidia-smi then shows the weights
-        stats.weights_bytes = weights_bytes(model)
+        stats.weights_by_device = weights_by_device(model)
+        stats.weights_bytes = sum(stats.weights_by_device.values())
         if kernel is None:
             kinds = quantized_layer_kinds(model)
             kernel = next((k for k in kinds if k not in ("Linear",)), None) or weight_subclass_kind(model)
@@ -316,7 +337,10 @@ class ModelManager:
             tokenizer.pad_token = tokenizer.eos_token
         lm = LoadedModel(key=key, name=name, variant=variant_name, device=device, model=model,
                          tokenizer=tokenizer, source=source, options=options, stats=stats, kernel=kernel)
-        if options.wants_fast_decode(device, variant_name):
+        if device == "auto" and options.fast_decode != "off":      # checked first: "on" cannot hold here
+            stats.notes.append("fast decode (static KV cache + compiled step) runs a model on one GPU: a model "
+                               "placed with --max-memory decodes eagerly")
+        elif options.wants_fast_decode(device, variant_name):
             progress(0.9, f"compiling the decode step of {name} [{variant_name}] (once per load)")
             enable_fast_decode(lm)
             give_back_cached_gpu_memory()   # the warm-up's prefill buffers: nvidia-smi then shows weights + graphs

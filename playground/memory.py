@@ -154,3 +154,8 @@ class PeakMemory:
     @property
     def peak_gb(self) -> float:
         return self.peak_bytes / GB
+
+    @property
+    def peak_by_device(self) -> dict[str, int]:
+        """CUDA: the allocator's peak per GPU (``peak_bytes`` is their sum), for a model spread over several."""
+        return {f"cuda:{i}": a for i, (a, _) in sorted(self._cuda_peaks.items()) if a}

@@ -30,7 +30,8 @@ def is_random_weights(folder: str) -> bool:
 
 
 def is_skeleton(folder: str) -> bool:
-    """A random model folder without the decoder's linear weights (only a random 4-bit writer can use it)."""
+    """A random model folder without the decoder's linear weights: the random 4-bit writers fill them in, a 16-bit
+    load leaves them to transformers' initialization (``variants.SKELETON_16BIT_NOTE``)."""
     marker = Path(folder) / RANDOM_MARKER
     return marker.is_file() and bool(json.loads(marker.read_text()).get("skeleton"))
 

@@ -135,9 +135,16 @@ def torch_dtype(name: str):
 
 
 # ---- plain dtypes ---------------------------------------------------------------------------------------------
+SKELETON_16BIT_NOTE = ("random weights of a shape too big to write in 16 bits: the checkpoint holds the embeddings, "
+                       "norms and lm_head; transformers initializes the decoder's linear layers on their devices "
+                       "while loading, so load time is that, not a read of the whole checkpoint")
+
+
 def _dtype_plan(dtype_name: str):
     def plan(source: ModelSource, options: VariantOptions, device: str, progress: Progress) -> LoadPlan:
-        return LoadPlan(path=source.path, kwargs={"dtype": torch_dtype(dtype_name)})
+        from .random_checkpoints import is_skeleton
+        return LoadPlan(path=source.path, kwargs={"dtype": torch_dtype(dtype_name)},
+                        notes=[SKELETON_16BIT_NOTE] if is_skeleton(source.path) else [])
     return plan
 
 

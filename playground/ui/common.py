@@ -18,6 +18,7 @@ from ..engine import KV_CACHE_OPTIONS, GenerationParams, ReplyStats
 from ..endpoints import EndpointRegistry
 from ..errors import InvalidParameterError
 from ..manager import GB, LoadedModel, ModelManager
+from ..placement import split_text
 from ..progress import LoadTracker
 from ..sharing import SharingPolicy
 from ..variants import VARIANTS
@@ -342,8 +343,10 @@ def gb(n: int | float) -> str:
 
 def describe_loaded(lm: LoadedModel) -> str:
     s = lm.stats
-    parts = [f"**{html.escape(lm.label)}** on {lm.device}", f"weights {gb(s.weights_bytes)}",
-             f"load {s.load_s:.1f} s"]
+    weights = f"weights {gb(s.weights_bytes)}"
+    if len(s.weights_by_device) > 1:          # device_map over several devices: where each part went
+        weights += f" ({split_text(s.weights_by_device)})"
+    parts = [f"**{html.escape(lm.label)}** on {lm.device}", weights, f"load {s.load_s:.1f} s"]
     if s.quantize_s:
         parts.append(f"quantize {s.quantize_s:.1f} s")
     if lm.kernel:

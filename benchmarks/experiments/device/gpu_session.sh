@@ -84,6 +84,29 @@ case $stage in
         | grep -v "it/s\]\|USDT" | tail -45
     done
     cp -r "$dest" "$out/" ;;
+  two-gpu-bf16)  # #16 (nvidia-h200-x2): the Qwen2-72B shape in bf16 over both GPUs (device_map="auto", --max-memory
+    # CAPS, default auto: transformers' balanced caps), batch 1 and 16, prompt 512, 256 new tokens, eager (the fast
+    # decoder is for one GPU). The 145 GB fit neither disk: the 5 GB skeleton is read and transformers initializes
+    # the decoder's linears on the GPUs the plan gives them. Memory per GPU: the rows' raw peak_gpu_mem_by_device_gb
+    # and weights_by_device_gb. Into results/gpu-2xh200-ARCH/bf16-two-gpus with --resume.
+    arch=${ARCH:-qwen2-72b}; dest=${RESULTS:-results}/gpu-2xh200-$arch/bf16-two-gpus
+    run "${BENCH_LIMIT:-540}" --model "random:$arch" --variants "${VARIANTS:-bf16}" --max-memory "${CAPS:-auto}" \
+        --decode-modes eager --batch-sizes "${BS:-1,16}" --prompt-tokens "${PROMPT:-512}" --new-tokens "${NEW:-256}" \
+        --repeats "${REPEATS:-2}" --no-overhead-check --resume --out "$dest"
+    cp -r "$dest" "$out/" ;;
+  two-gpu-4bit)  # #16: the same shape in 4 bits on one of the two GPUs, same session, for the ratio (qwen72b-4bit's
+    # writers; one variant at a time, each ~40 GB checkpoint deleted before the next)
+    vs=${VARIANTS:-nf4,gptq}; arch=${ARCH:-qwen2-72b}
+    for v in ${vs//,/ }; do
+      dest=${RESULTS:-results}/gpu-2xh200-$arch/$v-one-gpu
+      CUDA_VISIBLE_DEVICES=0 run "${VARIANT_LIMIT:-270}" --model "random:$arch" --variants "$v" --decode-modes "${MODES:-auto}" \
+        --batch-sizes "${BS:-1,16}" --prompt-tokens "${PROMPT:-512}" --new-tokens "${NEW:-256}" --repeats "${REPEATS:-2}" \
+        --no-overhead-check --resume --out "$dest"
+      cp -r "$dest" "$out/"
+      rm -rf "$PLAYGROUND_CACHE/quantized/$arch"-4bit-skeleton-*
+    done ;;
+  placement-tests)  # #16: tests/gpu/test_gpu_placement.py (one GPU + CPU; two GPUs when there are two)
+    K=${K:-placement} bash "$0" gpu-tests "$out" ;;
   gpu-tests)   # #13: the GPU test suite (tests/gpu, marker gpu), one command of at most ~9 minutes
     # SIGINT at the limit: pytest stops and still prints the failures so far
     # 4 worker processes share the GPU (each test measures its own process: allocator and NVML per pid); tests
