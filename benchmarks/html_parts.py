@@ -14,6 +14,15 @@ padding:8px 12px;margin:10px 0}
 FIGURE_CONFIG = {"displaylogo": False, "responsive": True}
 
 
+def html_page(title: str, body: str) -> str:
+    """A whole self-contained page: plotly's script inline, the shared CSS, and a viewport for phones (without it
+    a phone lays the page out 980 px wide and shrinks it)."""
+    from plotly.offline import get_plotlyjs
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>{body}</body></html>")
+
+
 def fmt_cell(v, col: str = "") -> str:
     if v is None or v == "":
         return "–"

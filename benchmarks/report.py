@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from . import plots
-from .html_parts import CSS, figure_html, fmt_cell, html_table
+from .html_parts import figure_html, fmt_cell, html_page, html_table
 from .published import guides_html
 from .results import COLUMNS, LONG_TOKENS, SHORT_TOKENS, add_peer_ratios, atomic_write, load_results, model_label
 
@@ -150,7 +150,6 @@ def render(data: dict) -> str:
     if data.get("config", {}).get("kind") == "serving":   # python -m benchmarks serve: its own page
         from .serving_report import render_serving
         return render_serving(data)
-    from plotly.offline import get_plotlyjs
     rows, env, cfg = data["rows"], data.get("environment", {}), data.get("config", {})
     rows = [with_decode_label(r) for r in add_peer_ratios([dict(r) for r in rows])]   # files before the column
     name = cfg.get("name") or Path(str(cfg.get("out") or "run")).name
@@ -209,8 +208,7 @@ def render(data: dict) -> str:
             "<pre>" + html.escape(json.dumps({'environment': env, 'config': cfg,
                                               'prompt_source': data.get('prompt_source')},
                                              indent=1, default=str)) + "</pre>"]
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Benchmark {html.escape(name)}</title>"
-            f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>{''.join(body)}</body></html>")
+    return html_page(f"Benchmark {name}", "".join(body))
 
 
 def write_report(out_dir: str | Path) -> Path:

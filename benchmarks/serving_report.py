@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import json
 
-from .html_parts import CSS, figure_html, fmt_cell, html_table
+from .html_parts import figure_html, fmt_cell, html_page, html_table
 from .plots import phone_safe_layout
 
 SERVE_COLS = ["concurrency", "request_rate", "requests", "errors", "req_s", "tok_s", "ttft_ms", "ttft_ms_p90",
@@ -47,7 +47,6 @@ def _figures(rows: list[dict]):
 
 
 def render_serving(data: dict) -> str:
-    from plotly.offline import get_plotlyjs
     rows, env, cfg = data["rows"], data.get("environment", {}), data.get("config", {})
     name = cfg.get("run_name") or "serving"
     ep = env.get("endpoint", {})
@@ -87,5 +86,4 @@ def render_serving(data: dict) -> str:
              "<pre>" + html.escape(json.dumps({'environment': env, 'config': cfg,
                                                'prompt_source': data.get('prompt_source')},
                                               indent=1, default=str)) + "</pre>"]
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Serving benchmark {html.escape(name)}</title>"
-            f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>{''.join(parts)}</body></html>")
+    return html_page(f"Serving benchmark {name}", "".join(parts))

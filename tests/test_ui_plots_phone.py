@@ -91,9 +91,11 @@ def test_report_plots_keep_titles_and_legends_clear_on_a_phone(chromium, run, tm
     made = subprocess.run([sys.executable, "-m", "benchmarks", "report", str(folder)], cwd=ROOT, text=True,
                           capture_output=True, timeout=120)
     assert made.returncode == 0, made.stderr
-    context = chromium.new_context(viewport=PHONE)
+    # a phone's browser (is_mobile): without <meta name=viewport> it lays the page out 980 px wide and shrinks it
+    context = chromium.new_context(viewport=PHONE, is_mobile=True, device_scale_factor=3, has_touch=True)
     pg = context.new_page()
     pg.goto((folder / "report.html").as_uri())
+    assert pg.evaluate("window.innerWidth") == 390
     pg.wait_for_function("document.querySelectorAll('.js-plotly-plot .gtitle').length >= 3")
     figures = figure_problems(pg, "body")
     assert all(300 < f["width"] <= 390 for f in figures), figures         # each figure fits the phone's width
