@@ -5,7 +5,7 @@
 
 For every (concurrency, request rate) level, ``--requests`` streamed chat requests are sent, at most
 ``concurrency`` in flight; with a finite rate they start at Poisson-distributed times (seeded), with ``inf`` as
-soon as a slot is free. Every request goes through ``playground.endpoints.stream_endpoint_reply`` (the same code
+soon as a slot is free. Every request goes through ``playground.endpoint_reply.stream_endpoint_reply`` (the same code
 as the Chat tab), so TTFT, inter-token latency (gaps between streamed chunks) and end-to-end latency are measured
 on the client. A level becomes one row of the usual results files (``device`` = ``endpoint:<url>``, ``variant`` =
 ``served``, ``batch_size`` = concurrency) with p50/p90/p99 of TTFT, ITL and end-to-end latency, request and output
@@ -139,7 +139,7 @@ def make_prompts(cfg: ServeConfig, count: int) -> tuple[list[str], dict]:
 # ---- one request, one level ------------------------------------------------------------------------------------
 def one_request(ep, client, prompt: str, params, index: int, t0: float) -> dict:
     """Send one streamed request; a failure is a record with ok=False and its message, never an exception."""
-    from playground.endpoints import stream_endpoint_reply
+    from playground.endpoint_reply import stream_endpoint_reply
     from playground.errors import PlaygroundError
     rec = {"i": index, "ok": False, "start_s": round(time.perf_counter() - t0, 4)}
     try:

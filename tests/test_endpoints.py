@@ -157,7 +157,8 @@ def test_endpoint_settings_are_validated_and_the_key_is_hidden(tmp_path, monkeyp
 
 def test_unreachable_endpoint_is_a_clear_error_and_a_recorded_benchmark_failure(tmp_path):
     from benchmarks.serving import ServeConfig, run_serving
-    from playground.endpoints import Endpoint, EndpointError, chat_endpoint
+    from playground.endpoints import Endpoint, EndpointError
+    from playground.endpoint_reply import chat_endpoint
 
     dead = Endpoint(f"http://127.0.0.1:{free_port()}/v1", name="dead")
     with pytest.raises(EndpointError, match=r"cannot reach endpoint:dead .*is the server running"):
@@ -176,7 +177,7 @@ def test_unreachable_endpoint_is_a_clear_error_and_a_recorded_benchmark_failure(
 
 # ---- against transformers serve -------------------------------------------------------------------------------
 def test_chat_streamed_and_not_with_client_side_stats(served):
-    from playground.endpoints import chat_endpoint, stream_endpoint_reply
+    from playground.endpoint_reply import chat_endpoint, stream_endpoint_reply
 
     ep = endpoint(served, api_key=SECRET)
     events = list(stream_endpoint_reply(ep, FRANCE, "You are a concise assistant.", greedy(16)))
@@ -198,7 +199,8 @@ def test_chat_streamed_and_not_with_client_side_stats(served):
 
 
 def test_wrong_model_name_is_a_clear_error(served):
-    from playground.endpoints import EndpointError, chat_endpoint
+    from playground.endpoints import EndpointError
+    from playground.endpoint_reply import chat_endpoint
 
     with pytest.raises(EndpointError, match=r"answered HTTP 4\d\d .*check the model name") as info:
         chat_endpoint(endpoint(served, model="no-such-model", api_key=SECRET), FRANCE, params=greedy(4))
@@ -327,7 +329,8 @@ def test_serving_benchmark_concurrency_1_and_4(served, tmp_path):
 def test_server_killed_mid_stream_then_restarted(served):
     """A crash mid-reply is a clear error (not a hang, not a silently short reply); a restarted server on the same
     address answers the next request."""
-    from playground.endpoints import EndpointError, chat_endpoint, stream_endpoint_reply
+    from playground.endpoints import EndpointError
+    from playground.endpoint_reply import chat_endpoint, stream_endpoint_reply
 
     ep = endpoint(served)
     ask = [{"role": "user", "content": "Count from 1 to 200, separated by commas."}]

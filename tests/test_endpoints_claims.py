@@ -299,7 +299,8 @@ def test_serving_benchmark_request_rate_ignore_eos_and_tokenizer(served, smollm_
 
 # ---- 6. extra_body ---------------------------------------------------------------------------------------------------
 def test_extra_body_fields_reach_the_server(tmp_path):
-    from playground.endpoints import Endpoint, chat_endpoint, load_endpoints_file
+    from playground.endpoints import Endpoint, load_endpoints_file
+    from playground.endpoint_reply import chat_endpoint
     from playground.engine import GenerationParams
 
     extra = {"top_k": 7, "repetition_penalty": 1.3, "min_tokens": 5, "ignore_eos": True,
@@ -334,7 +335,8 @@ def test_extra_body_fields_reach_the_server(tmp_path):
 # ---- 7. no usage block: tokens counted from chunks -----------------------------------------------------------------
 def test_stream_without_usage_counts_tokens_from_chunks(tmp_path):
     from benchmarks.serving import ServeConfig, run_serving
-    from playground.endpoints import Endpoint, stream_endpoint_reply
+    from playground.endpoints import Endpoint
+    from playground.endpoint_reply import stream_endpoint_reply
 
     with LoopbackOpenAI(usage=False) as loop, LoopbackOpenAI(usage=True, usage_tokens=11) as with_usage:
         events = list(stream_endpoint_reply(Endpoint(url=loop.url, model="m", name="nousage"), FRANCE, None,

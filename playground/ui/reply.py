@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..endpoints import Endpoint, describe_endpoint, stream_endpoint_reply
+from ..endpoint_reply import stream_endpoint_reply
+from ..endpoints import Endpoint, describe_endpoint
 from ..engine import GenerationParams, StreamEvent, stream_reply
 from ..manager import LoadedModel
 from .common import UIContext, describe_loaded, user_id
