@@ -124,3 +124,27 @@ def test_status_lines_say_what_they_mean_in_words(ctx):
     assert chat_handlers.selection_status(ctx, DEFAULT_MODEL, "bf16").startswith("✓ Loaded: ")
     assert chat_handlers.selection_status(ctx, "no/such-model", "bf16").startswith(
         "○ no/such-model [bf16] is not loaded")
+
+
+def test_the_last_frame_of_a_load_or_a_reply_comes_after_it_has_ended_and_send_during_a_load_says_so(ctx):
+    """The page shows a frame while the handler's generator waits to be resumed: the Load's "Loaded" line and a
+    reply's last frame come when the session is free again, so a Send clicked as they appear runs (it was refused
+    as "a reply is generating"). A Send during a load names the load."""
+    from playground.ui import chat_handlers, loading
+    req = _Request("load-then-send")
+    for frame in loading.load(ctx, DEFAULT_MODEL, "bf16", req):
+        if frame[0].startswith("✓ Loaded: "):
+            assert not ctx.cancels.running("load-then-send", "chat"), "the last frame came before the load ended"
+    for frame in chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", "What is the capital of France?", [], "", req, None,
+                                    **PARAMS):
+        hist = frame[1] if isinstance(frame[1], list) else []          # gr.skip() leaves it as it is
+        last_reply = bool(hist) and hist[-1].get("role") == "assistant" and bool(hist[-1].get("badge"))
+        assert not last_reply or not ctx.cancels.running("load-then-send", "chat"), "the reply had not ended"
+    assert last_reply
+    ctx.cancels.start("load-then-send", "chat", kind="load")        # as while a model loads
+    try:
+        with pytest.warns(UserWarning, match=r"A model is loading: wait for it \(or press Cancel\), then send"):
+            assert list(chat_handlers.send(ctx, DEFAULT_MODEL, "bf16", "Hi", [], "", req, None, **PARAMS)) == \
+                [chat_handlers.frame()]
+    finally:
+        ctx.cancels.drop_session("load-then-send")

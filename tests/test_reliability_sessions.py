@@ -51,7 +51,9 @@ def test_history_system_prompt_model_choice_and_stop_stay_in_their_session(srv):
         a.locator("#chat-system textarea").fill(SECRET_SYSTEM)
         pick(a, "chat-variant", "fp32")
         a.locator("#chat-load").click()
-        expect(a.locator("#chat-status")).to_contain_text("[fp32]", timeout=REPLY_TIMEOUT)
+        # the load bar's lines name the model too ("◔ Loading … [fp32]"): wait for the loaded line
+        expect(a.locator("#chat-status")).to_contain_text("✓ Loaded: smollm2-135m-instruct [fp32]",
+                                                         timeout=REPLY_TIMEOUT)
         set_params(a, "chat", 4)
         send(a, SECRET)
         expect(badges(a)).to_have_count(1, timeout=REPLY_TIMEOUT)

@@ -8,6 +8,7 @@ shows it (the badge is appended to the displayed reply, never sent back to the m
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -81,6 +82,7 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
     ``rollback`` (history, message box). Yields (chatbot, history, message box, status, load bar, Cancel)."""
     sid = session_id(request)
     cancel = ctx.cancels.start(sid, "chat")
+    ended = functools.partial(ctx.cancels.finish, sid, "chat", cancel)   # before each last frame: see loading.load
     continuing = hist[-1]["role"] == "assistant"        # Continue: the last reply grows
     prefix, base = (hist[-1]["content"], hist[:-1]) if continuing else ("", hist)
     try:
@@ -124,6 +126,7 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
                                                and event.stats.finish_reason == "stopped"):   # before any token
             final = hist if continuing else base
             what = f" ({n_prompt} tokens)" if n_prompt is not None else ""
+            ended()
             yield frame(to_display(final), final, status=f"{described}  \n■ Stopped while the model was processing "
                                                          f"the prompt{what}: no reply", bar="")
             return
@@ -137,11 +140,14 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
         last = (f"  \nlast reply: {stats.prompt_tokens} prompt tokens → {stats.new_tokens} new "
                 f"({stats.finish_reason}, {stats.mode} mode)")
         notes = "".join(f"  \nℹ {n}" for n in stats.notes)
+        ended()
         yield frame(to_display(final), final, status=described + last + notes, bar="")
     except LoadCancelled as exc:        # the user's Cancel: no error, the message goes back to the box
+        ended()
         yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"■ Cancelled: {exc}", "",
                     cancel_button(False))
     except PlaygroundError as exc:
+        ended()
         yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"⚠ Error: {exc}", "",
                     cancel_button(False))
         raise user_error(str(exc)) from None
@@ -149,11 +155,12 @@ def run_reply(ctx: UIContext, model_name, variant_name, hist, system_prompt, par
         raise
     except Exception as exc:  # unexpected: log the traceback, show one line
         log.exception("chat reply failed")
+        ended()
         yield frame(to_display(rollback[0]), rollback[0], rollback[1], f"⚠ Error: {type(exc).__name__}: {exc}",
                     "", cancel_button(False))
         raise user_error(f"unexpected error ({type(exc).__name__}): {exc}") from None
     finally:
-        ctx.cancels.finish(sid, "chat", cancel)
+        ended()
 
 
 # gradio injects gr.Request / gr.Progress only into positional parameters; the generation parameters arrive as

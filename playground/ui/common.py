@@ -35,12 +35,15 @@ class CancelRegistry:
 
     def __init__(self):
         self._events: dict[tuple[str, str], threading.Event] = {}
+        self._kinds: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
-    def start(self, session: str | None, scope: str) -> threading.Event:
+    def start(self, session: str | None, scope: str, kind: str = "reply") -> threading.Event:
+        """``kind``: what runs ("reply" or "load"), for the words of a click refused meanwhile (``running_kind``)."""
         event = threading.Event()
         with self._lock:
             self._events[(session or "", scope)] = event
+            self._kinds[(session or "", scope)] = kind
         return event
 
     def finish(self, session: str | None, scope: str, event: threading.Event) -> None:
@@ -48,11 +51,17 @@ class CancelRegistry:
         with self._lock:
             if self._events.get((session or "", scope)) is event:
                 del self._events[(session or "", scope)]
+                self._kinds.pop((session or "", scope), None)
 
     def running(self, session: str | None, scope: str) -> bool:
         """A reply (or load) started in this session and scope has not finished yet."""
         with self._lock:
             return (session or "", scope) in self._events
+
+    def running_kind(self, session: str | None, scope: str) -> str | None:
+        """What ``start`` said runs in this session and scope ("reply", "load"), or None when nothing does."""
+        with self._lock:
+            return self._kinds.get((session or "", scope)) if (session or "", scope) in self._events else None
 
     def stop(self, session: str | None, scope: str) -> bool:
         with self._lock:
@@ -66,6 +75,7 @@ class CancelRegistry:
         with self._lock:
             for key in [k for k in self._events if k[0] == (session or "")]:
                 del self._events[key]
+                self._kinds.pop(key, None)
 
 
 @dataclass

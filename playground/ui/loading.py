@@ -10,6 +10,7 @@ within one chunk of it, and ``PrefillProgress`` says how much of the prompt is r
 """
 from __future__ import annotations
 
+import functools
 import html
 import queue
 import threading
@@ -118,14 +119,17 @@ def load_bar_updates(what: str, cancel: threading.Event, load: Callable[[LoadTra
 
 
 BUSY = "A reply is generating: press Stop first, then {what}."
+LOADING = "A model is loading: wait for it (or press Cancel), then {what}."
 
 
 def warn_if_replying(ctx: UIContext, request, what: str) -> bool:
-    """A reply is generating in this session's Chat: say so (a warning) instead of ignoring the click."""
-    if ctx.cancels.running(session_id(request), "chat"):
-        gr.Warning(BUSY.format(what=what))
-        return True
-    return False
+    """A reply is generating, or a model loading, in this session's Chat: say which (a warning) instead of
+    ignoring the click."""
+    kind = ctx.cancels.running_kind(session_id(request), "chat")
+    if kind is None:
+        return False
+    gr.Warning((LOADING if kind == "load" else BUSY).format(what=what))
+    return True
 
 
 def load(ctx: UIContext, model_name, variant_name, request: gr.Request):
@@ -138,19 +142,25 @@ def load(ctx: UIContext, model_name, variant_name, request: gr.Request):
     if warn_if_replying(ctx, request, "load"):
         yield gr.skip(), gr.skip(), gr.skip()
         return
-    cancel = ctx.cancels.start(sid, "chat")
+    cancel = ctx.cancels.start(sid, "chat", kind="load")
+    # ended before the last frame is yielded: the generator resumes (and its finally runs) only when Gradio asks
+    # for the next frame, and a Send clicked as the "Loaded" line appears was refused as "a reply is generating"
+    ended = functools.partial(ctx.cancels.finish, sid, "chat", cancel)
     loaded: list = []
     try:
         yield from load_bar_updates(f"{model_name} [{variant_name}]", cancel,
                                     lambda tracker: loaded.append(ctx.load(model_name, variant_name, tracker)))
+        ended()
         yield describe_loaded(loaded[0]), "", cancel_button(False)
     except LoadCancelled as exc:
+        ended()
         yield f"■ Cancelled: {exc}", "", cancel_button(False)
     except PlaygroundError as exc:
+        ended()
         yield f"⚠ Error: {exc}", "", cancel_button(False)
         raise user_error(str(exc)) from None
     finally:
-        ctx.cancels.finish(sid, "chat", cancel)
+        ended()
 
 
 def wait_note(lm: LoadedModel, waited_s: float) -> str:
