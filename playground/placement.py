@@ -182,7 +182,6 @@ def check_plan(plan: PlacementPlan, label: str) -> list[str]:
     return []
 
 
-
 def preflight(path: str, dtype, max_memory: dict | None, label: str, trust_remote_code: bool = False) -> list[str]:
     """Before ``from_pretrained(device_map="auto")`` of the 16-bit folder ``path``: the plan, checked
     (``check_plan``), as notes for the load (the split, and any CPU offload). Raises when layers would go to the
