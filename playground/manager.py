@@ -104,19 +104,22 @@ def weights_bytes(model) -> int:
 
 
 def weights_by_device(model) -> dict[str, int]:
-    """``weights_bytes`` per device: ``{"cuda:0": …, "cuda:1": …}`` for a model placed with ``device_map``;
-    ``disk`` for weights accelerate offloaded (they sit on the meta device until used)."""
-    from .placement import device_name
+    """``weights_bytes`` per device: ``{"cuda:0": …, "cuda:1": …}`` for a model placed with ``device_map``.
+    Weights accelerate offloads sit on the meta device (the values wait in CPU memory or on the disk and are copied
+    to the GPU for each forward): they count where ``hf_device_map`` put their module, "cpu" or "disk"."""
+    from .placement import device_name, offloaded_to
+    placed = getattr(model, "hf_device_map", None) or {}
     seen, out = set(), {}
-    params = list(model.parameters())
-    for t in params + list(model.buffers()) + [s for p in params for s in _quantization_state(p)]:
+    params = list(model.named_parameters())
+    named = params + list(model.named_buffers()) + [(n, s) for n, p in params for s in _quantization_state(p)]
+    for name, t in named:
         for leaf in _storage_tensors(t):
             meta = leaf.device.type == "meta"      # no storage: every meta tensor's data_ptr is 0
             key = ("meta", id(leaf)) if meta else (leaf.device, leaf.data_ptr())
             if key in seen:
                 continue
             seen.add(key)
-            where = "disk" if meta else device_name(leaf.device)
+            where = offloaded_to(name, placed) if meta else device_name(leaf.device)
             out[where] = out.get(where, 0) + leaf.numel() * leaf.element_size()
     return out
 

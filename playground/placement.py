@@ -5,7 +5,8 @@ transformers will make from them (worked out on the meta device before a byte is
 the disk, silently. A user who meant "spread it over my two GPUs" finds out from a reply at a few tokens a minute.
 So before loading a 16-bit model the manager asks ``plan_placement`` what transformers would do with these caps
 (the same two functions transformers calls, on an empty model), refuses a plan that puts layers on the disk with
-what it would take, and says so in the load's notes when layers would run on the CPU. After the load,
+what it would take, and says so in the load's notes when layers would wait in CPU memory (accelerate copies
+them to the GPU for every forward). After the load,
 ``manager.weights_by_device`` says where every parameter went (the status line and the benchmark rows show it).
 """
 from __future__ import annotations
@@ -76,7 +77,7 @@ def manager_device(device: str | None, max_memory: str | None) -> tuple[str | No
 
 MAX_MEMORY_HELP = ("place each model over several devices with device_map=\"auto\": 'auto' spreads it over every "
                    "GPU with transformers' caps; '0=70GiB,1=70GiB[,cpu=100GiB]' caps each device (layers past "
-                   "the GPUs' caps run on the CPU only if cpu= is given; a plan that needs the disk is refused)")
+                   "the GPUs' caps wait in CPU memory only if cpu= is given; a plan that needs the disk is refused)")
 
 
 def _split_item(part: str) -> tuple[str, str]:
@@ -105,6 +106,18 @@ def device_name(dev) -> str:
         return f"cuda:{dev}"
     text = str(dev)
     return "cuda:0" if text == "cuda" else text
+
+
+def offloaded_to(tensor_name: str, device_map: dict) -> str:
+    """Where an offloaded (meta-device) tensor's values wait: the ``device_map`` entry of its innermost module
+    ("cpu" or "disk"); "disk" when the map does not say."""
+    module = tensor_name
+    while module:
+        module = module.rpartition(".")[0]
+        if module in device_map or (module == "" and "" in device_map):
+            where = device_name(device_map[module])
+            return where if where in ("cpu", "disk") else "disk"
+    return "disk"
 
 
 def check_gpus_exist(caps: dict | None, n_gpus: int) -> None:
@@ -177,8 +190,9 @@ def check_plan(plan: PlacementPlan, label: str) -> list[str]:
             f"{plan.layers_by_device.get('disk', 0)} layers would be read from the disk for every token. "
             f"Raise --max-memory, add a GPU, or choose a 4-bit variant (about a quarter of the size)")
     if "cpu" in off and gpus:
-        return [f"{plan.layers_by_device.get('cpu', 0)} layers ({off['cpu'] / GB:.1f} GB) do not fit the GPUs' caps "
-                f"and run on the CPU: replies will be much slower ({plan.summary()})"]
+        return [f"{plan.layers_by_device.get('cpu', 0)} layers ({off['cpu'] / GB:.1f} GB) do not fit the GPUs' caps: "
+                f"they wait in CPU memory and are copied to the GPU for every token, so replies will be much slower "
+                f"({plan.summary()})"]
     return []
 
 

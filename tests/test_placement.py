@@ -83,7 +83,8 @@ def test_a_plan_that_needs_the_disk_is_refused_and_cpu_offload_is_said(qwen72b_c
     assert "disk" not in with_cpu.bytes_by_device
     (note,) = check_plan(with_cpu, "qwen2-72b [bf16]")
     n_cpu = with_cpu.layers_by_device["cpu"]
-    assert note.startswith(f"{n_cpu} layers (") and "run on the CPU: replies will be much slower" in note
+    assert note.startswith(f"{n_cpu} layers (") and "wait in CPU memory and are copied to the GPU for every token, " \
+        "so replies will be much slower" in note
 
 
 def test_a_placed_load_on_this_machine_answers_and_gives_its_memory_back():
@@ -229,3 +230,29 @@ def test_launch_with_caps_serves_a_placed_model_through_the_chat_api():
             model=DEFAULT_MODEL, variant="bf16", message="What is the capital of France?", max_new_tokens=8,
             greedy=True, api_name="/chat")
     assert "Paris" in reply and stats["device"] == "auto", stats
+
+
+def test_weights_accelerate_offloads_count_where_the_device_map_put_them():
+    """On a GPU machine accelerate keeps a "cpu" module's weights in CPU memory and a "disk" module's on the disk,
+    the parameters themselves on the meta device, copied to the GPU for each forward. The split counts them as cpu
+    and disk by the model's hf_device_map (here the hooks are attached as dispatch_model attaches them)."""
+    import torch
+    from accelerate.hooks import attach_align_device_hook_on_blocks
+    from accelerate.utils import OffloadedWeightsLoader
+
+    from playground.manager import weights_by_device
+    from playground.placement import offloaded_to
+    model = torch.nn.Sequential()
+    model.add_module("embed", torch.nn.Embedding(64, 16))
+    model.add_module("layers", torch.nn.ModuleList([torch.nn.Linear(16, 16) for _ in range(3)]))
+    per_linear = (16 * 16 + 16) * 4
+    device_map = {"embed": "cpu", "layers.0": "cpu", "layers.1": "cpu", "layers.2": "disk"}
+    offload = {"embed": False, "layers.0": False, "layers.1": True, "layers.2": True}
+    attach_align_device_hook_on_blocks(model, execution_device={k: "cpu" for k in device_map}, offload=offload,
+                                       weights_map=OffloadedWeightsLoader(state_dict=model.state_dict()))
+    model.hf_device_map = device_map
+    assert model.layers[1].weight.device.type == "meta" and model.layers[0].weight.device.type == "cpu"
+    split = weights_by_device(model)
+    assert split == {"cpu": 64 * 16 * 4 + 2 * per_linear, "disk": per_linear}, split
+    assert offloaded_to("layers.1.weight", device_map) == "cpu" and offloaded_to("x.weight", device_map) == "disk"
+    assert offloaded_to("lm_head.weight", {"": "cpu"}) == "cpu"

@@ -67,7 +67,7 @@ def placed_reply_and_unload(model_path, caps: dict, expect_devices: set[str]):
 
 def test_one_gpu_and_the_cpu_share_a_model_and_the_gpu_gets_its_memory_back(model_path):
     notes = placed_reply_and_unload(model_path, {0: int(1.2 * GIB), "cpu": 20 * GIB}, {"cuda:0", "cpu"})
-    assert any("run on the CPU: replies will be much slower" in n for n in notes), notes
+    assert any("wait in CPU memory and are copied to the GPU for every token" in n for n in notes), notes
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (the device tool lends one today)")
