@@ -34,48 +34,46 @@ class CancelRegistry:
     """
 
     def __init__(self):
-        self._events: dict[tuple[str, str], threading.Event] = {}
-        self._kinds: dict[tuple[str, str], str] = {}
+        # (session, scope) -> (the stop signal, what runs: "reply" or "load")
+        self._running: dict[tuple[str, str], tuple[threading.Event, str]] = {}
         self._lock = threading.Lock()
 
     def start(self, session: str | None, scope: str, kind: str = "reply") -> threading.Event:
         """``kind``: what runs ("reply" or "load"), for the words of a click refused meanwhile (``running_kind``)."""
         event = threading.Event()
         with self._lock:
-            self._events[(session or "", scope)] = event
-            self._kinds[(session or "", scope)] = kind
+            self._running[(session or "", scope)] = (event, kind)
         return event
 
     def finish(self, session: str | None, scope: str, event: threading.Event) -> None:
         """The reply (or load) that ``start`` gave ``event`` to has ended: ``running`` is False again."""
         with self._lock:
-            if self._events.get((session or "", scope)) is event:
-                del self._events[(session or "", scope)]
-                self._kinds.pop((session or "", scope), None)
+            entry = self._running.get((session or "", scope))
+            if entry is not None and entry[0] is event:
+                del self._running[(session or "", scope)]
 
     def running(self, session: str | None, scope: str) -> bool:
         """A reply (or load) started in this session and scope has not finished yet."""
-        with self._lock:
-            return (session or "", scope) in self._events
+        return self.running_kind(session, scope) is not None
 
     def running_kind(self, session: str | None, scope: str) -> str | None:
         """What ``start`` said runs in this session and scope ("reply", "load"), or None when nothing does."""
         with self._lock:
-            return self._kinds.get((session or "", scope)) if (session or "", scope) in self._events else None
+            entry = self._running.get((session or "", scope))
+        return None if entry is None else entry[1]
 
     def stop(self, session: str | None, scope: str) -> bool:
         with self._lock:
-            event = self._events.get((session or "", scope))
-        if event is None:
+            entry = self._running.get((session or "", scope))
+        if entry is None:
             return False
-        event.set()
+        entry[0].set()
         return True
 
     def drop_session(self, session: str | None) -> None:
         with self._lock:
-            for key in [k for k in self._events if k[0] == (session or "")]:
-                del self._events[key]
-                self._kinds.pop(key, None)
+            for key in [k for k in self._running if k[0] == (session or "")]:
+                del self._running[key]
 
 
 @dataclass
