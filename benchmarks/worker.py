@@ -442,7 +442,9 @@ def run(cfg: RunConfig, model: str, variant: str, device: str, ev: Events) -> No
                 row.raw["weights_by_device_gb"] = {d: b / GB for d, b in s.weights_by_device.items()}
             ev.progress(0.0, f"{model} [{variant}] bs={bs} prompt={p} new={n} decode={mode} kv={kv}")
             try:
-                row.set(read_bandwidth_gb_s=roof["bandwidth"], decode_bytes_gb=roof["bytes"] / GB)
+                # decimal GB, as the bandwidth: roofline tok/s = read_bandwidth_gb_s / decode_bytes_gb (rows
+                # before 2026-12-03 wrote GiB here)
+                row.set(read_bandwidth_gb_s=roof["bandwidth"], decode_bytes_gb=roof["bytes"] / 1e9)
                 measure_mode(lm, cfg, row, device, mode, kv, ev)
                 if row.status == "ok":
                     row.set(**roofline_columns(row.latency.decode_tok_s, bs, roof["bandwidth"], roof["bytes"]))

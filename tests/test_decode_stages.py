@@ -48,3 +48,25 @@ def test_decode_profile_stage_writes_small_summaries(tmp_path):
         assert r["top_kernels"] and r["top_kernels"][0]["us_per_step"] >= r["top_kernels"][-1]["us_per_step"]
         assert "matrix products" in r["categories_us_per_step"]
         assert (folder / f"{stem}.txt").stat().st_size < 20_000 and (folder / f"{stem}.json").stat().st_size < 50_000
+
+
+def test_profile_categories_name_what_the_h200_kernels_do():
+    """Names from the committed H200 profile (results/gpu-h200-mistral-7b-decode-profile): cuBLAS's Hopper GEMV
+    kernels (nvjet_*) are matrix products, and inductor's kernels go by their kind, not by the ops in their name."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.experiments.device.profile_decode import category
+    profile = json.loads((ROOT / "results" / "gpu-h200-mistral-7b-decode-profile" / "decode_profile.json").read_text())
+    names = {k["name"] for k in profile["top_kernels"]}
+    want = {
+        "nvjet_sm90_tst_128x8_64x12_2x1_v_bz_TNT": "matrix products",
+        "nvjet_sm90_tst_64x8_64x16_2x1_v_bz_splitK_TNT": "matrix products",
+        "triton_poi_fused__unsafe_view_mul_silu_slice_8": "fused elementwise (inductor)",
+        "triton_red_fused__to_copy__unsafe_view_add_mean_mul_pow_rsqrt_14": "reductions (split-K, norms, argmax)",
+    }
+    assert set(want) <= names
+    for name, label in want.items():
+        assert category(name) == label, name
+    bmm = next(n for n in names if n.startswith("triton_poi_fused__scaled_dot_product_cudnn_attention"))
+    assert category(bmm) == "fused elementwise (inductor)"
+    assert category(next(n for n in names if n.startswith("cudnn_generated_fort_native_sdpa"))) == "attention"
+    assert category(next(n for n in names if "splitKreduce_kernel" in n)) == "matrix products"

@@ -1,7 +1,8 @@
 """Fused q/k/v and gate/up projections on CUDA (issue #19): the compiled step (inductor + CUDA graphs) over the fused
-products against the unfused model run eagerly, in bf16, teacher-forced over the same tokens; the fusion adds no
-allocated memory. Random weights of the TinyLlama-1.1B shape (``PLAYGROUND_GPU_TEST_SHAPE``); the tok/s of the
-fused and unfused compiled steps are printed (-rP) as a first reading, not a claim."""
+products against the unfused model run eagerly, in bf16, teacher-forced over the same tokens, and against the
+unfused compiled step over the same tokens; the fusion adds no allocated memory. Random weights of the
+TinyLlama-1.1B shape (``PLAYGROUND_GPU_TEST_SHAPE``); the tok/s of the fused and unfused compiled steps are printed
+(-rP) as a first reading, not a claim."""
 from __future__ import annotations
 
 import os
@@ -19,21 +20,28 @@ SHAPE = os.environ.get("PLAYGROUND_GPU_TEST_SHAPE", "tinyllama-1.1b")
 MB = 1024 ** 2
 
 
-def _decode(fd, prompt: torch.Tensor, steps: int) -> tuple[list[torch.Tensor], list[int], float]:
-    """Logits of the prefill and of ``steps`` greedy compiled steps, the tokens, and the steps' tok/s."""
+def _decode(fd, prompt: torch.Tensor, steps: int, forced: list[int] | None = None
+            ) -> tuple[list[torch.Tensor], list[int], float]:
+    """Logits of the prefill and of ``steps`` compiled steps, the tokens fed, and the steps' tok/s (the first step,
+    which compiles and records the graph, left out of the timing). ``forced``: feed these tokens (teacher forcing)
+    instead of each step's own greedy choice, so two decoders are compared over the same inputs: with random
+    weights the top two logits are often a rounding apart, and one flipped token sends a free-running greedy
+    decode down another path (0.88 of 49 tokens agreed at 8765f47 while every step matched within 3%)."""
     cache = fd.acquire(1, prompt.shape[1] + steps + 1)
     try:
         with torch.no_grad():
             logits = [fd.prefill(prompt, cache).float()]
-            tokens = [int(logits[0].argmax())]
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(steps):
+            tokens = [forced[0] if forced else int(logits[0].argmax())]
+            t0 = None
+            for i in range(steps):
+                if i == 1:
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
                 nxt = torch.tensor([[tokens[-1]]], device=prompt.device)
                 logits.append(fd.step(nxt, cache).float())
-                tokens.append(int(logits[-1].argmax()))
+                tokens.append(forced[i + 1] if forced else int(logits[-1].argmax()))
             torch.cuda.synchronize()
-            rate = steps / (time.perf_counter() - t0)
+            rate = (steps - 1) / (time.perf_counter() - t0)
     finally:
         fd.release(cache)
     return logits, tokens, rate
@@ -74,9 +82,12 @@ def test_fused_compiled_step_matches_the_unfused_model_on_cuda():
 
     unfused = FastDecoder(model, "cuda", fuse=False)
     assert unfused.info.mode == "compiled + CUDA graphs"
-    _, unfused_tokens, unfused_rate = _decode(unfused, prompt, steps)
-    same = sum(a == b for a, b in zip(tokens, unfused_tokens)) / len(tokens)
+    unfused_logits, _, unfused_rate = _decode(unfused, prompt, steps, forced=tokens)
+    other = torch.cat(unfused_logits)
+    rel2 = ((got - other).norm(dim=-1) / other.norm(dim=-1))
+    agree2 = (got.argmax(-1) == other.argmax(-1)).float().mean().item()
     print(f"compiled step tok/s, {SHAPE} bf16 batch 1: fused {fused_rate:.1f}, unfused {unfused_rate:.1f} "
-          f"(a first reading); tokens the same {same:.2f}")
-    assert same >= 0.9
+          f"(a first reading, the GPU shared with other tests); fused vs unfused compiled, same tokens: relative "
+          f"L2 max {rel2.max():.4f}, top-1 agreement {agree2:.2f}")
+    assert rel2.max() < 0.05 and agree2 >= 0.9
     mm.unload_all()

@@ -19,8 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-CATEGORIES = (   # first match wins; names as cuBLAS / CUTLASS / inductor / flash attention kernels show them
-    ("matrix products", r"gemv|gemm|cutlass|sm\d+_xmma|ampere_|hopper|cublas|splitk|mm_|addmm|aten::mm|linear"),
+CATEGORIES = (   # first match wins; names as cuBLAS / CUTLASS / inductor / flash attention kernels show them.
+    # inductor's own kernels first: their names list the ops they fused ("..._bmm_cat_..."), not what they do
+    ("matrix products", r"^triton_tem_"),
+    ("fused elementwise (inductor)", r"^triton_poi_"),
+    ("reductions (split-K, norms, argmax)", r"^triton_(red|per)_"),
+    ("matrix products", r"nvjet|gemv|gemm|cutlass|sm\d+_xmma|ampere_|hopper|cublas|splitk|mm_|addmm|aten::mm|linear"),
     ("attention", r"flash|fmha|attention|sdpa|softmax|efficient_attention"),
     ("reductions (split-K, norms, argmax)", r"reduce|reduction|argmax|red_|per_row|_red\b"),
     ("copies", r"memcpy|memset|copy_|index_put|scatter|cat\b"),
