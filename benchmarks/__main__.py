@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "each gives its own rows; a quantized cache always decodes eagerly")
     r.add_argument("--kernel", default=None,
                    help="gptq/awq kernel: tinygemm (CUDA/CPU int4 matmul of torch) or a gptqmodel backend name")
+    r.add_argument("--tune-kernels", action="store_true",
+                   help="coordinate-descent tuning of the compiled decode step's kernels (gpt-fast's setting): "
+                        "a longer first compile; the rows' decode_mode says 'tuned kernels'")
     r.add_argument("--timeout-s", type=float, default=None, help="per (model, variant) worker")
     r.add_argument("--quality", action="store_true",
                    help="also measure perplexity (English, Chinese) and multiple-choice accuracy of each "
@@ -124,7 +127,8 @@ def cmd_run(args) -> int:
                         quality=args.quality, quality_options=_quality_options(args),
                         decode_modes=args.decode_modes + [p for p in args.peer if p not in args.decode_modes],
                         kv_cache=args.kv_cache,
-                        variant_options={"kernel": args.kernel} if args.kernel else {})
+                        variant_options={**({"kernel": args.kernel} if args.kernel else {}),
+                                         **({"tune_kernels": True} if args.tune_kernels else {})})
     except ConfigError as exc:
         return _fail(str(exc))
     from tqdm.auto import tqdm

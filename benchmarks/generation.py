@@ -68,23 +68,36 @@ def batched_greedy(model, prompts: list[list[int]], new_tokens: int, stop_ids: l
 
 def _greedy_steps(model, session, ids, new_tokens, stop_ids, tracker, keep) -> list[list[int]]:
     """``session``: a ``FastSession`` with its cache, or None (eager steps with the dynamic cache). With a session,
-    the steps after the prefill choose their token inside the compiled graph (``FastSession.step_greedy``)."""
+    the steps after the prefill choose their token inside the compiled graph and run one step ahead of the host
+    (``FastSession.queue_greedy``): step n + 1 is queued before token n is waited for."""
     import torch
     past, out_ids = None, []
-    banned = torch.tensor(stop_ids, dtype=torch.long, device=ids.device) if stop_ids else None
-    for step in range(new_tokens):
-        if session is not None and step > 0:
-            ids = session.step_greedy(ids, banned)
-        else:
-            if session is None:
-                out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
-                past = out.past_key_values
-                logits = out.logits[:, -1, :]
-            else:
-                logits = session.prefill(ids)
-            if stop_ids:
-                logits[:, stop_ids] = -float("inf")
-            ids = torch.argmax(logits, dim=-1, keepdim=True)
+    if session is not None:
+        logits = session.prefill(ids)
+    else:
+        out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+    if stop_ids:
+        logits[:, stop_ids] = -float("inf")
+    ids = torch.argmax(logits, dim=-1, keepdim=True)
+    tracker.token()
+    out_ids.append(ids)
+    if session is not None:
+        bias = session.decoder.bias(stop_ids, ids.device) if stop_ids else None
+        queued = session.queue_greedy(ids, bias) if new_tokens > 1 else None
+        for step in range(1, new_tokens):
+            ahead = session.queue_greedy(queued.ids, bias) if step + 1 < new_tokens else None
+            queued.read()
+            tracker.token(synced=True)
+            out_ids.append(queued.ids)
+            queued = ahead
+        return torch.cat(out_ids, dim=1).tolist()
+    for _ in range(1, new_tokens):
+        out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+        if stop_ids:
+            logits[:, stop_ids] = -float("inf")
+        ids = torch.argmax(logits, dim=-1, keepdim=True)
         tracker.token()
         out_ids.append(ids)
     return torch.cat(out_ids, dim=1).tolist()
@@ -125,7 +138,7 @@ def bare_fast_loop(fast, model, prompt: list[int], new_tokens: int, stop_ids: li
     dev = input_device(model)
 
     class _Null:
-        def token(self):
+        def token(self, synced=False):
             pass
     _sync(dev)
     t0 = time.perf_counter()

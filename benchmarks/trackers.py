@@ -215,7 +215,8 @@ class LatencyStats:
 class LatencyTracker:
     """``with LatencyTracker(device, batch_size) as lat: ... lat.token() per step ...`` then ``lat.result``.
 
-    On CUDA each mark synchronizes the device so a time is the time the token really exists."""
+    On CUDA each mark synchronizes the device so a time is the time the token really exists (unless the caller
+    waited for the tokens itself: ``token(synced=True)``)."""
 
     def __init__(self, device: str, batch_size: int = 1):
         self.cuda = device.startswith("cuda") or device == "auto"
@@ -233,8 +234,11 @@ class LatencyTracker:
         self._t0 = self._last = time.perf_counter()
         return self
 
-    def token(self) -> None:
-        self._sync()
+    def token(self, synced: bool = False) -> None:
+        """Mark one step's tokens as made; ``synced``: the caller has already waited for them (an event), so
+        the device is not synchronized (a step queued after them may still be running)."""
+        if not synced:
+            self._sync()
         now = time.perf_counter()
         if self.result.ttft_s == 0.0:
             self.result.ttft_s = now - self._t0

@@ -189,6 +189,11 @@ class TokenChooser:
             self.gen = torch.Generator(device="cpu")
             self.gen.manual_seed(int(params.seed) if params.seed is not None else int(time.time_ns() % 2 ** 63))
 
+    @property
+    def greedy_on_device(self) -> bool:
+        """The choice is a plain argmax (stop tokens masked at most): the compiled step can make it."""
+        return not self.params.sampling and not len(self.procs)
+
     def choose(self, logits, step: int, all_ids):
         """(next token id, its ids tensor [1, 1] on the input device, for the next forward)."""
         import torch
@@ -211,6 +216,26 @@ class TokenChooser:
         if not math.isfinite(top):
             raise _non_finite(self.lm, step)
         return int(idx), best.indices.view(1, 1)     # stays on the device: no host→device copy per token
+
+
+class GreedyAhead:
+    """Greedy decoding through the fast decoder's compiled step, one step ahead of the host: each step is queued
+    (``FastSession.queue_greedy``) before the previous one's token is read, so the host's work per token (the
+    read, text, stop checks, streaming) overlaps the device's next step instead of leaving the GPU idle. The stop
+    tokens are banned (a -inf bias in the graph) for the steps before ``min_new_tokens``. A step queued past the
+    reply's end (a stop token, Stop) is one step of wasted work in a cache that is reset before its next use."""
+
+    def __init__(self, session, chooser: TokenChooser):
+        self.session = session
+        masked = chooser.stop_list and chooser.params.min_new_tokens > 1
+        self.bias = session.decoder.bias(chooser.stop_list, chooser.ids_device) if masked else None
+        self.min_new = chooser.params.min_new_tokens
+
+    def queue(self, lm: LoadedModel, ids, step: int):
+        with lm.lock:
+            if lm.model is None:
+                raise GenerationError(f"{lm.label} was unloaded during the reply")
+            return self.session.queue_greedy(ids, self.bias if step < self.min_new else None)
 
 
 class IncrementalDetokenizer:
@@ -348,6 +373,8 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
         stats.decode_mode = session.mode
         # None (a DynamicCache on the first call) or a quantized cache when decoding eagerly
         cache = session.cache if session.fast else make_kv_cache(model, params.kv_cache)
+        # greedy through the compiled step: the token is chosen in the graph, one step ahead of the host
+        ahead = GreedyAhead(session, chooser) if session.fast and chooser.greedy_on_device else None
 
         # no_grad for the compiled step (its graphs are built under it), inference_mode for the eager loop. Grad
         # mode is per thread and Gradio may run each next() of this generator on another worker thread: the mode
@@ -371,9 +398,18 @@ def stream_reply(lm: LoadedModel, messages: list[dict], system: str | None = Non
                             if logits is None:       # Stop between two chunks of the prompt
                                 stats.finish_reason = "stopped"
                                 break
+                            next_id, ids = chooser.choose(logits, step, all_ids)
+                            queued = ahead.queue(lm, ids, 1) if ahead and max_new > 1 else None
+                        elif ahead:
+                            # the step after this one is queued before this one's token is waited for
+                            after = ahead.queue(lm, queued.ids, step + 1) if step + 1 < max_new else None
+                            (next_id,), (top,) = queued.read()
+                            if not math.isfinite(top):
+                                raise _non_finite(lm, step)
+                            ids, queued = queued.ids, after
                         else:
                             logits, past = forward_once(lm, model, session, ids, past, keep, prefill=False)
-                        next_id, ids = chooser.choose(logits, step, all_ids)
+                            next_id, ids = chooser.choose(logits, step, all_ids)
                         timer.token(step)
                         if next_id in stop_ids and step >= params.min_new_tokens:
                             stats.finish_reason = "eos"

@@ -103,8 +103,36 @@ class FastSession:
     def step(self, ids):
         return self.decoder.step(ids, self.cache)
 
-    def step_greedy(self, ids, banned=None):
-        return self.decoder.step_greedy(ids, self.cache, banned)
+    def step_greedy(self, ids, bias=None):
+        return self.decoder.step_greedy(ids, self.cache, bias)
+
+    def queue_greedy(self, ids, bias=None) -> "QueuedStep":
+        return self.decoder.queue_greedy(ids, self.cache, bias)
+
+
+class QueuedStep:
+    """A greedy step queued on the device: ``ids`` [batch, 1] (on the device) feed the next step, and ``read()``
+    waits for this step alone. Its tokens and their logits are copied to pinned host memory right behind it, with
+    an event, so a step queued after it does not delay the read: the host's work on token n (text, stop checks,
+    streaming) overlaps the device's step n + 1. On the CPU the step has run when it is queued."""
+
+    def __init__(self, ids, top):
+        import torch
+        self.ids, self._top, self._event = ids, top, None
+        if ids.device.type == "cuda":
+            self._ids_host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+            self._top_host = torch.empty(top.shape, dtype=top.dtype, pin_memory=True)
+            self._ids_host.copy_(ids, non_blocking=True)
+            self._top_host.copy_(top, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def read(self) -> tuple[list[int], list[float]]:
+        """(the chosen token of each row, its logit: NaN/inf when the logits were not finite)."""
+        if self._event is None:
+            return self.ids[:, 0].tolist(), self._top[:, 0].tolist()
+        self._event.synchronize()
+        return self._ids_host[:, 0].tolist(), self._top_host[:, 0].tolist()
 
 
 class FastDecoder:
@@ -113,19 +141,21 @@ class FastDecoder:
     the benchmark's batched loops."""
 
     def __init__(self, model, device: str, compile: bool = True, max_caches: int = 2, backend: str = "inductor",
-                 min_bucket: int | None = None, fuse: bool = True):
+                 min_bucket: int | None = None, fuse: bool = True, tune: bool = False):
         self.model = model
         self.device = str(device)
         self.cuda = self.device.startswith("cuda")
         self.want_compile = compile
         self.backend_name = backend            # "inductor"; "eager" runs dynamo only (tests of recompiles)
+        self.tune = tune                       # coordinate-descent tuning of this step's kernels (inductor)
         self.min_bucket = min_bucket or (MIN_BUCKET if self.cuda else MIN_BUCKET_CPU)
         self.max_caches = max_caches
         self.info = FastDecodeInfo()
         self._caches: dict[tuple[int, int], object] = {}   # (batch, length) → StaticCache, LRU order
         self._busy: set[tuple[int, int]] = set()
         self._guard = threading.Lock()
-        self._step_fns: dict[bool, object] = {}   # greedy? -> the (compiled) step: logits, or the chosen tokens
+        self._step = None                      # the (compiled) step, built on first use (``_build_step``)
+        self._zero_bias = None
         self._fullgraph = True
         self.fusion = None
         if fuse:
@@ -141,7 +171,8 @@ class FastDecoder:
             return "static cache, eager" + fused
         name = "compiled + CUDA graphs" if self.cuda and self.backend_name == "inductor" else \
             f"compiled ({self.backend_name})"
-        return name + ("" if self._fullgraph else " (graph breaks)") + fused
+        tuned = ", tuned kernels" if self.tune and self.backend_name == "inductor" else ""
+        return name + ("" if self._fullgraph else " (graph breaks)") + fused + tuned
 
     # -- compilation ------------------------------------------------------------------------------------------
     @property
@@ -157,16 +188,20 @@ class FastDecoder:
             return backend
         from torch._inductor.compile_fx import compile_fx
         patches = {"triton.cudagraphs": True} if self.cuda else {}
+        if self.tune:       # for this graph only: torch's process-wide inductor config stays as it is
+            patches.update({"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True})
 
         def backend(gm, example_inputs):
             self.info.compiles += 1
             return compile_fx(gm, example_inputs, config_patches=patches)
         return backend
 
-    def _build_step(self, greedy: bool = False):
-        """The step: logits [batch, vocab]; ``greedy``: the next tokens [batch, 1] chosen inside the graph (argmax,
-        ``banned`` ids masked first), so the host gets one small tensor per step and launches nothing more."""
-        import torch
+    def _build_step(self):
+        """The one compiled step: (logits [batch, vocab], the greedy next tokens [batch, 1], their logit [batch, 1]).
+        The greedy choice is made inside the graph over ``logits + bias`` (``bias`` [1, vocab] float: 0, or -inf
+        for ids that must not win, e.g. the stop tokens before ``min_new_tokens``), so a greedy loop reads two small
+        tensors per step and launches nothing more; NaN/inf in the logits show in the chosen logit. One graph
+        serves sampled replies (the logits), greedy ones and the benchmark's batches: one warm-up compiles it."""
         model = self.model
         keep = last_logits_kwargs(model)
         switch = self.fusion.switch if self.fusion else None
@@ -184,40 +219,63 @@ class FastDecoder:
                 switch.on = False
             return out.logits[:, -1, :]
 
-        def step(input_ids, cache, banned=None):
+        def step(input_ids, cache, bias):
             logits = forward(input_ids, cache)
-            if not greedy:
-                return logits
-            if banned is not None:
-                logits = logits.index_fill(1, banned, float("-inf"))
-            return logits.argmax(-1, keepdim=True)
+            top, chosen = (logits.float() + bias).max(dim=-1, keepdim=True)
+            return logits, chosen, top
         self.info.mode = self._mode_name()
         if not self.want_compile:
             return step
+        import torch
         cfg = torch._dynamo.config
         for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(cfg, name) and getattr(cfg, name) < RECOMPILE_LIMIT:
                 setattr(cfg, name, RECOMPILE_LIMIT)
         return torch.compile(step, backend=self._backend(), fullgraph=self._fullgraph, dynamic=False)
 
-    def _run_step(self, ids, cache, greedy: bool = False, banned=None):
+    def bias(self, banned=None, batch_device=None):
+        """The ``bias`` of a step [1, vocab] float32: 0, with -inf at the ``banned`` token ids."""
         import torch
-        if greedy not in self._step_fns:
-            self._step_fns[greedy] = self._build_step(greedy)
+        vocab = self._vocab_size()
+        dev = batch_device or self.model.get_input_embeddings().weight.device
+        b = torch.zeros((1, vocab), dtype=torch.float32, device=dev)
+        if banned is not None and len(banned):
+            b[0, torch.as_tensor(banned, dtype=torch.long, device=dev)] = float("-inf")
+        return b
+
+    def _vocab_size(self) -> int:
+        out = self.model.get_output_embeddings()
+        weight = getattr(out, "weight", None)
+        if weight is not None and weight.dim() == 2 and weight.device.type != "meta":
+            return int(weight.shape[0])
+        cfg = self.model.config
+        text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+        return int(text.vocab_size)
+
+    def _run_step(self, ids, cache, bias=None):
+        """(logits, greedy tokens, their logit) of one step; ``bias`` None: nothing banned."""
+        import torch
+        if self._step is None:
+            self._step = self._build_step()
+        if bias is None:
+            if self._zero_bias is None:
+                self._zero_bias = self.bias(batch_device=ids.device)
+            bias = self._zero_bias
         graphs = self.cuda and self.want_compile and self.backend_name == "inductor"
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         try:
-            out = self._step_fns[greedy](ids, cache, banned)
+            out = self._step(ids, cache, bias)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - a kernel that cannot be compiled: degrade, say so, go on
             if not self.want_compile:
                 raise
             self._fall_back(exc)
-            self._step_fns[greedy] = self._build_step(greedy)
-            out = self._step_fns[greedy](ids, cache, banned)
-        return out.clone() if graphs else out   # a CUDA graph's output is overwritten by the next replay
+            self._step = self._build_step()
+            out = self._step(ids, cache, bias)
+        # a CUDA graph's outputs are overwritten by the next replay
+        return tuple(t.clone() for t in out) if graphs else out
 
     def _fall_back(self, exc: Exception) -> None:
         from .retention import forget_frames
@@ -229,7 +287,7 @@ class FastDecoder:
         else:
             self.want_compile = False
             self.info.fallback_reason = f"compile failed ({reason}); static cache without compilation"
-        self._step_fns = {}            # rebuilt on next use, with graph breaks or without compiling
+        self._step = None              # rebuilt on next use, with graph breaks or without compiling
         self.info.mode = self._mode_name()
 
     # -- caches -----------------------------------------------------------------------------------------------
@@ -308,7 +366,7 @@ class FastDecoder:
 
     def forget_compiled(self) -> None:
         """After ``torch._dynamo.reset()``: build (and count) the step again on next use."""
-        self._step_fns = {}
+        self._step = None
         self.clear()
 
     # -- decoding ---------------------------------------------------------------------------------------------
@@ -328,12 +386,18 @@ class FastDecoder:
 
     def step(self, ids, cache):
         """Logits [batch, vocab] for one new token per row (``ids`` is [batch, 1]) through the compiled step."""
-        return self._run_step(ids, cache)
+        return self._run_step(ids, cache)[0]
 
-    def step_greedy(self, ids, cache, banned=None):
-        """The greedy next token per row [batch, 1], chosen inside a compiled step of its own (a second graph, built
-        on first use): ``banned`` (a long tensor of token ids, e.g. the stop tokens a benchmark masks) never wins."""
-        return self._run_step(ids, cache, greedy=True, banned=banned)
+    def step_greedy(self, ids, cache, bias=None):
+        """The greedy next token per row [batch, 1], chosen inside the compiled step; ids where ``bias``
+        (``FastDecoder.bias``) is -inf never win."""
+        return self._run_step(ids, cache, bias)[1]
+
+    def queue_greedy(self, ids, cache, bias=None) -> "QueuedStep":
+        """Queue one greedy step and return at once (``QueuedStep``): its tokens feed the next step on the device
+        while the host reads them (``read``) without waiting for what was queued after."""
+        _, chosen, top = self._run_step(ids, cache, bias)
+        return QueuedStep(chosen, top)
 
     def warm_up(self, batch: int = 1, needed: int = 0, context: int | None = None, prompt_tokens: int = 8) -> float:
         """Compile (and record CUDA graphs) for one bucket; returns seconds. Run once at load."""
@@ -383,10 +447,12 @@ def compile_cache_counts() -> tuple[int, int]:
 # ---- a loaded model's decoder: start, hand out to replies, forget -----------------------------------------------
 def enable_fast_decode(lm, compile: bool = True, fuse: bool = True) -> FastDecoder | None:
     """Give ``lm`` (a ``manager.LoadedModel``) a FastDecoder and warm it up for the usual bucket; on failure, note
-    why and stay eager (None). ``fuse``: fuse the projections (``FastDecoder(fuse=...)``)."""
+    why and stay eager (None). ``fuse``: fuse the projections (``FastDecoder(fuse=...)``); kernels are tuned when
+    the model's options ask for it (``VariantOptions.tune_kernels``)."""
     if lm.fast is not None:
         return lm.fast
-    fast = FastDecoder(lm.model, lm.device, compile=compile, fuse=fuse)
+    fast = FastDecoder(lm.model, lm.device, compile=compile, fuse=fuse,
+                       tune=bool(getattr(lm.options, "tune_kernels", False)))
     try:
         with lm.lock:
             lm.stats.warmup_s = fast.warm_up(context=lm.context_length)

@@ -35,6 +35,8 @@ class VariantOptions:
     kernel: str | None = None            # gptq / awq backend to force (e.g. "torch", "marlin"); None: auto
     fast_decode: str = "auto"            # static KV cache + compiled decode step: "auto" (on for CUDA, int8 aside),
                                          # "on", "off"
+    tune_kernels: bool = False           # coordinate-descent tuning of the compiled step's Triton kernels (what
+                                         # gpt-fast turns on): a longer first compile, in this decoder only
 
     def __post_init__(self):
         if self.compute_dtype not in DTYPES:
@@ -179,7 +181,11 @@ def _int8_weight_only_plan(source, options: VariantOptions, device, progress) ->
     product is one int8-weight matmul: the guides' int8 is bitsandbytes', this is the fast one (gpt-fast's)."""
     from torchao.quantization import Int8WeightOnlyConfig
     from transformers import TorchAoConfig
-    return LoadPlan(path=source.path, kwargs={"quantization_config": TorchAoConfig(Int8WeightOnlyConfig()),
+    # set_inductor_config=False: torchao's default turns on coordinate-descent tuning for every later compile of
+    # the process (bf16's included), which made one int8-wo warm-up take 6 minutes on an H200; ``tune_kernels``
+    # asks for that tuning in this model's decoder alone
+    config = Int8WeightOnlyConfig(set_inductor_config=False)
+    return LoadPlan(path=source.path, kwargs={"quantization_config": TorchAoConfig(config),
                                               "dtype": torch_dtype(options.compute_dtype)},
                     notes=["load time includes quantization (torchao quantizes while loading)"])
 

@@ -246,7 +246,7 @@ def test_the_benchmarks_batched_loop_holds_its_cache_through_a_session():
     class Count:
         n = 0
 
-        def token(self):
+        def token(self, synced=False):
             self.n += 1
     model = _tiny_windowed_model()
     fd = FastDecoder(model, "cpu", backend="eager")
@@ -266,7 +266,8 @@ def test_the_benchmarks_batched_loop_holds_its_cache_through_a_session():
 def test_greedy_choice_inside_the_compiled_step_gives_the_same_tokens(smollm_bf16):
     """The benchmark's fast loop chooses each token inside the compiled graph (argmax, stop tokens masked): the
     same tokens as choosing them on the host from the same decoder's logits (batch 1 and 2), and as eager decoding
-    at batch 1 (at batch 2 bf16's static and dynamic caches round apart); one greedy graph per batch size, reused."""
+    at batch 1 (at batch 2 bf16's static and dynamic caches round apart); one graph per batch size (the logits and
+    the greedy choice of the same step), reused."""
     import torch
 
     from benchmarks.generation import batched_greedy, make_prompt_ids, stop_token_ids
@@ -275,7 +276,7 @@ def test_greedy_choice_inside_the_compiled_step_gives_the_same_tokens(smollm_bf1
     fd = FastDecoder(lm.model, "cpu", backend="eager")
 
     class Null:
-        def token(self):
+        def token(self, synced=False):
             pass
     stop = stop_token_ids(lm.model, lm.tokenizer)
     assert stop
@@ -298,6 +299,6 @@ def test_greedy_choice_inside_the_compiled_step_gives_the_same_tokens(smollm_bf1
         if batch == 1:
             assert fast == batched_greedy(lm.model, prompts, 16, stop, Null())
     compiled = fd.compiles
-    assert compiled == 4                       # per batch size: the logits graph and the greedy one
+    assert compiled == 2                       # one graph per batch size: logits and the greedy choice together
     batched_greedy(lm.model, make_prompt_ids(lm.tokenizer, 30, 1), 12, stop, Null(), fast=fd)
     assert fd.compiles == compiled             # another length in the bucket: no recompile

@@ -17,7 +17,7 @@ def test_a_torchao_weight_counts_its_int8_data_and_scales_not_its_logical_size()
     model = torch.nn.Sequential(torch.nn.Linear(256, 512, bias=False), torch.nn.Linear(512, 256, bias=False))
     model = model.to(torch.bfloat16)
     assert weights_bytes(model) == 2 * 256 * 512 * 2
-    quantize_(model, Int8WeightOnlyConfig())
+    quantize_(model, Int8WeightOnlyConfig(set_inductor_config=False))
     # int8 codes + one fp32 scale and one int8 zero point per output channel, for both layers (not one: the
     # subclass's data_ptr is 0 for every weight)
     assert weights_bytes(model) == 2 * 256 * 512 + 512 * 5 + 256 * 5
@@ -37,3 +37,24 @@ def test_int8_weight_only_stays_close_to_bf16_and_answers(manager, smollm_bf16):
     assert got[0, -1].argmax() == ref[0, -1].argmax()
     text, stats = chat(lm, FRANCE, params=GenerationParams(greedy=True, max_new_tokens=12))
     assert "Paris" in text and stats.new_tokens > 0
+
+
+def test_loading_int8_wo_leaves_the_process_compile_settings_alone():
+    """torchao's Int8WeightOnlyConfig turns on coordinate-descent tuning for every later compile of the process by
+    default: one int8-wo warm-up then took 6 minutes on an H200, and bf16's compiles after it would have paid too.
+    The variant asks it not to; a decoder tunes its own kernels only when ``tune_kernels`` says so."""
+    import torch._inductor.config as inductor
+
+    from playground.fast_decode import FastDecoder
+    from playground.manager import ModelManager
+    with inductor.patch(coordinate_descent_tuning=False, coordinate_descent_check_all_directions=False):
+        mm = ModelManager(device="cpu")            # a load of its own: the transform runs now
+        try:
+            lm = mm.get(DEFAULT_MODEL, "int8-wo")
+            assert lm.kernel == "Int8Tensor (torchao)"
+            assert not inductor.coordinate_descent_tuning and not inductor.coordinate_descent_check_all_directions
+            tuned = FastDecoder(lm.model, "cuda", fuse=False, tune=True)      # not run: its name and settings
+            assert tuned.info.mode == "compiled + CUDA graphs, tuned kernels"
+            assert FastDecoder(lm.model, "cpu", fuse=False).info.mode == "compiled (inductor)"
+        finally:
+            mm.unload_all()

@@ -70,10 +70,16 @@ case $stage in
     run "${BENCH_LIMIT:-540}" --model "random:$arch" --variants "${VARIANTS:-bf16}" \
         --decode-modes "${MODES:-eager,fast,fast-unfused}" --peer transformers-static --batch-sizes "${BS:-1}" \
         --prompt-tokens "${PROMPT:-512}" --new-tokens "${NEW:-256}" --repeats "${REPEATS:-3}" --no-overhead-check \
-        --resume --out "$dest"
+        ${TUNE:+--tune-kernels} --resume --out "$dest"
     cp -r "$dest" "$out/" ;;
-  decode-speed-quantized)  # #19: the same for the fast int8 and 4-bit variants (their fast rows are unfused already)
-    WHAT=${WHAT:-quantized} VARIANTS=${VARIANTS:-int8-wo,gptq,awq} MODES=${MODES:-fast} bash "$0" decode-speed "$out" ;;
+  decode-speed-quantized)  # #19: the same for the fast int8 and 4-bit variants (their fast rows are unfused already),
+    # one variant at a time with VARIANT_LIMIT seconds each into the same folder (--resume), so one slow compile
+    # cannot take the others' time; TUNE=1: inductor's coordinate-descent tuning (--tune-kernels), folder *-tuned
+    vs=${VARIANTS:-int8-wo,gptq,awq}
+    for v in ${vs//,/ }; do
+      WHAT=${WHAT:-quantized${TUNE:+-tuned}} VARIANTS=$v MODES=${MODES:-fast} BENCH_LIMIT=${VARIANT_LIMIT:-180} \
+        bash "$0" decode-speed "$out"
+    done ;;
   decode-profile)  # #19: where the fastest bf16 step's time goes: torch.profiler over 128 compiled decode steps
     # (fused, then unfused), top kernels and categories per step, written as small json/txt (no trace)
     dest=${RESULTS:-results}/gpu-h200-${ARCH:-mistral-7b}-decode-profile
