@@ -72,14 +72,19 @@ def _greedy_steps(model, session, ids, new_tokens, stop_ids, tracker, keep) -> l
     (``FastSession.queue_greedy``): step n + 1 is queued before token n is waited for."""
     import torch
     past, out_ids = None, []
-    if session is not None:
-        logits = session.prefill(ids)
-    else:
+
+    def host_choice(logits):
+        if stop_ids:
+            logits[:, stop_ids] = -float("inf")
+        return torch.argmax(logits, dim=-1, keepdim=True)
+
+    def eager_step(ids, past):
         out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
-        past, logits = out.past_key_values, out.logits[:, -1, :]
-    if stop_ids:
-        logits[:, stop_ids] = -float("inf")
-    ids = torch.argmax(logits, dim=-1, keepdim=True)
+        return host_choice(out.logits[:, -1, :]), out.past_key_values
+    if session is not None:
+        ids = host_choice(session.prefill(ids))
+    else:
+        ids, past = eager_step(ids, past)
     tracker.token()
     out_ids.append(ids)
     if session is not None:
@@ -91,15 +96,11 @@ def _greedy_steps(model, session, ids, new_tokens, stop_ids, tracker, keep) -> l
             tracker.token(synced=True)
             out_ids.append(queued.ids)
             queued = ahead
-        return torch.cat(out_ids, dim=1).tolist()
-    for _ in range(1, new_tokens):
-        out = model(input_ids=ids, past_key_values=past, use_cache=True, **keep)
-        past, logits = out.past_key_values, out.logits[:, -1, :]
-        if stop_ids:
-            logits[:, stop_ids] = -float("inf")
-        ids = torch.argmax(logits, dim=-1, keepdim=True)
-        tracker.token()
-        out_ids.append(ids)
+    else:
+        for _ in range(1, new_tokens):
+            ids, past = eager_step(ids, past)
+            tracker.token()
+            out_ids.append(ids)
     return torch.cat(out_ids, dim=1).tolist()
 
 
