@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--decode-modes", type=_csv, default=["auto"],
                    help="comma list of auto (fast on CUDA except int8, eager on CPU), "
                         "fast (static cache + compiled step, q/k/v and gate/up fused where they are plain Linears), "
-                        "fast-unfused (the same without the fusion), "
+                        "fast-unfused (the same without the fusion), fast-tinygemm (gptq/awq: the same with "
+                        "tinygemm instead of the Triton GEMV for one-row products), "
                         "eager; each gives its own rows, e.g. eager,fast")
     r.add_argument("--peer", type=_csv, default=[], metavar="transformers-static",
                    help="add rows of another implementation on the same model, prompt and tokens: "

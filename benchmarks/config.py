@@ -13,9 +13,14 @@ from dataclasses import asdict, dataclass, field, fields
 RANDOM_PREFIX = "random:"
 MAX_NEW_TOKENS = 8192
 MAX_PROMPT_TOKENS = 131072
-DECODE_MODES = ("auto", "fast", "eager", "transformers-static", "fast-unfused")
+DECODE_MODES = ("auto", "fast", "eager", "transformers-static", "fast-unfused", "fast-tinygemm")
 # the fast decoder without its fused q/k/v and gate/up projections (FastDecoder(fuse=False)): the A/B of the fusion
 UNFUSED_MODE = "fast-unfused"
+# the fast decoder with GPTQ/AWQ's one-row products on tinygemm instead of the Triton GEMV (kernel triton-gemv):
+# the A/B of that kernel, on the same loaded model
+TINYGEMM_MODE = "fast-tinygemm"
+# the fast decoder's A/B modes: each a decoder of its own, its rows labelled <variant>+<mode>
+AB_MODES = (UNFUSED_MODE, TINYGEMM_MODE)
 # the peer: transformers' own generate(cache_implementation="static") on the same model, prompt and tokens, a row
 # beside ours so a table shows "x transformers" as well as the roofline fraction (--peer transformers-static)
 PEER_MODES = ("transformers-static",)

@@ -134,13 +134,14 @@ def reference_table(rows: list[dict]) -> str:
 def with_decode_label(r: dict) -> dict:
     """Rows decoded by the fast path show as ``<variant>+fast`` in plots and tables (beside the eager rows), the
     transformers peer's as ``<variant>+transformers-static`` and the unfused fast decoder's as
-    ``<variant>+fast-unfused`` (not as one more fast row)."""
-    from .config import PEER_MODES, UNFUSED_MODE
+    ``<variant>+fast-unfused`` / ``+fast-tinygemm`` (not as one more fast row)."""
+    from .config import AB_MODES, PEER_MODES
     mode, variant = r.get("decode_mode"), str(r.get("variant", ""))
     if mode in PEER_MODES and not variant.endswith(f"+{mode}"):
         return dict(r, variant=f"{variant}+{mode}")
-    if (r.get("raw") or {}).get("decode_requested") == UNFUSED_MODE and not variant.endswith(f"+{UNFUSED_MODE}"):
-        return dict(r, variant=f"{variant}+{UNFUSED_MODE}")
+    requested = (r.get("raw") or {}).get("decode_requested")
+    if requested in AB_MODES and not variant.endswith(f"+{requested}"):
+        return dict(r, variant=f"{variant}+{requested}")
     if mode and mode != "eager" and mode not in PEER_MODES and not variant.endswith("+fast"):
         return dict(r, variant=f"{variant}+fast")
     return r

@@ -283,13 +283,13 @@ def resume_plan(previous: dict, config: RunConfig, device: str) -> tuple[list[di
 
 def decode_kind(mode: str | None, requested: str | None = None) -> str:
     """A row's decode mode as the measurement it is: "eager", the peer's own mode ("transformers-static"),
-    "fast-unfused" (``requested``: the mode the row asked for, in its raw), or "fast" (whatever the fast decoder's
-    mode text says: compiled, CUDA graphs, fused projections)."""
-    from .config import PEER_MODES, UNFUSED_MODE
+    "fast-unfused" / "fast-tinygemm" (``requested``: the mode the row asked for, in its raw), or "fast" (whatever
+    the fast decoder's mode text says: compiled, CUDA graphs, fused projections)."""
+    from .config import AB_MODES, PEER_MODES
     if mode in (None, "", "eager"):
         return "eager"
-    if requested == UNFUSED_MODE:
-        return UNFUSED_MODE
+    if requested in AB_MODES:
+        return requested
     return mode if mode in PEER_MODES else "fast"
 
 

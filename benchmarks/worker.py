@@ -16,7 +16,7 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .config import PEER_MODES, RANDOM_PREFIX, UNFUSED_MODE, RunConfig, is_random
+from .config import PEER_MODES, RANDOM_PREFIX, TINYGEMM_MODE, UNFUSED_MODE, RunConfig, is_random
 from .roofline import roofline_columns
 from .results import LONG_TOKENS, SHORT_TOKENS, e2e_for, failed_rows, median, percentile
 from .results import QUALITY_COLUMNS, RANDOM_QUALITY_NOTE
@@ -312,6 +312,10 @@ def quality_columns(lm, cfg: RunConfig, label: str, ev: Events) -> tuple[dict, d
 
 def measure_mode(lm, cfg: RunConfig, row: ResultRow, device: str, mode: str, kv: str, ev: Events) -> None:
     """One row: this project's engine in decode ``mode`` (auto/fast/eager) with KV cache ``kv``, or the peer."""
+    from playground.int4_tinygemm import use_gemv
+    # the Triton GEMV (kernel triton-gemv) is on for every row but fast-tinygemm's: read when a decoder traces the
+    # model, and by eager products
+    gemv_layers = use_gemv(lm.model, mode != TINYGEMM_MODE)
     if mode in PEER_MODES:
         row.set(decode_mode=mode)
         if kv != "default":
@@ -326,6 +330,12 @@ def measure_mode(lm, cfg: RunConfig, row: ResultRow, device: str, mode: str, kv:
             row.set(decode_mode=mode, status="unsupported", repeats=0,
                     error="fast-unfused: no plain q/k/v or gate/up Linears to fuse here (quantized layers), so "
                           "the fast row is already this measurement")
+            return
+    if mode == TINYGEMM_MODE and kv == "default":
+        if not gemv_layers:
+            row.set(decode_mode=mode, status="unsupported", repeats=0,
+                    error=f"fast-tinygemm: no layer here runs the Triton GEMV (kernel {lm.kernel}), so the fast "
+                          f"row is already this measurement")
             return
     fast = use_fast(lm, mode if kv == "default" else "eager", device, row, ev)
     if kv != "default" and mode != "eager" and (mode == "fast" or device.startswith("cuda")):
@@ -353,10 +363,12 @@ def measure_bandwidth(device: str) -> float | None:
 def use_fast(lm, mode: str, device: str, row: ResultRow, ev: Events) -> bool:
     """Whether this row decodes through the fast decoder (starting it, timed, on first use: its replies then get
     their static cache from ``FastDecoder.session`` inside the engine). ``fast-unfused`` rows use a second decoder
-    built with ``fuse=False``; each row puts its own decoder in ``lm.fast`` (both kept in ``lm.bench_decoders``)."""
+    built with ``fuse=False``, ``fast-tinygemm`` rows one traced with the Triton GEMV off (tinygemm for every
+    product); each row puts its own decoder in ``lm.fast`` (all kept in ``lm.bench_decoders``)."""
     from playground.fast_decode import enable_fast_decode
     from playground.variants import fast_decode_by_default
-    fast = mode in ("fast", UNFUSED_MODE) or (mode == "auto" and fast_decode_by_default(lm.variant, device))
+    fast = mode in ("fast", UNFUSED_MODE, TINYGEMM_MODE) or (mode == "auto" and fast_decode_by_default(lm.variant,
+                                                                                                    device))
     if fast and lm.device == "auto":       # placed over several devices (--max-memory)
         if mode != "auto":
             raise RuntimeError("the fast decoder runs a model on one GPU; this one is placed over several devices "
@@ -369,15 +381,17 @@ def use_fast(lm, mode: str, device: str, row: ResultRow, ev: Events) -> bool:
     if not fuse:    # the model gets its final modules first (the switch stays off in this decoder): the two
         from playground.fused_projections import fuse_projections     # decoders then trace the same model
         fuse_projections(lm.model)
-    decoders = lm.__dict__.setdefault("bench_decoders", {})        # fuse -> FastDecoder, for this worker's rows
+    key = mode if mode in (UNFUSED_MODE, TINYGEMM_MODE) else "fast"
+    decoders = lm.__dict__.setdefault("bench_decoders", {})        # key -> FastDecoder, for this worker's rows
     if lm.fast is not None and lm.fast not in decoders.values():
-        decoders[True] = lm.fast                                   # started before the rows (the default: fused)
-    lm.fast = decoders.get(fuse)
+        decoders["fast"] = lm.fast                                 # started before the rows (the default: fused)
+    lm.fast = decoders.get(key)
     if lm.fast is None:
-        ev.progress(0.0, f"{lm.label}: compiling the decode step" + ("" if fuse else " (projections unfused)"))
+        what = {UNFUSED_MODE: " (projections unfused)", TINYGEMM_MODE: " (tinygemm, no GEMV)"}.get(key, "")
+        ev.progress(0.0, f"{lm.label}: compiling the decode step" + what)
         if enable_fast_decode(lm, fuse=fuse) is None:
             raise RuntimeError("fast decode could not start: " + lm.stats.notes[-1])
-        decoders[fuse] = lm.fast
+        decoders[key] = lm.fast
     row.set(decode_mode=lm.fast.info.mode, warmup_s=lm.fast.info.warmup_s)
     row.raw["decode_requested"] = mode
     row.raw["compile_cache"] = lm.fast.info.compile_cache      # "hit": an earlier load's kernels were reused

@@ -468,8 +468,11 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if backend is None and str(device).startswith("cuda"):
-        backend = TINYGEMM       # gptqmodel's own CUDA choice on Hopper (Machete) downloads CUTLASS at first use
-    tinygemm = backend == TINYGEMM
+        # gptqmodel's own CUDA choice on Hopper (Machete) downloads CUTLASS at first use
+        from .int4_gemv import triton
+        backend = TRITON_GEMV if triton is not None else TINYGEMM
+    tinygemm = backend in (TINYGEMM, TRITON_GEMV)
+    gemv = backend == TRITON_GEMV
     if tinygemm:                 # load with the plain torch kernel, then repack every layer (int4_tinygemm.py)
         backend, dtype = ("gptq_torch" if method == "gptq" else "torch_awq"), torch.bfloat16
     chosen = backend or _pick_backend(method, qcfg, path, device)
@@ -487,7 +490,7 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     model.eval()
     qlayers = quantized_linears(model)
-    skipped = []
+    skipped, gemv_skipped = [], []
     if tinygemm:
         from .int4_tinygemm import convert_model
         converted, skipped = convert_model(model, qlayers)
@@ -498,6 +501,10 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
             # transformers casts AWQ models to float16 on CUDA for AWQ's own kernels; tinygemm runs bf16, and the
             # rest of the model follows (float16 overflowed on a random-weight Mistral-7B)
             model.to(torch.bfloat16)
+        if gemv:                 # tuned here, once per layer shape and process: part of the load time
+            from .int4_tinygemm import enable_gemv
+            gemv_skipped = enable_gemv(model)
+            chosen = TRITON_GEMV + chosen[len(TINYGEMM):]
     load_s = time.perf_counter() - t0
     kernels = sorted({type(m).__name__ for _, m in qlayers})
     if tinygemm and converted:
@@ -520,6 +527,7 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
         "size_on_disk_bytes": sum(f.stat().st_size for f in path.glob("*.safetensors")),
         "quantization": sidecar,
         "tinygemm_skipped": skipped[:5],
+        "gemv_skipped": gemv_skipped[:5],     # why layers keep tinygemm for one-row products (kernel triton-gemv)
     }
     drop_worker_references()
     if not qlayers:
@@ -561,6 +569,7 @@ def _no_task() -> None:
 
 
 TINYGEMM = "tinygemm"
+TRITON_GEMV = "triton-gemv"   # tinygemm layers whose one-row products (batch-1 decode) run playground/int4_gemv.py
 
 
 _AWQ_LOAD_LOCK = threading.Lock()

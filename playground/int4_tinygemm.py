@@ -28,6 +28,7 @@ GROUP_SIZES = (32, 64, 128, 256)
 DEQUANTIZE_ABOVE_ROWS = 16   # products of more rows than this dequantize to bf16 and matmul; fewer use tinygemm
 KERNEL = "TinyGemmInt4Linear"
 PATHS = f"tinygemm at <= {DEQUANTIZE_ABOVE_ROWS} rows; dequantize + bf16 matmul above"
+GEMV_PATH = "Triton GEMV at 1 row"
 
 
 class TinyGemmInt4Linear(nn.Module):
@@ -42,6 +43,8 @@ class TinyGemmInt4Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
         self.group_size, self.in_features, self.out_features = group_size, in_features, out_features
         self.layout = layout
+        self.gemv: tuple[int, int, int] | None = None    # the Triton GEMV's tuned config (``enable_gemv``), or None
+        self.gemv_tuned: tuple[int, int, int] | None = None   # what ``use_gemv`` switches back on
 
     def uses_dequantize(self, rows: int) -> bool:
         """Whether a product of ``rows`` rows (tokens x batch) dequantizes and matmuls instead of tinygemm."""
@@ -58,7 +61,10 @@ class TinyGemmInt4Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.uses_dequantize(x2.shape[0]):
             return F.linear(x2, self.dequantized_weight(), self.bias).reshape(shape).to(x.dtype)
-        if x2.is_cuda:
+        if self.gemv is not None and x2.shape[0] == 1 and x2.is_cuda:
+            from .int4_gemv import gemv
+            y = gemv(x2, self.packed, self.scales_and_zeros, self.group_size, self.gemv)
+        elif x2.is_cuda:
             y = torch.ops.aten._weight_int4pack_mm(x2, self.packed, self.group_size, self.scales_and_zeros)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales_and_zeros)
@@ -68,6 +74,8 @@ class TinyGemmInt4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         paths = PATHS if self.layout else "tinygemm"
+        if self.gemv is not None:
+            paths = f"{GEMV_PATH}, {paths}"
         return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, kernel={paths}"
 
 
@@ -203,9 +211,40 @@ def kernel_label(layers: list[nn.Module]) -> str:
     have no dequantize path (their packing did not read back)."""
     tiny = [m for m in layers if isinstance(m, TinyGemmInt4Linear)]
     without = sum(1 for m in tiny if m.layout is None)
+    gemv = sum(1 for m in tiny if m.gemv is not None)
+    first = "" if not gemv else f"{GEMV_PATH}; " if gemv == len(tiny) else f"{GEMV_PATH} in {gemv} of {len(tiny)}; "
     if tiny and without == len(tiny):
-        return f"{KERNEL} (tinygemm only)"
-    return f"{KERNEL} ({PATHS}" + (f"; {without} of {len(tiny)} layers tinygemm only)" if without else ")")
+        return f"{KERNEL} ({first}tinygemm only)"
+    return f"{KERNEL} ({first}{PATHS}" + (f"; {without} of {len(tiny)} layers tinygemm only)" if without else ")")
+
+
+def enable_gemv(model) -> list[str]:
+    """Give every CUDA tinygemm layer the Triton GEMV for its one-row products (``playground.int4_gemv``), tuned
+    once per layer shape; returns why the others keep tinygemm (empty: all of them took it)."""
+    from . import int4_gemv
+    reasons = {}
+    for layer in model.modules():
+        if not isinstance(layer, TinyGemmInt4Linear):
+            continue
+        why = "not on CUDA" if not layer.packed.is_cuda else int4_gemv.unsupported_reason(
+            layer.packed, layer.group_size, layer.in_features, layer.out_features)
+        if why:
+            reasons[why] = reasons.get(why, 0) + 1
+            continue
+        layer.gemv = layer.gemv_tuned = int4_gemv.tune(layer.packed, layer.scales_and_zeros, layer.group_size)
+    return [f"{n} layers: {why}" for why, n in reasons.items()]
+
+
+def use_gemv(model, on: bool) -> int:
+    """Switch the Triton GEMV of ``enable_gemv``'s layers on or off (off: tinygemm for their one-row products too;
+    a compiled step keeps what it was traced with); returns how many layers have it."""
+    n = 0
+    for layer in model.modules():
+        tuned = getattr(layer, "gemv_tuned", None) if isinstance(layer, TinyGemmInt4Linear) else None
+        if tuned is not None:
+            layer.gemv = tuned if on else None
+            n += 1
+    return n
 
 
 def _drop_tensors(layer: nn.Module) -> None:

@@ -12,6 +12,9 @@ if [ -n "$W" ] && [ ! -d /tmp/site ] && [ "${DEVICE:-cuda}" != cpu ]; then
 fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PLAYGROUND_CACHE=/tmp/pgc TQDM_MININTERVAL=30
 export PLAYGROUND_GIT_COMMIT=${PLAYGROUND_GIT_COMMIT:-$(cat .gitcommit 2>/dev/null || echo unknown)}
+# the card in the folder names (h100, h200): numbers of different cards are never compared
+GPU=${GPU:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9]\+' | tr 'H' 'h')}
+GPU=${GPU:-h200}
 run() { timeout "$1" python3 -m benchmarks run --device "${DEVICE:-cuda}" --repeats 3 --warmup 1 "${@:2}" 2>&1 | grep -v "it/s\]\|step/s\]" | tail -60; }
 case $stage in
   fast-bf16)   # #4 overhead + #7 roofline: bf16 eager vs fast, each against its own bare generate
@@ -34,7 +37,7 @@ case $stage in
     # Into the tree's results/ with --resume (a second call continues a stopped one); the folder comes back in $out.
     # VARIANTS, MODES (eager,fast), BS (1 or 16), NEW (256), REPEATS (3), BENCH_LIMIT (s) override the defaults.
     arch=${stage#table-}
-    dest=results/gpu-h200-$arch-${WHAT:-bs${BS:-1}}
+    dest=results/gpu-$GPU-$arch-${WHAT:-bs${BS:-1}}
     run "${BENCH_LIMIT:-560}" --model "random:$arch" --variants "${VARIANTS:-fp16,nf4,gptq,awq,fp4,int8}" \
         --decode-modes "${MODES:-eager}" --batch-sizes "${BS:-1}" --prompt-tokens "${PROMPT:-512}" \
         --new-tokens "${NEW:-256}" --kv-cache "${KV:-default}" --repeats "${REPEATS:-3}" --no-overhead-check \
@@ -55,7 +58,7 @@ case $stage in
     done ;;
   quantize-memory)  # #15: peak RAM while calibrating real GPTQ/AWQ checkpoints of a 7B shape (the Baichuan guide's
     # "36.1 GB of RAM to quantize"), calibration on the GPU, the bf16 model in RAM; a method past its limit is a row
-    dest=results/gpu-h200-${ARCH:-mistral-7b}-quantize-memory
+    dest=results/gpu-$GPU-${ARCH:-mistral-7b}-quantize-memory
     timeout 580 python3 -m benchmarks.experiments.device.quantize_memory --model "random:${ARCH:-mistral-7b}" \
       --methods "${METHODS:-gptq,awq}" --device "${DEVICE:-cuda}" --samples "${SAMPLES:-32}" \
       --time-limit "${METHOD_LIMIT:-270}" --out "$dest/quantize_memory.json" 2>&1 | grep -v "it/s\]" | tail -30
@@ -66,7 +69,7 @@ case $stage in
     # its own. ARCH (mistral-7b, llama-2-7b), BS (1, 16), VARIANTS, MODES, NEW, REPEATS, BENCH_LIMIT (s) override.
     # Into the tree's results/ (or RESULTS) with --resume (a call cut by the limit continues); copied to $out.
     arch=${ARCH:-mistral-7b}
-    dest=${RESULTS:-results}/gpu-h200-$arch-decode-bs${BS:-1}-${WHAT:-bf16}
+    dest=${RESULTS:-results}/gpu-$GPU-$arch-decode-bs${BS:-1}-${WHAT:-bf16}
     run "${BENCH_LIMIT:-540}" --model "random:$arch" --variants "${VARIANTS:-bf16}" \
         --decode-modes "${MODES:-eager,fast,fast-unfused}" --peer transformers-static --batch-sizes "${BS:-1}" \
         --prompt-tokens "${PROMPT:-512}" --new-tokens "${NEW:-256}" --repeats "${REPEATS:-3}" --no-overhead-check \
@@ -82,7 +85,7 @@ case $stage in
     done ;;
   decode-profile)  # #19: where the fastest bf16 step's time goes: torch.profiler over 128 compiled decode steps
     # (fused, then unfused), top kernels and categories per step, written as small json/txt (no trace)
-    dest=${RESULTS:-results}/gpu-h200-${ARCH:-mistral-7b}-decode-profile
+    dest=${RESULTS:-results}/gpu-$GPU-${ARCH:-mistral-7b}-decode-profile
     for flag in "" --unfused; do
       timeout "${PROFILE_LIMIT:-260}" python3 -m benchmarks.experiments.device.profile_decode \
         --model "random:${ARCH:-mistral-7b}" --variant "${VARIANT:-bf16}" --device "${DEVICE:-cuda}" \
@@ -127,7 +130,7 @@ case $stage in
   glm-bench)   # #13: the GLM-6B class, every variant, eager and fast, bs 1, prompt 512, 256 new tokens.
     # Written into the tree's results/ folder with --resume: a second call (that folder copied back into the tree
     # first) continues where a call stopped at its time limit; the folder comes back under $out.
-    dest=results/gpu-h200-${ARCH:-glm-6b-class}-bs1
+    dest=results/gpu-$GPU-${ARCH:-glm-6b-class}-bs1
     run "${BENCH_LIMIT:-550}" --model "random:${ARCH:-glm-6b-class}" --variants "${VARIANTS:-bf16,fp16,nf4,gptq,awq,int8}" \
         --decode-modes eager,fast --batch-sizes 1 --prompt-tokens 512 --new-tokens 256 --no-overhead-check \
         --repeats "${REPEATS:-3}" --resume --out "$dest"
