@@ -39,7 +39,7 @@ except ImportError:      # pragma: no cover - a torch without triton: the layers
 ROW_BLOCKS = (8, 16, 32)          # output rows per program (whole 8-row tiles)
 WARPS = (1, 2, 4)
 SPLITS = (1, 2, 4, 8)
-DEFAULT = (16, 2, 4)              # used when nothing was tuned for a shape (and during CUDA-graph capture)
+DEFAULT = (8, 1, 4)               # used when nothing was tuned for a shape (and during CUDA-graph capture)
 _TUNED: dict[tuple, tuple[int, int, int]] = {}
 LAUNCH = "op"                     # "op": through the custom op; "direct": the kernel launched in the traced code
 _TUNE_LOCK = threading.Lock()
