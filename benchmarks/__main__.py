@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of KV-cache storage: default (model dtype), int8 (HQQ), int4, int2 (quanto); "
                         "each gives its own rows; a quantized cache always decodes eagerly")
     r.add_argument("--kernel", default=None,
-                   help="gptq/awq kernel: tinygemm (CUDA/CPU int4 matmul of torch) or a gptqmodel backend name")
+                   help="gptq/awq kernel: tinygemm (CUDA/CPU int4 matmul of torch), triton-gemv (tinygemm with "
+                        "playground's Triton GEMV for one-row products, CUDA) or a gptqmodel backend name")
     r.add_argument("--tune-kernels", action="store_true",
                    help="coordinate-descent tuning of the compiled decode step's kernels (gpt-fast's setting): "
                         "a longer first compile; the rows' decode_mode says 'tuned kernels'")

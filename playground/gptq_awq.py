@@ -468,9 +468,7 @@ def load_quantized(out_dir: str, *, device: str = "cpu", dtype=None, backend: st
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if backend is None and str(device).startswith("cuda"):
-        # gptqmodel's own CUDA choice on Hopper (Machete) downloads CUTLASS at first use
-        from .int4_gemv import triton
-        backend = TRITON_GEMV if triton is not None else TINYGEMM
+        backend = TINYGEMM       # gptqmodel's own CUDA choice on Hopper (Machete) downloads CUTLASS at first use
     tinygemm = backend in (TINYGEMM, TRITON_GEMV)
     gemv = backend == TRITON_GEMV
     if tinygemm:                 # load with the plain torch kernel, then repack every layer (int4_tinygemm.py)
@@ -570,6 +568,7 @@ def _no_task() -> None:
 
 TINYGEMM = "tinygemm"
 TRITON_GEMV = "triton-gemv"   # tinygemm layers whose one-row products (batch-1 decode) run playground/int4_gemv.py
+                              # (opt-in: kernel="triton-gemv"; not measured faster than tinygemm yet)
 
 
 _AWQ_LOAD_LOCK = threading.Lock()

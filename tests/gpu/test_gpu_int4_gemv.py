@@ -1,8 +1,8 @@
 """The Triton int4 GEMV on CUDA (issue #19, ``playground/int4_gemv.py``): for the Mistral-7B shape's four products
 it gives tinygemm's result from tinygemm's own packed weights after its per-shape tuning; a GPTQ model (random codes,
-TinyLlama-1.1B shape) loads with it by default, decodes through it inside the compiled step replayed as CUDA graphs
-(no compile after the warm-up), and its teacher-forced step logits match the model's full forward (dequantize +
-bf16 matmul). The microseconds (in CUDA graphs) and GB/s of both kernels are printed (-rP) as a first reading."""
+TinyLlama-1.1B shape) loads with it (kernel triton-gemv), decodes through it inside the compiled step replayed as
+CUDA graphs (no compile after the warm-up), and its teacher-forced step logits match the model's full forward
+(dequantize + bf16 matmul). The microseconds (in CUDA graphs) and GB/s of both kernels are printed (-rP)."""
 from __future__ import annotations
 
 import os
@@ -81,8 +81,8 @@ def test_gptq_model_decodes_through_the_gemv_in_cuda_graphs():
     path = ensure_random_model(SHAPE, "cuda")[0]
     mm = ModelManager(device="cuda", budget_bytes=1 << 62)
     try:
-        lm = mm.get(path, "gptq", options=VariantOptions(fast_decode="on"))
-        assert GEMV_PATH in lm.kernel, lm.kernel                  # the default kernel on CUDA
+        lm = mm.get(path, "gptq", options=VariantOptions(fast_decode="on", kernel="triton-gemv"))
+        assert GEMV_PATH in lm.kernel, lm.kernel
         layers = [m for m in lm.model.modules() if isinstance(m, TinyGemmInt4Linear)]
         assert layers and all(m.gemv is not None for m in layers)
         fd = lm.fast

@@ -66,14 +66,15 @@ case $stage in
   decode-speed)  # #19: decode speed of a 7B shape against the roofline and transformers' own static-cache generate
     # (--peer), batch ${BS:-1}, prompt 512, 256 new tokens. Default: bf16 eager, fast (fused q/k/v + gate/up) and
     # fast-unfused (the A/B of the fusion); decode-speed-quantized runs int8-wo, gptq, awq (fast) into a folder of
-    # its own. ARCH (mistral-7b, llama-2-7b), BS (1, 16), VARIANTS, MODES, NEW, REPEATS, BENCH_LIMIT (s) override.
+    # its own. ARCH (mistral-7b, llama-2-7b), BS (1, 16), VARIANTS, MODES, NEW, REPEATS, BENCH_LIMIT (s) override;
+    # KERNEL=triton-gemv with MODES=fast,fast-tinygemm: the A/B of the Triton GEMV for gptq/awq.
     # Into the tree's results/ (or RESULTS) with --resume (a call cut by the limit continues); copied to $out.
     arch=${ARCH:-mistral-7b}
     dest=${RESULTS:-results}/gpu-$GPU-$arch-decode-bs${BS:-1}-${WHAT:-bf16}
     run "${BENCH_LIMIT:-540}" --model "random:$arch" --variants "${VARIANTS:-bf16}" \
         --decode-modes "${MODES:-eager,fast,fast-unfused}" --peer transformers-static --batch-sizes "${BS:-1}" \
         --prompt-tokens "${PROMPT:-512}" --new-tokens "${NEW:-256}" --repeats "${REPEATS:-3}" --no-overhead-check \
-        ${TUNE:+--tune-kernels} --resume --out "$dest"
+        ${TUNE:+--tune-kernels} ${KERNEL:+--kernel $KERNEL} --resume --out "$dest"
     cp -r "$dest" "$out/" ;;
   decode-speed-quantized)  # #19: the same for the fast int8 and 4-bit variants (their fast rows are unfused already),
     # one variant at a time with VARIANT_LIMIT seconds each into the same folder (--resume), so one slow compile
@@ -83,6 +84,11 @@ case $stage in
       WHAT=${WHAT:-quantized${TUNE:+-tuned}} VARIANTS=$v MODES=${MODES:-fast} BENCH_LIMIT=${VARIANT_LIMIT:-180} \
         bash "$0" decode-speed "$out"
     done ;;
+  gemv-probe)  # #19: the Triton int4 GEMV: teacher-forced logits of each decoder with it on/off, kernels in CUDA graphs
+    dest=${RESULTS:-results}/gpu-$GPU-int4-gemv-probe
+    timeout "${PROBE_LIMIT:-300}" python3 -m benchmarks.experiments.device.probe_gemv --device "${DEVICE:-cuda}" \
+      --out "$dest" 2>&1 | grep -v "it/s\]\|Failed to load\|DEBUG    torch" | tail -30
+    cp -r "$dest" "$out/" ;;
   decode-profile)  # #19: where the fastest bf16 step's time goes: torch.profiler over 128 compiled decode steps
     # (fused, then unfused), top kernels and categories per step, written as small json/txt (no trace)
     dest=${RESULTS:-results}/gpu-$GPU-${ARCH:-mistral-7b}-decode-profile
