@@ -72,7 +72,9 @@ def test_gptq_model_prefills_through_the_dequantize_path_on_cuda(monkeypatch):
     lm = mm.get(path, "gptq", options=VariantOptions(fast_decode="off"))
     assert lm.kernel == f"TinyGemmInt4Linear ({PATHS})", lm.kernel
     assert all(m.layout for m in lm.model.modules() if isinstance(m, TinyGemmInt4Linear))
-    ids = torch.randint(100, 30000, (1, 512), device="cuda")
+    # seeded: unseeded, the prompt depended on what earlier tests in the process drew from the global generator, and
+    # so did the relative L2 of this random model's logits (0.0025 at 8765f47, 0.088 at d3c7091; top-1 1.00 both)
+    ids = torch.randint(100, 30000, (1, 512), device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
     with torch.no_grad():
         dequantized = lm.model(ids).logits.float()
         deq_ms = _ms(lambda: lm.model(ids, logits_to_keep=1), repeats=5)

@@ -86,7 +86,7 @@ case $stage in
     done ;;
   gemv-probe)  # #19: the Triton int4 GEMV: teacher-forced logits of each decoder with it on/off, kernels in CUDA graphs
     dest=${RESULTS:-results}/gpu-$GPU-int4-gemv-probe
-    timeout "${PROBE_LIMIT:-300}" python3 -m benchmarks.experiments.device.probe_gemv --device "${DEVICE:-cuda}" \
+    timeout "${PROBE_LIMIT:-360}" python3 -m benchmarks.experiments.device.probe_gemv --device "${DEVICE:-cuda}" \
       --out "$dest" 2>&1 | grep -v "it/s\]\|Failed to load\|DEBUG    torch" | tail -30
     cp -r "$dest" "$out/" ;;
   decode-profile)  # #19: where the fastest bf16 step's time goes: torch.profiler over 128 compiled decode steps
