@@ -19,26 +19,10 @@ SHAPE = os.environ.get("PLAYGROUND_GPU_TEST_SHAPE", "tinyllama-1.1b")
 MISTRAL = [("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096)]
 
 
-def _us(fn, replays: int = 100) -> float:
-    """Microseconds a call inside a CUDA graph (10 calls captured, replayed): the GPU's time, not Python's launch."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(10):
-            fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / replays / 10 * 1000
+def _us(fn) -> float:
+    """Microseconds a call inside a CUDA graph (the GPU's time, not Python's launch), as the probe times it."""
+    from benchmarks.experiments.device.probe_gemv import graph_us
+    return graph_us(fn, replays=100)
 
 
 @pytest.mark.parametrize("name,k,n", MISTRAL)

@@ -76,6 +76,8 @@ def teacher_forced(shape: str, device: str = "cuda") -> dict:
 
 
 def graph_us(fn, replays: int = 200) -> float:
+    """Microseconds a call of ``fn`` inside a CUDA graph: 10 calls captured after a warm-up on a side stream, the
+    graph replayed ``replays`` times (no Python launch cost in the figure)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
