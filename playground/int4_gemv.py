@@ -23,6 +23,12 @@ The kernel is registered as the custom op ``playground::int4_tiles_gemv`` (opaqu
 CUDA graphs like any kernel). On the CPU the same kernel runs through Triton's interpreter (``TRITON_INTERPRET=1``),
 which is how the CPU tests check its numerics against the dequantized weight; the layers themselves use it only on
 CUDA. Products of more than one row keep tinygemm (and dequantize + matmul above ``DEQUANTIZE_ABOVE_ROWS``).
+
+Measured (H200, commit d3c7091, results/gpu-h200-int4-gemv-probe): tuned and timed inside CUDA graphs it takes
+3.2-3.3x tinygemm's time on the Mistral-7B shape's products (450-585 GB/s against 1450-1890), and a GPTQ model's
+compiled decode through it did not match its full forward (tests/gpu/test_gpu_int4_gemv.py failed; unexplained).
+So it is opt-in (``kernel="triton-gemv"``), a base to improve, not a default: each weight costs two integer and two
+fp32 operations here, where tinygemm and Marlin dequantize two values per instruction and use tensor cores.
 """
 from __future__ import annotations
 
