@@ -162,7 +162,7 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, sz: torch.Tensor, group_size: in
          config: tuple[int, int, int]) -> torch.Tensor:
     """``x [1, k] · W^T`` as bf16 ``[1, n]`` through the kernel (``config`` from ``tune``). CPU tensors run in
     Triton's interpreter (``TRITON_INTERPRET=1`` before triton is imported: the CPU tests)."""
-    if not x.is_cuda or LAUNCH == "direct":   # direct: dynamo traces the Triton launch itself (a user kernel)
+    if LAUNCH == "direct":      # dynamo traces the Triton launch itself (a user kernel: inductor emits the launch)
         part = launch(x.reshape(-1), packed, sz, group_size, *config)
     else:
         part = torch.ops.playground.int4_tiles_gemv(x, packed, sz, group_size, *config)

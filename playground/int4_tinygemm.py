@@ -61,7 +61,7 @@ class TinyGemmInt4Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.uses_dequantize(x2.shape[0]):
             return F.linear(x2, self.dequantized_weight(), self.bias).reshape(shape).to(x.dtype)
-        if self.gemv is not None and x2.shape[0] == 1 and x2.is_cuda:
+        if self.gemv is not None and x2.shape[0] == 1:     # set on CUDA layers only (``enable_gemv``), and by tests
             from .int4_gemv import gemv
             y = gemv(x2, self.packed, self.scales_and_zeros, self.group_size, self.gemv)
         elif x2.is_cuda:

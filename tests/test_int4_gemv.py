@@ -126,7 +126,65 @@ def test_use_gemv_switches_tuned_layers_and_the_kernel_text_says_so():
     assert kernel_label(layers).startswith(f"TinyGemmInt4Linear ({GEMV_PATH} in 2 of 3; ")
     assert use_gemv(model, False) == 2 and all(m.gemv is None for m in layers)
     assert GEMV_PATH not in kernel_label(layers)
-    x = torch.randn(1, k, dtype=torch.bfloat16)
-    tinygemm = layers[0](x)
-    layers[0].gemv = (16, 1, 2)              # on the CPU a layer never launches the kernel: tinygemm's CPU op
-    assert torch.equal(layers[0](x), tinygemm)
+
+
+COMPILED_MODEL = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, "tests")
+    from test_int4_prefill import _pack_like_cuda
+    from transformers import DynamicCache
+    from benchmarks.random_weights import ensure_random_model
+    from playground import int4_tinygemm
+    from playground.fast_decode import FastDecoder
+    from playground.int4_tinygemm import TinyGemmInt4Linear
+    from playground.int4_unpack import CUDA_TILES, unpack
+    from playground.manager import ModelManager
+    from playground.variants import VariantOptions
+
+    # every layer in tinygemm's CUDA packing, the GEMV for one row and the dequantize path for more (the CPU's own
+    # tinygemm op cannot read the CUDA packing)
+    int4_tinygemm.DEQUANTIZE_ABOVE_ROWS = 1
+    path = ensure_random_model("tiny-llama", "cpu")[0]
+    lm = ModelManager(device="cpu", budget_bytes=1 << 62).get(
+        path, "gptq", options=VariantOptions(fast_decode="off", kernel="tinygemm"))
+    model = lm.model
+    layers = [m for m in model.modules() if isinstance(m, TinyGemmInt4Linear)]
+    for m in layers:
+        codes = unpack(m.packed, m.layout, m.out_features, m.in_features)
+        # 32 rows a program: the interpreter runs each program in numpy, and fewer programs keep this test short
+        m.packed, m.layout, m.gemv = _pack_like_cuda(codes, 8), CUDA_TILES, (32, 1, 2)
+    gen = torch.Generator().manual_seed(1)
+    vocab = model.config.vocab_size
+    prompt, forced = torch.randint(0, vocab, (1, 32), generator=gen), torch.randint(0, vocab, (1, 8), generator=gen)
+    p = prompt.shape[1]
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()
+    with torch.no_grad():
+        full = model(torch.cat([prompt, forced], 1)).logits.float()[0]
+        cache = DynamicCache(config=model.config)
+        model(prompt, past_key_values=cache, use_cache=True)
+        eager = [model(forced[:, i:i + 1], past_key_values=cache, use_cache=True).logits[0, -1] for i in range(8)]
+        fd = FastDecoder(model, "cpu", compile=True, backend="eager")   # dynamo's graph, run without inductor
+        cache = fd.acquire(1, p + 8)
+        fd.prefill(prompt, cache)
+        steps = [fd.step(forced[:, i:i + 1], cache)[0] for i in range(8)]
+    eager_err = max(rel(s, full[p + i]) for i, s in enumerate(eager))
+    compiled_err = max(rel(s, full[p + i]) for i, s in enumerate(steps))
+    print(f"layers {len(layers)}; eager {eager_err:.4f}; compiled {compiled_err:.4f} ({fd.info.mode}, "
+          f"{fd.compiles} compile(s), fallback {fd.info.fallback_reason!r})")
+    assert len(layers) == 14 and eager_err < 0.02 and compiled_err < 0.02
+    assert fd.info.mode == "compiled (eager)" and fd.compiles == 1 and not fd.info.fallback_reason
+""")
+
+
+def test_a_gptq_model_decodes_through_the_gemv_inside_a_compiled_step_in_tritons_interpreter():
+    """The whole path but CUDA graphs, on the CPU: a random-code GPTQ model (tiny-llama) with every layer in
+    tinygemm's CUDA packing decodes through the GEMV custom op in eager steps and in the compiled step (dynamo's one
+    graph, no break, no fallback; run without inductor to keep CI short: with inductor it also matched, 0.0066),
+    teacher-forced, with the logits of its full forward."""
+    pytest.importorskip("triton", reason="triton (requirements-dev.txt) runs the kernel's interpreter test")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", COMPILED_MODEL], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    print(proc.stdout[-2000:])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "compiled" in proc.stdout
