@@ -20,6 +20,10 @@ from pathlib import Path
 import torch
 
 
+# the Mistral-7B shape's one-row products at batch 1: (name, in_features, out_features)
+MISTRAL_PRODUCTS = [("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096)]
+
+
 def rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -103,7 +107,7 @@ def kernels() -> list[dict]:
     from playground import int4_gemv
     from playground.int4_tinygemm import from_codes
     rows = []
-    for name, k, n in [("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096)]:
+    for name, k, n in MISTRAL_PRODUCTS:
         g = 128
         q = torch.randint(0, 16, (k, n), dtype=torch.uint8, device="cuda")
         layer = from_codes(q, torch.rand(k // g, n, device="cuda") * 0.02 + 0.001,
