@@ -188,8 +188,11 @@ class FastDecoder:
             return backend
         from torch._inductor.compile_fx import compile_fx
         patches = {"triton.cudagraphs": True} if self.cuda else {}
-        if self.tune:       # for this graph only: torch's process-wide inductor config stays as it is
-            patches.update({"coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True})
+        if self.tune:       # for this graph only: torch's process-wide inductor config stays as it is.
+            # gpt-fast's one setting: with it inductor also writes one-row products as Triton reductions (its mm
+            # decomposition) whose block sizes the tuning picks; checking all directions too (torchao's default)
+            # multiplies the first compile for little
+            patches.update({"coordinate_descent_tuning": True})
 
         def backend(gm, example_inputs):
             self.info.compiles += 1

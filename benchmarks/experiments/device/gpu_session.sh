@@ -67,12 +67,13 @@ case $stage in
     # (--peer), batch ${BS:-1}, prompt 512, 256 new tokens. Default: bf16 eager, fast (fused q/k/v + gate/up) and
     # fast-unfused (the A/B of the fusion); decode-speed-quantized runs int8-wo, gptq, awq (fast) into a folder of
     # its own. ARCH (mistral-7b, llama-2-7b), BS (1, 16), VARIANTS, MODES, NEW, REPEATS, BENCH_LIMIT (s) override;
-    # KERNEL=triton-gemv with MODES=fast,fast-tinygemm: the A/B of the Triton GEMV for gptq/awq.
+    # KERNEL=triton-gemv with MODES=fast,fast-tinygemm: the A/B of the Triton GEMV for gptq/awq; PEER= (empty) leaves
+    # the transformers-static row out (a second folder of the same variants, e.g. TUNE=1, has it in the first).
     # Into the tree's results/ (or RESULTS) with --resume (a call cut by the limit continues); copied to $out.
     arch=${ARCH:-mistral-7b}
     dest=${RESULTS:-results}/gpu-$GPU-$arch-decode-bs${BS:-1}-${WHAT:-bf16}
     run "${BENCH_LIMIT:-540}" --model "random:$arch" --variants "${VARIANTS:-bf16}" \
-        --decode-modes "${MODES:-eager,fast,fast-unfused}" --peer transformers-static --batch-sizes "${BS:-1}" \
+        --decode-modes "${MODES:-eager,fast,fast-unfused}" --peer "${PEER-transformers-static}" --batch-sizes "${BS:-1}" \
         --prompt-tokens "${PROMPT:-512}" --new-tokens "${NEW:-256}" --repeats "${REPEATS:-3}" --no-overhead-check \
         ${TUNE:+--tune-kernels} ${KERNEL:+--kernel $KERNEL} --resume --out "$dest"
     cp -r "$dest" "$out/" ;;
