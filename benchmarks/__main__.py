@@ -32,6 +32,14 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _variant_options(args) -> dict:
+    """The run's VariantOptions fields that differ from the defaults (a resumed run compares them)."""
+    opts = {"kernel": args.kernel} if args.kernel else {}
+    if args.tune_kernels != "auto":
+        opts["tune_kernels"] = args.tune_kernels
+    return opts
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = OneLineParser(prog="python -m benchmarks", description="Benchmark the playground's variants.")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
@@ -67,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kernel", default=None,
                    help="gptq/awq kernel: tinygemm (CUDA/CPU int4 matmul of torch), triton-gemv (tinygemm with "
                         "playground's Triton GEMV for one-row products, CUDA) or a gptqmodel backend name")
-    r.add_argument("--tune-kernels", action="store_true",
+    r.add_argument("--tune-kernels", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                    help="coordinate-descent tuning of the compiled decode step's kernels (gpt-fast's setting): "
-                        "a longer first compile; the rows' decode_mode says 'tuned kernels'")
+                        "a longer first compile; the rows' decode_mode says 'tuned kernels'. auto (default): "
+                        "for int8-wo only, whose one-row products are slow untuned; --tune-kernels alone: on")
     r.add_argument("--timeout-s", type=float, default=None, help="per (model, variant) worker")
     r.add_argument("--quality", action="store_true",
                    help="also measure perplexity (English, Chinese) and multiple-choice accuracy of each "
@@ -129,8 +138,7 @@ def cmd_run(args) -> int:
                         quality=args.quality, quality_options=_quality_options(args),
                         decode_modes=args.decode_modes + [p for p in args.peer if p not in args.decode_modes],
                         kv_cache=args.kv_cache,
-                        variant_options={**({"kernel": args.kernel} if args.kernel else {}),
-                                         **({"tune_kernels": True} if args.tune_kernels else {})})
+                        variant_options=_variant_options(args))
     except ConfigError as exc:
         return _fail(str(exc))
     from tqdm.auto import tqdm

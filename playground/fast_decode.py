@@ -451,11 +451,11 @@ def compile_cache_counts() -> tuple[int, int]:
 def enable_fast_decode(lm, compile: bool = True, fuse: bool = True) -> FastDecoder | None:
     """Give ``lm`` (a ``manager.LoadedModel``) a FastDecoder and warm it up for the usual bucket; on failure, note
     why and stay eager (None). ``fuse``: fuse the projections (``FastDecoder(fuse=...)``); kernels are tuned when
-    the model's options ask for it (``VariantOptions.tune_kernels``)."""
+    the model's options ask for it (``VariantOptions.wants_tuned_kernels``: int8-wo's by default)."""
     if lm.fast is not None:
         return lm.fast
     fast = FastDecoder(lm.model, lm.device, compile=compile, fuse=fuse,
-                       tune=bool(getattr(lm.options, "tune_kernels", False)))
+                       tune=lm.options.wants_tuned_kernels(lm.device, lm.variant))
     try:
         with lm.lock:
             lm.stats.warmup_s = fast.warm_up(context=lm.context_length)

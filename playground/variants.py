@@ -35,8 +35,9 @@ class VariantOptions:
     kernel: str | None = None            # gptq / awq backend to force (e.g. "torch", "marlin"); None: auto
     fast_decode: str = "auto"            # static KV cache + compiled decode step: "auto" (on for CUDA, int8 aside),
                                          # "on", "off"
-    tune_kernels: bool = False           # coordinate-descent tuning of the compiled step's Triton kernels (what
-                                         # gpt-fast turns on): a longer first compile, in this decoder only
+    tune_kernels: str = "auto"           # coordinate-descent tuning of the compiled step's Triton kernels (what
+                                         # gpt-fast turns on; a longer first compile, in this decoder only): "auto"
+                                         # (on CUDA for a variant registered with tune_decode_by_default), "on", "off"
 
     def __post_init__(self):
         if self.compute_dtype not in DTYPES:
@@ -52,11 +53,22 @@ class VariantOptions:
                 f"calibration_samples must be in [1, 4096], got {self.calibration_samples}")
         if self.fast_decode not in ("auto", "on", "off"):
             raise InvalidParameterError(f"fast_decode must be auto, on or off, got {self.fast_decode!r}")
+        if isinstance(self.tune_kernels, bool):          # the earlier bool option: True is "on", False "off"
+            object.__setattr__(self, "tune_kernels", "on" if self.tune_kernels else "off")
+        if self.tune_kernels not in ("auto", "on", "off"):
+            raise InvalidParameterError(f"tune_kernels must be auto, on or off, got {self.tune_kernels!r}")
         object.__setattr__(self, "skip_modules", tuple(self.skip_modules))
 
     def wants_fast_decode(self, device: str, variant: str | None = None) -> bool:
         """"on"; or "auto" on CUDA for a variant whose compiled decoder is faster than its eager one."""
         return self.fast_decode == "on" or (self.fast_decode == "auto" and fast_decode_by_default(variant, device))
+
+    def wants_tuned_kernels(self, device: str, variant: str | None = None) -> bool:
+        """"on"; or "auto" on CUDA for a variant whose one-row products are slow untuned
+        (``tune_decode_by_default``)."""
+        spec = VARIANTS.get(variant) if variant else None
+        return self.tune_kernels == "on" or (self.tune_kernels == "auto" and str(device).startswith("cuda")
+                                             and spec is not None and spec.tune_decode_by_default)
 
 
 def fast_decode_by_default(variant: str | None, device: str) -> bool:
@@ -88,6 +100,7 @@ class Variant:
     quantizes_on_load: bool = False           # bitsandbytes quantizes while loading: load time includes it
     fast_decode_by_default: bool = True       # fast_decode="auto" compiles its decode step on CUDA
     eager_note: str = ""                      # why not, when it is False (shown with the reply's notes)
+    tune_decode_by_default: bool = False      # tune_kernels="auto" tunes its compiled decode step's kernels on CUDA
 
     def check_supported(self, device: str) -> None:
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -112,14 +125,14 @@ VARIANTS: dict[str, Variant] = {}
 
 def register_variant(name: str, *, description: str, weight_bits: int, layer_classes: tuple[str, ...],
                      requires: tuple[str, ...] = (), quantizes_on_load: bool = False,
-                     fast_decode_by_default: bool = True, eager_note: str = ""):
+                     fast_decode_by_default: bool = True, eager_note: str = "", tune_decode_by_default: bool = False):
     def decorator(fn):
         if name in VARIANTS:
             raise ValueError(f"variant {name} registered twice")
         VARIANTS[name] = Variant(name=name, description=description, weight_bits=weight_bits,
                                  quantized_layer_classes=layer_classes, requires=requires, plan=fn,
                                  quantizes_on_load=quantizes_on_load, fast_decode_by_default=fast_decode_by_default,
-                                 eager_note=eager_note)
+                                 eager_note=eager_note, tune_decode_by_default=tune_decode_by_default)
         return fn
     return decorator
 
@@ -174,7 +187,8 @@ def _int8_plan(source, options: VariantOptions, device, progress) -> LoadPlan:
 
 # ---- torchao: int8 weight-only --------------------------------------------------------------------------------
 @register_variant("int8-wo", description="int8 weight-only (torchao): per-channel scales, no outlier split",
-                  weight_bits=8, layer_classes=("Linear",), requires=("torchao",), quantizes_on_load=True)
+                  weight_bits=8, layer_classes=("Linear",), requires=("torchao",), quantizes_on_load=True,
+                  tune_decode_by_default=True)
 def _int8_weight_only_plan(source, options: VariantOptions, device, progress) -> LoadPlan:
     """Every Linear's weight becomes int8 with one scale per output channel (torchao ``Int8WeightOnlyConfig``);
     activations stay in ``compute_dtype``. Unlike LLM.int8 (``int8``) nothing is split off in 16 bits, so a
@@ -182,8 +196,9 @@ def _int8_weight_only_plan(source, options: VariantOptions, device, progress) ->
     from torchao.quantization import Int8WeightOnlyConfig
     from transformers import TorchAoConfig
     # set_inductor_config=False: torchao's default turns on coordinate-descent tuning for every later compile of
-    # the process (bf16's included), which made one int8-wo warm-up take 6 minutes on an H200; ``tune_kernels``
-    # asks for that tuning in this model's decoder alone
+    # the process (bf16's included), which made one int8-wo warm-up take 6 minutes on an H200. This variant's own
+    # decoder still tunes (tune_decode_by_default, ``tune_kernels="auto"``): untuned, inductor leaves its one-row
+    # products as a bf16 copy of each int8 weight + cuBLAS, and it decoded at 0.09x bf16 (H200, d3c7091)
     config = Int8WeightOnlyConfig(set_inductor_config=False)
     return LoadPlan(path=source.path, kwargs={"quantization_config": TorchAoConfig(config),
                                               "dtype": torch_dtype(options.compute_dtype)},

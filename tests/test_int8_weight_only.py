@@ -5,11 +5,14 @@ counted at their int8 size (torchao's tensor subclass reports bf16's element siz
 the old weight count took at face value), and it answers."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import DEFAULT_MODEL, FRANCE
 from playground.engine import GenerationParams, chat
+from playground.errors import InvalidParameterError
 from playground.manager import weights_bytes
+from playground.variants import VariantOptions
 
 
 def test_a_torchao_weight_counts_its_int8_data_and_scales_not_its_logical_size():
@@ -42,7 +45,9 @@ def test_int8_weight_only_stays_close_to_bf16_and_answers(manager, smollm_bf16):
 def test_loading_int8_wo_leaves_the_process_compile_settings_alone():
     """torchao's Int8WeightOnlyConfig turns on coordinate-descent tuning for every later compile of the process by
     default: one int8-wo warm-up then took 6 minutes on an H200, and bf16's compiles after it would have paid too.
-    The variant asks it not to; a decoder tunes its own kernels only when ``tune_kernels`` says so."""
+    The variant asks it not to; a decoder tunes its own kernels only when ``tune_kernels`` says so: by default
+    ("auto") int8-wo's own decoder on CUDA, whose one-row products are a bf16 copy of each weight + cuBLAS untuned
+    (0.09x bf16 on an H200) and tuned Triton reductions with it, and no other variant's."""
     import torch._inductor.config as inductor
 
     from playground.fast_decode import FastDecoder
@@ -53,6 +58,13 @@ def test_loading_int8_wo_leaves_the_process_compile_settings_alone():
             lm = mm.get(DEFAULT_MODEL, "int8-wo")
             assert lm.kernel == "Int8Tensor (torchao)"
             assert not inductor.coordinate_descent_tuning and not inductor.coordinate_descent_check_all_directions
+            opts = VariantOptions()
+            assert opts.wants_tuned_kernels("cuda", "int8-wo") and not opts.wants_tuned_kernels("cpu", "int8-wo")
+            assert not opts.wants_tuned_kernels("cuda", "bf16") and not opts.wants_tuned_kernels("cuda", "int8")
+            assert not VariantOptions(tune_kernels="off").wants_tuned_kernels("cuda", "int8-wo")
+            assert VariantOptions(tune_kernels=True).wants_tuned_kernels("cuda", "bf16")       # the old bool form
+            with pytest.raises(InvalidParameterError, match="tune_kernels"):
+                VariantOptions(tune_kernels="always")
             tuned = FastDecoder(lm.model, "cuda", fuse=False, tune=True)      # not run: its name and settings
             assert tuned.info.mode == "compiled + CUDA graphs, tuned kernels"
             assert FastDecoder(lm.model, "cpu", fuse=False).info.mode == "compiled (inductor)"

@@ -75,14 +75,15 @@ case $stage in
     run "${BENCH_LIMIT:-540}" --model "random:$arch" --variants "${VARIANTS:-bf16}" \
         --decode-modes "${MODES:-eager,fast,fast-unfused}" --peer "${PEER-transformers-static}" --batch-sizes "${BS:-1}" \
         --prompt-tokens "${PROMPT:-512}" --new-tokens "${NEW:-256}" --repeats "${REPEATS:-3}" --no-overhead-check \
-        ${TUNE:+--tune-kernels} ${KERNEL:+--kernel $KERNEL} --resume --out "$dest"
+        ${TUNE:+--tune-kernels $TUNE} ${KERNEL:+--kernel $KERNEL} --resume --out "$dest"
     cp -r "$dest" "$out/" ;;
   decode-speed-quantized)  # #19: the same for the fast int8 and 4-bit variants (their fast rows are unfused already),
     # one variant at a time with VARIANT_LIMIT seconds each into the same folder (--resume), so one slow compile
-    # cannot take the others' time; TUNE=1: inductor's coordinate-descent tuning (--tune-kernels), folder *-tuned
+    # cannot take the others' time; TUNE=on|off: inductor's coordinate-descent tuning (--tune-kernels; default auto:
+    # int8-wo's decoder only), folder *-tune-on / *-tune-off
     vs=${VARIANTS:-int8-wo,gptq,awq}
     for v in ${vs//,/ }; do
-      WHAT=${WHAT:-quantized${TUNE:+-tuned}} VARIANTS=$v MODES=${MODES:-fast} BENCH_LIMIT=${VARIANT_LIMIT:-180} \
+      WHAT=${WHAT:-quantized${TUNE:+-tune-$TUNE}} VARIANTS=$v MODES=${MODES:-fast} BENCH_LIMIT=${VARIANT_LIMIT:-180} \
         bash "$0" decode-speed "$out"
     done ;;
   gemv-probe)  # #19: the Triton int4 GEMV: teacher-forced logits of each decoder with it on/off, kernels in CUDA graphs
