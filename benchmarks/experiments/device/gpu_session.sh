@@ -68,7 +68,7 @@ case $stage in
     # fast-unfused (the A/B of the fusion); decode-speed-quantized runs int8-wo, gptq, awq (fast) into a folder of
     # its own. ARCH (mistral-7b, llama-2-7b), BS (1, 16), VARIANTS, MODES, NEW, REPEATS, BENCH_LIMIT (s) override;
     # KERNEL=triton-gemv with MODES=fast,fast-tinygemm: the A/B of the Triton GEMV for gptq/awq; PEER= (empty) leaves
-    # the transformers-static row out (a second folder of the same variants, e.g. TUNE=1, has it in the first).
+    # the transformers-static row out (a second folder of the same variants, e.g. TUNE=on, has it in the first).
     # Into the tree's results/ (or RESULTS) with --resume (a call cut by the limit continues); copied to $out.
     arch=${ARCH:-mistral-7b}
     dest=${RESULTS:-results}/gpu-$GPU-$arch-decode-bs${BS:-1}-${WHAT:-bf16}
