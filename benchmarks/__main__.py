@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "a longer first compile; the rows' decode_mode says 'tuned kernels'. auto (default): "
                         "for int8-wo only, whose one-row products are slow untuned; --tune-kernels alone: on")
     r.add_argument("--timeout-s", type=float, default=None, help="per (model, variant) worker")
+    r.add_argument("--time-budget-s", type=float, default=None,
+                   help="the whole run: each worker gets the time left; what it cuts is an error row (--resume "
+                        "measures it again), so a run under an outer time limit ends with every row written")
     r.add_argument("--quality", action="store_true",
                    help="also measure perplexity (English, Chinese) and multiple-choice accuracy of each "
                         "real-weight variant (random weights get none)")
@@ -134,7 +137,8 @@ def cmd_run(args) -> int:
                         warmup=args.warmup, device=args.device, out=out, seed=args.seed,
                         memory_cap_gb=args.memory_cap_gb, max_memory=args.max_memory,
                         random_weights=args.random_weights,
-                        overhead_check=not args.no_overhead_check, timeout_s=args.timeout_s, name=Path(out).name,
+                        overhead_check=not args.no_overhead_check, timeout_s=args.timeout_s,
+                        time_budget_s=args.time_budget_s, name=Path(out).name,
                         quality=args.quality, quality_options=_quality_options(args),
                         decode_modes=args.decode_modes + [p for p in args.peer if p not in args.decode_modes],
                         kv_cache=args.kv_cache,

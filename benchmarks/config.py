@@ -88,6 +88,8 @@ class RunConfig:
     random_weights: bool = False         # read bare model names as architectures (random:<arch>)
     overhead_check: bool = True          # time a bare model.generate beside each bs=1 measurement
     timeout_s: float | None = None       # per (model, variant) worker; None: no limit
+    time_budget_s: float | None = None   # the whole run: a worker gets what is left; one cut or never started by it
+    #                                      becomes an error row saying so (--resume measures it again)
     variant_options: dict = field(default_factory=dict)  # playground.variants.VariantOptions fields
     decode_modes: list[str] = field(default_factory=lambda: ["auto"])  # auto (fast on CUDA), fast, eager: a row each
     kv_cache: list[str] = field(default_factory=lambda: ["default"])   # KV-cache storage: a row each (quantized: eager)
@@ -118,6 +120,9 @@ class RunConfig:
             raise ConfigError(f"memory_cap_gb must be a positive number of GB, got {self.memory_cap_gb!r}")
         if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
             raise ConfigError(f"timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
+        if self.time_budget_s is not None and (isinstance(self.time_budget_s, bool) or not (
+                isinstance(self.time_budget_s, (int, float)) and self.time_budget_s > 0)):
+            raise ConfigError(f"time_budget_s must be a positive number of seconds, got {self.time_budget_s!r}")
         self.decode_modes = _str_list("decode_modes", self.decode_modes)
         bad = [m for m in self.decode_modes if m not in DECODE_MODES]
         if bad:

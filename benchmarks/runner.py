@@ -100,12 +100,12 @@ def _log_tail(path: Path, chars: int = 6000) -> str:
         return ""
 
 
-def _death_row_status(rc: int, tail: str, timed_out: bool, timeout_s) -> tuple[str, str]:
+def _death_row_status(rc: int, tail: str, timed_out: bool, timeout_s, limit: str = "") -> tuple[str, str]:
     from playground.errors import mentions_out_of_memory
     lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
     last = lines[-1][:300] if lines else "no output"
     if timed_out:
-        return "error", f"worker timed out after {timeout_s:g} s (last output: {last})"
+        return "error", f"worker timed out after {timeout_s:g} s{limit} (last output: {last})"
     if rc < 0:
         name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
         if -rc in OOM_SIGNALS:
@@ -199,9 +199,9 @@ def _follow(proc, ev, config: RunConfig, cancel, on_event, check_row=lambda row:
 
 
 def run_worker(config: RunConfig, model: str, variant: str, device: str, log_path: Path,
-               on_event: Callable[[dict], None], cancel: threading.Event | None = None) -> str:
-    """Run one worker, forwarding its events; adds failure rows for combos it did not report.
-    Returns "done", "cancelled" or "died"."""
+               on_event: Callable[[dict], None], cancel: threading.Event | None = None, limit: str = "") -> str:
+    """Run one worker, forwarding its events; adds failure rows for combos it did not report (``limit``: what
+    set its ``timeout_s``, said in a timed-out row). Returns "done", "cancelled" or "died"."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
         spec, events = Path(tmp) / "spec.json", Path(tmp) / "events.jsonl"
@@ -222,7 +222,7 @@ def run_worker(config: RunConfig, model: str, variant: str, device: str, log_pat
         rc = proc.returncode
         if finished and rc == 0 and len(done) == len(config.combos()):
             return "done"
-        status, error = _death_row_status(rc, _log_tail(log_path), timed_out, config.timeout_s)
+        status, error = _death_row_status(rc, _log_tail(log_path), timed_out, config.timeout_s, limit)
         if rows.unreadable and not timed_out and rc == 0:    # the worker ran to its end: its rows were the problem
             status, error = "error", "; ".join(rows.unreadable[:3])
         for row in failed_rows(config, model, variant, device, status, error, done=done):
@@ -232,7 +232,9 @@ def run_worker(config: RunConfig, model: str, variant: str, device: str, log_pat
 
 
 # Settings that change what a row means: a resumed run must use the same ones as the rows it keeps.
-RESUME_MAY_DIFFER = {"models", "variants", "batch_sizes", "prompt_tokens", "new_tokens", "timeout_s", "out", "name"}
+RESUME_MAY_DIFFER = {"models", "variants", "batch_sizes", "prompt_tokens", "new_tokens", "timeout_s", "time_budget_s",
+                     "out", "name"}
+MIN_WORKER_S = 15.0     # a worker is not started with less of the run's time budget left than this
 
 
 class ResumeError(ValueError):
@@ -313,6 +315,7 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
             "previous_finished": previous.get("finished"), "previous_rows": len(previous.get("rows", [])),
             "kept_rows": len(kept), "environment": previous.get("environment")}]
     total, done_units = config.units(), 0
+    budget_end = time.monotonic() + config.time_budget_s if config.time_budget_s else None
     per_mv = config.units_per_variant()
     say = progress or (lambda f, m: None)
 
@@ -341,10 +344,14 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
                     if not missing:                  # resumed: everything of this (model, variant) is there
                         done_units = base + per_mv
                         continue
-                    reason = _precheck(variant, device)
+                    status, reason = "unsupported", _precheck(variant, device)
+                    left = None if budget_end is None else budget_end - time.monotonic()
+                    if not reason and left is not None and left < MIN_WORKER_S:
+                        status, reason = "error", (f"not started: {left:.0f} s of the run's time budget "
+                                                   f"({config.time_budget_s:g} s) was left; --resume measures it")
                     if reason:
                         done_units += 1
-                        for row in failed_rows(config, model, variant, device, "unsupported", reason, done=[
+                        for row in failed_rows(config, model, variant, device, status, reason, done=[
                                 c for c in config.combos() if c not in missing]):
                             add(row)
                         done_units = base + per_mv
@@ -355,6 +362,10 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
                         config, batch_sizes=_ordered(config.batch_sizes, {c[0] for c in missing}),
                         prompt_tokens=_ordered(config.prompt_tokens, {c[1] for c in missing}),
                         new_tokens=_ordered(config.new_tokens, {c[2] for c in missing}))
+                    limit = ""
+                    if left is not None and (sub.timeout_s is None or left < sub.timeout_s):
+                        sub = replace(sub, timeout_s=left)
+                        limit = f": the run's time budget ({config.time_budget_s:g} s) ran out; --resume measures it"
                     say(base / total, f"starting {model} [{variant}] on {device}")
 
                     def on_event(msg, loaded=[False]):
@@ -371,7 +382,7 @@ def run_sweep(config: RunConfig, on_row: Callable[[dict], None] | None = None,
 
                     log = (out or Path(tempfile.gettempdir()) / "bench-logs") / "logs" / \
                         f"{Path(model).name.replace(':', '_')}__{variant}.log"
-                    outcome = run_worker(sub, model, variant, device, log, on_event, cancel)
+                    outcome = run_worker(sub, model, variant, device, log, on_event, cancel, limit)
                     done_units = base + per_mv
                     if outcome == "cancelled":
                         data["cancelled"] = True

@@ -150,3 +150,25 @@ def test_killed_sweep_keeps_its_rows_and_resume_appends_the_rest(tmp_path, capsy
     assert data["resumed"][0]["kept_rows"] == len(ok_first)
     assert json.loads((out / "results.json").read_text())["summary"]["rows"] == len(combos)
     assert (out / "report.html").exists()
+
+
+def test_time_budget_ends_the_run_with_every_row_written(tmp_path):
+    """``--time-budget-s``: the worker that the budget cuts and the one it leaves no time for are error rows
+    saying so (not gaps), and the run ends within the budget plus the worker's stop, its files complete."""
+    out = tmp_path / "budget"
+    budget = 20
+    # 400 new tokens x (warm-up + 2 repeats) on SmolLM2 takes far longer than 20 s on a CPU
+    proc = start_sweep(out, "--time-budget-s", str(budget), "--new-tokens", "400", "--repeats", "2", "--warmup", "1")
+    t0 = time.monotonic()
+    text, _ = proc.communicate(timeout=300)
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, text
+    assert took < budget + 40, f"the run took {took:.0f} s against a budget of {budget} s:\n{text}"
+    rows = check_files(out)
+    assert load_results(out)["finished"]
+    by_variant = {r["variant"]: r for r in rows}
+    assert sorted(by_variant) == sorted(VARIANTS) and len(rows) == len(VARIANTS), rows
+    cut, never = by_variant[VARIANTS[0]], by_variant[VARIANTS[1]]
+    assert cut["status"] == "error" and f"time budget ({budget:g} s) ran out" in cut["error"], cut
+    assert never["status"] == "error" and "not started" in never["error"], never
+    assert "--resume measures it" in cut["error"] and "--resume measures it" in never["error"]

@@ -15,7 +15,10 @@ export PLAYGROUND_GIT_COMMIT=${PLAYGROUND_GIT_COMMIT:-$(cat .gitcommit 2>/dev/nu
 # the card in the folder names (h100, h200): numbers of different cards are never compared
 GPU=${GPU:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9]\+' | tr 'H' 'h')}
 GPU=${GPU:-h200}
-run() { timeout "$1" python3 -m benchmarks run --device "${DEVICE:-cuda}" --repeats 3 --warmup 1 "${@:2}" 2>&1 | grep -v "it/s\]\|step/s\]" | tail -60; }
+# run LIMIT ARGS...: the sweep gets LIMIT-30 s as its --time-budget-s, so a variant it cuts or never starts is an
+# error row saying so (--resume measures it again) and the files are complete before the outer timeout would fire
+run() { timeout "$1" python3 -m benchmarks run --device "${DEVICE:-cuda}" --repeats 3 --warmup 1 \
+          --time-budget-s $(( $1 - 30 )) "${@:2}" 2>&1 | grep -v "it/s\]\|step/s\]" | tail -60; }
 case $stage in
   fast-bf16)   # #4 overhead + #7 roofline: bf16 eager vs fast, each against its own bare generate
     run 560 --model random:mistral-7b --variants bf16 --decode-modes eager,fast --batch-sizes 1 \
@@ -37,7 +40,7 @@ case $stage in
     # Into the tree's results/ with --resume (a second call continues a stopped one); the folder comes back in $out.
     # VARIANTS, MODES (eager,fast), BS (1 or 16), NEW (256), REPEATS (3), BENCH_LIMIT (s) override the defaults.
     arch=${stage#table-}
-    dest=results/gpu-$GPU-$arch-${WHAT:-bs${BS:-1}}
+    dest=${RESULTS:-results}/gpu-$GPU-$arch-${WHAT:-bs${BS:-1}}
     run "${BENCH_LIMIT:-560}" --model "random:$arch" --variants "${VARIANTS:-fp16,nf4,gptq,awq,fp4,int8}" \
         --decode-modes "${MODES:-eager}" --batch-sizes "${BS:-1}" --prompt-tokens "${PROMPT:-512}" \
         --new-tokens "${NEW:-256}" --kv-cache "${KV:-default}" --repeats "${REPEATS:-3}" --no-overhead-check \
@@ -58,7 +61,7 @@ case $stage in
     done ;;
   quantize-memory)  # #15: peak RAM while calibrating real GPTQ/AWQ checkpoints of a 7B shape (the Baichuan guide's
     # "36.1 GB of RAM to quantize"), calibration on the GPU, the bf16 model in RAM; a method past its limit is a row
-    dest=results/gpu-$GPU-${ARCH:-mistral-7b}-quantize-memory
+    dest=${RESULTS:-results}/gpu-$GPU-${ARCH:-mistral-7b}-quantize-memory
     timeout 580 python3 -m benchmarks.experiments.device.quantize_memory --model "random:${ARCH:-mistral-7b}" \
       --methods "${METHODS:-gptq,awq}" --device "${DEVICE:-cuda}" --samples "${SAMPLES:-32}" \
       --time-limit "${METHOD_LIMIT:-270}" --out "$dest/quantize_memory.json" 2>&1 | grep -v "it/s\]" | tail -30
