@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "missing or failed, append the new rows")
     p = sub.add_parser("report", help="regenerate report.html from results.json")
     p.add_argument("path")
+    p.add_argument("--plotly-js", default=None, metavar="FILE",
+                   help="load plotly's script from FILE (written there if missing) instead of inlining its 4.6 MB: "
+                        "for reports kept side by side, e.g. --plotly-js results/plotly.min.js")
     c = sub.add_parser("compare", help="ratios B ÷ A of two runs")
     c.add_argument("a")
     c.add_argument("b")
@@ -191,7 +194,7 @@ def cmd_report(args) -> int:
     from .report import write_report
     from .results import ResultsError
     try:
-        path = write_report(args.path)
+        path = write_report(args.path, args.plotly_js)
     except ResultsError as exc:
         return _fail(str(exc))
     print(path)

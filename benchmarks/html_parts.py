@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import html
+import os
+from pathlib import Path
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:8px 0 20px;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
@@ -14,13 +16,32 @@ padding:8px 12px;margin:10px 0}
 FIGURE_CONFIG = {"displaylogo": False, "responsive": True}
 
 
-def html_page(title: str, body: str) -> str:
-    """A whole self-contained page: plotly's script inline, the shared CSS, and a viewport for phones (without it
-    a phone lays the page out 980 px wide and shrinks it)."""
-    from plotly.offline import get_plotlyjs
+def html_page(title: str, body: str, plotly_src: str | None = None) -> str:
+    """A whole page: the shared CSS, a viewport for phones (without it a phone lays the page out 980 px wide and
+    shrinks it) and plotly's script, inline (self-contained: the default) or, with ``plotly_src``, read from that
+    relative address (``shared_plotly_js``)."""
+    if plotly_src is None:
+        from plotly.offline import get_plotlyjs
+        script = f"<script>{get_plotlyjs()}</script>"
+    else:
+        script = f'<script src="{html.escape(plotly_src)}"></script>'
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body>{body}</body></html>")
+            f"<style>{CSS}</style>{script}</head><body>{body}</body></html>")
+
+
+def shared_plotly_js(js_path: str | Path, page_path: str | Path) -> str:
+    """Writes plotly's script (4.6 MB) to ``js_path`` unless that file already holds this plotly's version, and
+    returns its address relative to the page at ``page_path``: reports committed side by side share one copy
+    instead of carrying one each."""
+    from plotly.offline import get_plotlyjs
+
+    from .results import atomic_write
+    js_path, text = Path(js_path), get_plotlyjs()
+    if not js_path.is_file() or js_path.read_text(encoding="utf-8") != text:
+        js_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(js_path, text)
+    return Path(os.path.relpath(js_path.resolve(), Path(page_path).resolve().parent)).as_posix()
 
 
 def fmt_cell(v, col: str = "") -> str:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from . import plots
-from .html_parts import figure_html, fmt_cell, html_page, html_table
+from .html_parts import figure_html, fmt_cell, html_page, html_table, shared_plotly_js
 from .published import guides_html
 from .results import COLUMNS, LONG_TOKENS, SHORT_TOKENS, add_peer_ratios, atomic_write, load_results, model_label
 
@@ -147,7 +147,7 @@ def with_decode_label(r: dict) -> dict:
     return r
 
 
-def render(data: dict) -> str:
+def render(data: dict, plotly_src: str | None = None) -> str:
     if data.get("config", {}).get("kind") == "serving":   # python -m benchmarks serve: its own page
         from .serving_report import render_serving
         return render_serving(data)
@@ -209,14 +209,16 @@ def render(data: dict) -> str:
             "<pre>" + html.escape(json.dumps({'environment': env, 'config': cfg,
                                               'prompt_source': data.get('prompt_source')},
                                              indent=1, default=str)) + "</pre>"]
-    return html_page(f"Benchmark {name}", "".join(body))
+    return html_page(f"Benchmark {name}", "".join(body), plotly_src)
 
 
-def write_report(out_dir: str | Path) -> Path:
-    """Regenerate report.html from the folder's results.json; returns its path."""
+def write_report(out_dir: str | Path, plotly_js: str | Path | None = None) -> Path:
+    """Regenerate report.html from the folder's results.json; returns its path. ``plotly_js``: a file the page
+    loads plotly's script from (written if missing or of another plotly version) instead of holding it inline."""
     data = load_results(out_dir)
     path = Path(out_dir) / "report.html" if Path(out_dir).is_dir() else Path(out_dir).with_name("report.html")
-    atomic_write(path, render(data))
+    src = shared_plotly_js(plotly_js, path) if plotly_js else None
+    atomic_write(path, render(data, src))
     return path
 
 

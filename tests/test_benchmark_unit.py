@@ -102,6 +102,30 @@ def test_report_compare_and_bundle(tmp_path, capsys):
         ["report.html", "results.csv", "results.json"]
 
 
+def test_reports_side_by_side_share_one_plotly_script(tmp_path):
+    """``report --plotly-js FILE``: the page loads plotly from FILE by a relative address (written once, the
+    same bytes as the inline script) and is small; without it the page stays self-contained."""
+    from plotly.offline import get_plotlyjs
+    inline = _fake_results(tmp_path, "inline")
+    assert main(["report", str(inline)]) == 0
+    full = (inline / "report.html").read_text()
+    assert get_plotlyjs()[:2000] in full and len(full) > 4_000_000
+    nested = tmp_path / "deep" / "er"
+    nested.mkdir(parents=True)
+    a, b = _fake_results(tmp_path, "a"), _fake_results(nested, "b")
+    js = tmp_path / "plotly.min.js"
+    for folder, src in ((a, "../plotly.min.js"), (b, "../../../plotly.min.js")):
+        assert main(["report", str(folder), "--plotly-js", str(js)]) == 0
+        page = (folder / "report.html").read_text()
+        assert f'<script src="{src}"></script>' in page and len(page) < 500_000, len(page)
+        assert (folder / src).resolve() == js.resolve()
+        assert 'class="plotly-graph-div"' in page           # the figures themselves are still there
+    assert js.read_text() == get_plotlyjs()
+    js.write_text("stale")                                   # another plotly's copy is replaced, not trusted
+    assert main(["report", str(a), "--plotly-js", str(js)]) == 0
+    assert js.read_text() == get_plotlyjs()
+
+
 def test_random_rows_are_marked_in_report(tmp_path):
     from benchmarks.report import write_report
     out = _fake_results(tmp_path, "r", random=True)
