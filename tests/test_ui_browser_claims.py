@@ -29,6 +29,7 @@ import pytest
 from ui_support import DEFAULT_MODEL, ROOT, browser, launched_app
 
 from playwright.sync_api import Page, expect  # noqa: E402  (requirements-dev.txt)
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
 from page_support import badges, bot, open_app, send, set_params, user  # noqa: E402
 
 FRANCE = "What is the capital of France?"
@@ -75,19 +76,30 @@ def open_tab(pg: Page, name: str) -> None:
     pg.get_by_role("tab", name=name).click()
 
 
-def grid_rows(pg: Page, elem_id: str) -> list[list[str]]:
-    """The body rows of the Dataframe ``#elem_id`` as the page shows them (cell texts)."""
-    return pg.locator(f"#{elem_id}").evaluate("""(root) => {
-        const rows = [...root.querySelectorAll('.virtual-row[role="row"]')];   // gradio 6: virtualized rows
-        return rows.map(r => [...r.querySelectorAll('[role="gridcell"]')].map(c => c.textContent.trim())); }""")
+GRID_ROWS_JS = """(elemId) => {
+    const root = document.getElementById(elemId);
+    if (!root) return null;
+    const rows = [...root.querySelectorAll('.virtual-row[role="row"]')];   // gradio 6: virtualized rows
+    return rows.map(r => [...r.querySelectorAll('[role="gridcell"]')].map(c => c.textContent.trim())); }"""
+
+
+def grid_rows(pg: Page, elem_id: str, timeout_ms: int = 30_000) -> list[list[str]]:
+    """The body rows of the Dataframe ``#elem_id`` as the page shows them (cell texts). Read through
+    ``wait_for_function``, whose timeout Playwright's driver enforces: a plain ``evaluate`` has none and blocks
+    for ever in a renderer that does not answer (what held a CI run until its limit)."""
+    return pg.wait_for_function(GRID_ROWS_JS, arg=elem_id, timeout=timeout_ms).json_value()
 
 
 def wait_for_rows(pg: Page, elem_id: str, predicate, timeout_ms: int, what: str) -> list[list[str]]:
     """Poll the Dataframe until ``predicate(rows)`` holds; fail with what the page shows."""
     deadline = time.monotonic() + timeout_ms / 1000
+    rows: list[list[str]] | str = []
     while True:
-        rows = grid_rows(pg, elem_id)
-        if predicate(rows):
+        try:
+            rows = grid_rows(pg, elem_id, timeout_ms=max(1_000, int((deadline - time.monotonic()) * 1000)))
+        except PlaywrightTimeoutError:
+            rows = "(the page did not answer)"
+        if isinstance(rows, list) and predicate(rows):
             return rows
         if time.monotonic() > deadline:
             raise AssertionError(f"#{elem_id}: {what} not seen within {timeout_ms / 1000:.0f} s; rows: {rows}")
