@@ -460,7 +460,7 @@ def test_chat_unload_then_the_next_message_loads_the_model_again(page):
     # the model choice list of the Models tab no longer offers it either
     page.locator("#models-choice input").click()
     expect(page.locator(f'#models-choice li[aria-label="{label}"]')).to_have_count(0)
-    page.keyboard.press("Escape")
+    page.locator("#models-choice input").press("Escape")   # a locator's press has a timeout; keyboard's has none
     # the next message loads it again and answers
     open_tab(page, "Chat")
     send(page, "And the capital of Italy?")
