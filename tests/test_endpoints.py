@@ -87,7 +87,7 @@ def smollm_dir() -> str:
     return resolve(DEFAULT_MODEL).path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")   # stopped after the module: the suite's later tests do not share the cores with it
 def served(smollm_dir):
     with tempfile.TemporaryDirectory(prefix="serve-test-") as tmp:
         server = ServeProcess(smollm_dir, free_port(), Path(tmp))
