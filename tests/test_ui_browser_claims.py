@@ -86,7 +86,7 @@ GRID_ROWS_JS = """(elemId) => {
 def grid_rows(pg: Page, elem_id: str, timeout_ms: int = 30_000) -> list[list[str]]:
     """The body rows of the Dataframe ``#elem_id`` as the page shows them (cell texts). Read through
     ``wait_for_function``, whose timeout Playwright's driver enforces: a plain ``evaluate`` has none and blocks
-    for ever in a renderer that does not answer (what held a CI run until its limit)."""
+    for ever in a renderer that does not answer."""
     return pg.wait_for_function(GRID_ROWS_JS, arg=elem_id, timeout=timeout_ms).json_value()
 
 
