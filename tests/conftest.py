@@ -16,6 +16,10 @@ import playground  # noqa: E402 - after sys.path: the checkout's package
 
 playground.process_setup()   # what every entry point does first (oneDNN caches, CUDA allocator, quiet loggers)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):   # pytest.ini's -n 2: the cores are shared out, not oversubscribed
+    import torch
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
